@@ -1,0 +1,87 @@
+"""`bench`: the command-line entry point. Each subcommand is a thin layer over a library call."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+BITS_CHOICES = (1, 2, 3, 4, 5, 6, 7, 8, 16)
+
+
+def _cmd_cost(args: argparse.Namespace) -> int:
+    from upstream_quant import known_upstreams
+    from upstream_quant.accounting import cost_report
+
+    if args.upstream not in known_upstreams():
+        raise SystemExit(f"bench cost: unknown upstream {args.upstream!r}; known: {', '.join(known_upstreams())}")
+    report = cost_report(args.upstream, args.bits, args.seconds)
+    data = report.as_dict()
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    print(f"{report.upstream}: transformer linear weights at {args.bits} bits, {args.seconds:g} s utterance")
+    print("\nparameters (group/kind)")
+    for key, n in data["parameters"].items():
+        print(f"  {key:<28} {n:>12,}")
+    print(f"  {'total':<28} {data['parameters_total']:>12,}")
+    print("\nstorage (MB, 1e6 bytes)")
+    for conv, mb in report.storage_mb.items():
+        print(f"  {conv:<8} {mb:10.2f}")
+    print("\nMACs per op")
+    for op, macs in data["macs"].items():
+        print(f"  {op:<10} {macs / 1e9:10.3f} G")
+    print("\nestimated runtime (relative to full-precision HuBERT Base)")
+    for scope, r in report.est_runtime.items():
+        print(f"  {scope:<8} {r:10.3f}")
+    print("\nconventions: see README 'Cost accounting'")
+    return 0
+
+
+def _cmd_table(args: argparse.Namespace) -> int:
+    from .results import RESULTS_DIR
+    from .tables import PAPER_NOTES, paper_table, write_table
+
+    if args.suite != "paper":
+        raise SystemExit(f"bench table: only the 'paper' table exists so far, got {args.suite!r}")
+    root = Path(args.results) if args.results else RESULTS_DIR
+    df = paper_table(root)
+    md_path, csv_path = write_table(df, root / "paper", PAPER_NOTES)
+    if args.json:
+        print(df.astype(object).where(df.notna(), None).to_json(orient="records", indent=2))
+    else:
+        print(md_path.read_text())
+        print(f"wrote {md_path} and {csv_path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bench", description="Low-bit quantization benchmark for speech SSL upstreams")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("cost", help="parameter/MAC inventory, storage and estimated runtime (no weights needed)")
+    p.add_argument("--upstream", required=True, help="upstream name (e.g. hubert_base, distilhubert)")
+    p.add_argument("--bits", type=int, default=16, choices=BITS_CHOICES, help="bits of the transformer linear weights (16: unquantized)")
+    p.add_argument("--seconds", type=float, default=10.0, help="utterance length for MACs and runtime (default 10)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_cmd_cost)
+
+    p = sub.add_parser("table", help="generate a results table (paper: the 1-bit/2-bit comparison)")
+    p.add_argument("suite", nargs="?", default="paper")
+    p.add_argument("--results", default=None, help="results root (default ./results)")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON")
+    p.set_defaults(func=_cmd_table)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

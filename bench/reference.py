@@ -1,0 +1,19 @@
+"""The papers' published figures: one data file, always labelled as the paper's."""
+from __future__ import annotations
+
+from importlib import resources
+
+import pandas as pd
+
+REFERENCE_FILE = "paper_reference.csv"
+COLUMNS = ("storage_mb", "est_runtime", "wer")
+
+
+def paper_reference() -> pd.DataFrame:
+    """Rows of the paper's comparison table, indexed by config, columns prefixed `paper_`."""
+    with resources.files("bench.data").joinpath(REFERENCE_FILE).open() as fh:
+        df = pd.read_csv(fh)
+    missing = [c for c in ("config", *COLUMNS, "source") if c not in df.columns]
+    if missing:
+        raise ValueError(f"bench/data/{REFERENCE_FILE}: missing column(s) {missing}")
+    return df.set_index("config").rename(columns={c: f"paper_{c}" for c in (*COLUMNS, "source")})

@@ -1,0 +1,108 @@
+"""DistilHuBERT (s3prl's Distiller) upstreams on s3prl's model code (`s3prl.upstream.distiller.model`)."""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from pathlib import Path
+
+import torch
+
+from .checkpoints import CheckpointError, read_checkpoint, to_plain
+from .compat import ensure_torchaudio
+from .upstream import Upstream, check_batch, padding_mask
+
+ensure_torchaudio()
+from s3prl.upstream.distiller.model import DistillerConfig, DistillerModel  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+# distilhubert_ls960_4-8-12: 2 transformer layers, prediction heads for HuBERT layers 4, 8, 12.
+DISTILHUBERT = {
+    "extractor_mode": "default",
+    "extractor_conv_feature_layers": "[(512,10,5)] + [(512,3,2)] * 4 + [(512,2,2)] * 2",
+    "feature_grad_mult": 0.1,
+    "conv_pos": 128,
+    "conv_pos_groups": 16,
+    "encoder_layers": 2,
+    "encoder_embed_dim": 768,
+    "encoder_ffn_embed_dim": 3072,
+    "encoder_attention_heads": 12,
+    "activation_fn": "gelu",
+    "layer_norm_first": False,
+    "final_dim": 768,
+    "out_layer_type": "expand-last",
+    "n_tasks": 3,
+    "task_emb_type": "expand-last",
+    "pred_layer_id": [4, 8, 12],
+    "cosine_loss": 1.0,
+}
+
+
+class DistillerUpstream(Upstream):
+    """Hidden states as s3prl's distiller expert returns them: projected CNN features, each
+    transformer layer, then each prediction head (6 for DistilHuBERT). SUPERB's DistilHuBERT
+    protocol uses the last transformer layer (index `1 + encoder_layers - 1`)."""
+
+    group_prefixes = {
+        "model.feature_extractor": "cnn",
+        "model.post_extract_proj": "feature_projection",
+        "model.encoder": "transformer",
+        "model.encoder.pos_conv": "positional_conv",
+        "model.output_layer": "heads",
+    }
+
+    def __init__(self, model: DistillerModel, config: dict, name: str):
+        super().__init__()
+        self.name = name
+        self.model = model
+        self.config = dict(config)
+        model.feature_grad_mult = 0.0
+        for module in model.modules():  # same reason as in hubert.py
+            if hasattr(module, "skip_embed_dim_check"):
+                module.skip_embed_dim_check = True
+        self.convs = [(layer[0].kernel_size[0], layer[0].stride[0]) for layer in model.feature_extractor.conv_layers]
+        self.hidden_size = model.config.encoder_embed_dim
+        self.num_encoder_layers = model.config.encoder_layers
+        self.num_hidden_states = 1 + self.num_encoder_layers + model.n_tasks
+
+    def forward(self, wavs: torch.Tensor, wavs_len: torch.Tensor):
+        check_batch(wavs, wavs_len)
+        valid = (~padding_mask(wavs_len.to(wavs.device), wavs.shape[1])).float()
+        _, feat_final, pred, pad_mask, layer_hidden = self.model(wavs, valid, get_hidden=True, no_pred=False)
+        states = [feat_final] + list(layer_hidden) + list(pred.unbind(1))
+        lengths = pad_mask.sum(1).long()
+        return states, [lengths] * len(states)
+
+    def s3prl_state(self) -> dict:
+        """This model as a Distiller checkpoint (`distiller_local` loads it)."""
+        return {"Config": {"distiller": self.config}, "Distiller": self.model.state_dict()}
+
+
+def build_distiller(config: dict, name: str) -> DistillerUpstream:
+    # s3prl's Distiller prints its configuration to stdout; keep stdout clean for --json output.
+    with contextlib.redirect_stdout(io.StringIO()) as log:
+        model = DistillerModel(DistillerConfig(dict(config)))
+    logger.debug(log.getvalue())
+    return DistillerUpstream(model, config, name)
+
+
+def build_distilhubert(name: str = "distilhubert") -> DistillerUpstream:
+    """The exact DistilHuBERT architecture with random weights (offline)."""
+    return build_distiller(DISTILHUBERT, name)
+
+
+def load_distiller_checkpoint(path: str | Path, name: str = "distilhubert") -> DistillerUpstream:
+    """A Distiller checkpoint as s3prl's pretraining writes it (fields Config, Distiller)."""
+    # Old checkpoints also pickle a scheduler from a top-level `optimizers` module;
+    # checkpoints.read_checkpoint reads it as a plain attribute holder.
+    state = read_checkpoint(path, required=("Config", "Distiller"))
+    config = to_plain(state["Config"])
+    if not isinstance(config, dict) or "distiller" not in config:
+        raise CheckpointError(f"checkpoint {path}: Config lacks the 'distiller' section")
+    upstream = build_distiller(config["distiller"], name)
+    try:
+        upstream.model.load_state_dict(state["Distiller"])
+    except RuntimeError as err:
+        raise CheckpointError(f"checkpoint {path} does not match the Distiller architecture it describes: {err}") from err
+    return upstream

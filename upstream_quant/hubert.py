@@ -1,0 +1,135 @@
+"""HuBERT upstreams on s3prl's fairseq-free model code (`s3prl.upstream.hubert.hubert_model`)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .checkpoints import CheckpointError, read_checkpoint, to_plain
+from .compat import ensure_torchaudio
+from .upstream import Upstream, check_batch, padding_mask
+
+ensure_torchaudio()
+from s3prl.upstream.hubert.hubert_model import HubertConfig, HubertModel, HubertPretrainingConfig  # noqa: E402
+from s3prl.upstream.utils import merge_with_parent  # noqa: E402
+
+# hubert_base_ls960: the fairseq Base config, 504 label symbols (500 clusters + 4 specials),
+# final projection to 256 dims; these shape the pretraining heads only.
+HUBERT_BASE = {
+    "model_cfg": {"label_rate": 50.0, "final_dim": 256, "extractor_mode": "default"},
+    "task_cfg": {"label_rate": 50.0, "sample_rate": 16000, "normalize": False},
+    "num_symbols": 504,
+}
+
+S3PRL_KEYS = ("task_cfg", "model_cfg", "model_weight", "dictionaries_symbols")
+
+
+class HubertUpstream(Upstream):
+    """All 13 hidden states of a HuBERT model: the transformer input, then each layer's output.
+
+    Same states as s3prl's HuBERT expert: inputs of encoder.layers[i] and the encoder output.
+    """
+
+    group_prefixes = {
+        "model.feature_extractor": "cnn",
+        "model.layer_norm": "feature_projection",
+        "model.post_extract_proj": "feature_projection",
+        "model.encoder": "transformer",
+        "model.encoder.pos_conv": "positional_conv",
+        "model.mask_emb": "other",
+        "model.final_proj": "heads",
+        "model.label_embs_concat": "heads",
+    }
+    # Pretraining-only parameters: never touched by forward, left out of packed files.
+    unused_at_inference = ("model.final_proj", "model.label_embs_concat", "model.mask_emb")
+
+    def __init__(self, model: HubertModel, task_cfg: HubertPretrainingConfig, symbols: list[list[str]], name: str):
+        super().__init__()
+        self.name = name
+        self.model = model
+        self.task_cfg = task_cfg
+        self.symbols = symbols
+        model.feature_grad_mult = 0.0
+        model.encoder.layerdrop = 0.0
+        for module in model.modules():
+            # fairseq attention otherwise calls F.multi_head_attention_forward with the raw
+            # projection weights, bypassing the q/k/v/out Linear modules that we quantize,
+            # calibrate and count; the explicit path computes the same function.
+            if hasattr(module, "skip_embed_dim_check"):
+                module.skip_embed_dim_check = True
+        self.convs = [(layer[0].kernel_size[0], layer[0].stride[0]) for layer in model.feature_extractor.conv_layers]
+        self.hidden_size = model.encoder.embedding_dim
+        self.num_hidden_states = len(model.encoder.layers) + 1
+        self._states: list[torch.Tensor] = []
+        for layer in model.encoder.layers:
+            layer.register_forward_pre_hook(lambda _m, args: self._states.append(args[0].transpose(0, 1)))
+
+    def forward(self, wavs: torch.Tensor, wavs_len: torch.Tensor):
+        check_batch(wavs, wavs_len)
+        wavs_len = wavs_len.to(wavs.device)
+        pad = padding_mask(wavs_len, wavs.shape[1])
+        if self.task_cfg.normalize:  # per utterance, over its own samples, as s3prl does
+            wavs = torch.stack([
+                torch.nn.functional.pad(torch.nn.functional.layer_norm(w[:n], (int(n),)), (0, wavs.shape[1] - int(n)))
+                for w, n in zip(wavs, wavs_len)
+            ])
+        self._states = []
+        final, feat_pad = self.model.extract_features(wavs, padding_mask=pad, mask=False)
+        states, self._states = self._states + [final], []
+        frames = final.shape[1]
+        lengths = (~feat_pad).sum(1) if feat_pad is not None else torch.full_like(wavs_len, frames)
+        return states, [lengths] * len(states)
+
+    def s3prl_state(self) -> dict:
+        """This model as an s3prl-converted checkpoint (`hubert_local` loads it)."""
+        from dataclasses import asdict
+
+        return {
+            "task_cfg": asdict(self.task_cfg),
+            "model_cfg": asdict(self.model.cfg),
+            "model_weight": self.model.state_dict(),
+            "dictionaries_symbols": self.symbols,
+        }
+
+
+def _build(model_cfg: dict, task_cfg: dict, symbols: list[list[str]], name: str) -> HubertUpstream:
+    mcfg = merge_with_parent(HubertConfig, dict(model_cfg))
+    tcfg = merge_with_parent(HubertPretrainingConfig, dict(task_cfg))
+    model = HubertModel(mcfg, tcfg, symbols)
+    model.cfg = mcfg  # kept so the model can be saved back in s3prl's format
+    return HubertUpstream(model, tcfg, symbols, name)
+
+
+def build_hubert_base(name: str = "hubert_base") -> HubertUpstream:
+    """The exact HuBERT Base architecture with random weights (offline)."""
+    symbols = [[f"<s{i}>" for i in range(HUBERT_BASE["num_symbols"])]]
+    return _build(HUBERT_BASE["model_cfg"], HUBERT_BASE["task_cfg"], symbols, name)
+
+
+def load_hubert_checkpoint(path: str | Path, name: str = "hubert_base") -> HubertUpstream:
+    """A HuBERT checkpoint in s3prl's converted format or fairseq's original format."""
+    state = read_checkpoint(path)
+    if all(key in state for key in S3PRL_KEYS):
+        model_cfg, task_cfg = to_plain(state["model_cfg"]), to_plain(state["task_cfg"])
+        symbols, weights = state["dictionaries_symbols"], state["model_weight"]
+    elif "cfg" in state and "model" in state:  # fairseq
+        cfg = to_plain(state["cfg"])
+        if "model" not in cfg or "task" not in cfg:
+            raise CheckpointError(f"fairseq checkpoint {path}: cfg lacks 'model' or 'task'")
+        model_cfg, task_cfg, weights = cfg["model"], cfg["task"], state["model"]
+        try:
+            dictionaries = state["task_state"]["dictionaries"]
+            symbols = [list(getattr(d, "symbols", None) or to_plain(d)["symbols"]) for d in dictionaries]
+        except (KeyError, TypeError) as err:
+            raise CheckpointError(f"fairseq checkpoint {path}: cannot read task_state.dictionaries ({err})") from err
+    else:
+        raise CheckpointError(
+            f"{path} is neither an s3prl-converted HuBERT checkpoint (fields {list(S3PRL_KEYS)}) "
+            f"nor a fairseq one (fields cfg, model, task_state); it has {sorted(state)[:12]}"
+        )
+    upstream = _build(model_cfg, task_cfg, symbols, name)
+    try:
+        upstream.model.load_state_dict(weights)
+    except RuntimeError as err:
+        raise CheckpointError(f"checkpoint {path} does not match the HuBERT architecture it describes: {err}") from err
+    return upstream

@@ -1,0 +1,142 @@
+"""`load_upstream`: one entry point for every upstream, from the hub, a local file, or random init."""
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .upstream import Upstream, pick_device
+
+
+class UpstreamUnavailable(RuntimeError):
+    """Weights cannot be had (offline, no cached copy); the message names the alternatives."""
+
+
+@dataclass(frozen=True)
+class UpstreamSpec:
+    """How to build one named upstream."""
+
+    name: str
+    description: str
+    build_random: Callable[[str], Upstream]
+    load_checkpoint: Callable[[str | Path, str], Upstream]
+    hub_url: str | None = None  # s3prl's download address for the released weights
+
+
+def _hubert_random(name):
+    from .hubert import build_hubert_base
+    return build_hubert_base(name)
+
+
+def _hubert_ckpt(path, name):
+    from .hubert import load_hubert_checkpoint
+    return load_hubert_checkpoint(path, name)
+
+
+def _distil_random(name):
+    from .distiller import build_distilhubert
+    return build_distilhubert(name)
+
+
+def _distil_ckpt(path, name):
+    from .distiller import load_distiller_checkpoint
+    return load_distiller_checkpoint(path, name)
+
+
+REGISTRY: dict[str, UpstreamSpec] = {
+    spec.name: spec
+    for spec in [
+        UpstreamSpec(
+            "hubert_base", "HuBERT Base (LibriSpeech 960 h), 12 layers, 768 dims; s3prl `hubert`",
+            _hubert_random, _hubert_ckpt,
+            "https://huggingface.co/s3prl/converted_ckpts/resolve/main/hubert_base_ls960.pt",
+        ),
+        UpstreamSpec(
+            "distilhubert", "DistilHuBERT (distilled from HuBERT Base), 2 layers; s3prl `distilhubert`",
+            _distil_random, _distil_ckpt,
+            "https://huggingface.co/leo19941227/distilhubert/resolve/main/distilhubert_ls960_4-8-12.ckpt",
+        ),
+    ]
+}
+
+
+def known_upstreams() -> list[str]:
+    return sorted(REGISTRY)
+
+
+def _spec(name: str) -> UpstreamSpec:
+    if name not in REGISTRY:
+        raise KeyError(f"unknown upstream {name!r}; known: {', '.join(known_upstreams())}")
+    return REGISTRY[name]
+
+
+def _s3prl_cache_path(url: str) -> Path:
+    """Where s3prl's downloader keeps `url` (mirrors s3prl.util.download's naming)."""
+    from s3prl.util.download import get_dir
+
+    return Path(get_dir()) / f"{hashlib.sha256(url.encode()).hexdigest()}.{Path(url).name}"
+
+
+def _reachable(url: str, timeout: float) -> bool:
+    import requests
+
+    try:
+        requests.head(url, timeout=timeout, allow_redirects=False)
+        return True
+    except requests.RequestException:
+        return False
+
+
+def download_weights(name: str, timeout: float = 5.0) -> Path:
+    """The released checkpoint for `name`, from s3prl's cache or downloaded with s3prl's downloader.
+
+    Offline, fails within about `timeout` seconds instead of hanging in a retry loop.
+    """
+    spec = _spec(name)
+    if spec.hub_url is None:
+        raise UpstreamUnavailable(f"upstream {name!r} has no hub weights; pass checkpoint= or random_init=True")
+    cached = _s3prl_cache_path(spec.hub_url)
+    if cached.is_file():
+        return cached
+    if os.environ.get("BENCH_OFFLINE") or not _reachable(spec.hub_url, timeout):
+        raise UpstreamUnavailable(
+            f"cannot download the weights of {name!r} from {spec.hub_url} (offline or unreachable) and no "
+            f"cached copy is at {cached}. Alternatives: load_upstream({name!r}, checkpoint='PATH') with a local "
+            f"s3prl/fairseq checkpoint (CLI: --checkpoint PATH), or load_upstream({name!r}, random_init=True) "
+            f"for the exact architecture with random weights (CLI: --random-init), enough for cost accounting."
+        )
+    from s3prl.util.download import _urls_to_filepaths
+
+    return Path(_urls_to_filepaths(spec.hub_url))
+
+
+def load_upstream(
+    name: str,
+    checkpoint: str | Path | None = None,
+    random_init: bool = False,
+    device: str | torch.device | None = None,
+) -> Upstream:
+    """Build upstream `name` in eval mode on `device` (auto: CUDA if available).
+
+    Sources, in order: `checkpoint` (a local file), `random_init` (exact architecture, random
+    weights), else the released weights through s3prl's hub downloader.
+    """
+    spec = _spec(name)
+    if checkpoint is not None and random_init:
+        raise ValueError("pass either checkpoint= or random_init=True, not both")
+    started = time.time()
+    if random_init:
+        torch.manual_seed(0)  # random-init models are reproducible
+        upstream = spec.build_random(name)
+    else:
+        path = Path(checkpoint) if checkpoint is not None else download_weights(name)
+        upstream = spec.load_checkpoint(path, name)
+        upstream.source = str(path)
+    upstream.source = getattr(upstream, "source", "random-init")
+    upstream.load_seconds = time.time() - started
+    return upstream.to(pick_device(device)).eval()

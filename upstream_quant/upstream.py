@@ -1,0 +1,74 @@
+"""The upstream interface every model in this project exposes, and device choice.
+
+Mirrors s3prl's `S3PRLUpstream`: forward(wavs, wavs_len) -> (hidden states, lengths), where
+hidden states are all layers (front end first), each (batch, frames, dim).
+"""
+from __future__ import annotations
+
+import os
+from typing import Iterable
+
+import torch
+from torch import nn
+
+SAMPLE_RATE = 16_000
+
+
+def pick_device(device: str | torch.device | None = None) -> torch.device:
+    """The requested device, else $BENCH_DEVICE, else CUDA when available, else CPU."""
+    choice = device if device is not None else os.environ.get("BENCH_DEVICE")
+    if choice is None or str(choice) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(choice)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {str(choice)!r} requested but CUDA is not available; use 'cpu' or 'auto'")
+    return dev
+
+
+def conv_output_lengths(lengths: torch.Tensor, convs: Iterable[tuple[int, int]]) -> torch.Tensor:
+    """Frames after a stack of unpadded (kernel, stride) convolutions, as the CNN front ends compute them."""
+    out = lengths.clone()
+    for kernel, stride in convs:
+        out = torch.div(out - kernel, stride, rounding_mode="floor") + 1
+    return out.clamp(min=0)
+
+
+def padding_mask(wavs_len: torch.Tensor, max_len: int) -> torch.Tensor:
+    """(batch, max_len) bool, True where a position is padding (fairseq's convention)."""
+    return torch.arange(max_len, device=wavs_len.device)[None, :] >= wavs_len[:, None]
+
+
+class Upstream(nn.Module):
+    """Base class: subclasses set the attributes below and implement `forward`.
+
+    Attributes:
+        name: registry name (e.g. "hubert_base").
+        hidden_size: feature dimension of every hidden state.
+        num_hidden_states: how many hidden states forward returns.
+        downsample_rate: input samples per output frame (320 for 50 Hz).
+        group_prefixes: module-path prefix -> accounting group (see accounting.py); the
+            longest matching prefix wins.
+    """
+
+    name: str = "upstream"
+    hidden_size: int
+    num_hidden_states: int
+    downsample_rate: int = 320
+    sample_rate: int = SAMPLE_RATE
+    group_prefixes: dict[str, str] = {}
+
+    def forward(self, wavs: torch.Tensor, wavs_len: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return f"name={self.name}, hidden_size={self.hidden_size}, num_hidden_states={self.num_hidden_states}"
+
+
+def check_batch(wavs: torch.Tensor, wavs_len: torch.Tensor) -> None:
+    """Clear errors for the shapes callers get wrong most often."""
+    if wavs.dim() != 2:
+        raise ValueError(f"wavs must be (batch, samples), got shape {tuple(wavs.shape)}")
+    if wavs_len.dim() != 1 or wavs_len.numel() != wavs.shape[0]:
+        raise ValueError(f"wavs_len must be (batch,) = ({wavs.shape[0]},), got shape {tuple(wavs_len.shape)}")
+    if wavs.device.type != "meta" and int(wavs_len.max()) > wavs.shape[1]:
+        raise ValueError(f"wavs_len max {int(wavs_len.max())} exceeds padded length {wavs.shape[1]}")
