@@ -75,8 +75,10 @@ class HubertUpstream(Upstream):
             ])
         self._states = []
         final, feat_pad = self.model.extract_features(wavs, padding_mask=pad, mask=False)
-        states, self._states = self._states + [final], []
         frames = final.shape[1]
+        # The encoder pads its input to an even length internally; layer inputs carry that pad
+        # frame, so trim every state to the output length (s3prl's expert does the same).
+        states, self._states = [s[:, :frames] for s in self._states] + [final], []
         lengths = (~feat_pad).sum(1) if feat_pad is not None else torch.full_like(wavs_len, frames)
         return states, [lengths] * len(states)
 

@@ -1,0 +1,51 @@
+import os
+import tempfile
+
+import pytest
+import torch
+
+# Inventories are cached per test session, never in the user's home.
+os.environ.setdefault("BENCH_CACHE", tempfile.mkdtemp(prefix="bench-cache-"))
+os.environ["BENCH_OFFLINE"] = "1"  # tests never touch the network
+
+TINY_HUBERT = {
+    "model_cfg": {
+        "label_rate": 50.0, "final_dim": 16, "encoder_layers": 2, "encoder_embed_dim": 32,
+        "encoder_ffn_embed_dim": 64, "encoder_attention_heads": 4,
+        "conv_feature_layers": "[(16,10,5)] + [(16,3,2)] * 4 + [(16,2,2)] * 2",
+        "conv_pos": 16, "conv_pos_groups": 4,
+    },
+    "task_cfg": {"label_rate": 50.0, "sample_rate": 16000, "normalize": False},
+}
+
+TINY_DISTILLER = {
+    "extractor_conv_feature_layers": "[(16,10,5)] + [(16,3,2)] * 4 + [(16,2,2)] * 2",
+    "conv_pos": 16, "conv_pos_groups": 4, "encoder_layers": 1, "encoder_embed_dim": 32,
+    "encoder_ffn_embed_dim": 64, "encoder_attention_heads": 4, "final_dim": 32,
+    "out_layer_type": "expand-last", "n_tasks": 2, "task_emb_type": "expand-last", "pred_layer_id": [1, 2],
+}
+
+
+@pytest.fixture
+def tiny_hubert():
+    from upstream_quant.hubert import _build
+
+    torch.manual_seed(0)
+    return _build(TINY_HUBERT["model_cfg"], TINY_HUBERT["task_cfg"], [list("abcdefgh")], "hubert_base").eval()
+
+
+@pytest.fixture
+def tiny_distiller():
+    from upstream_quant.distiller import build_distiller
+
+    torch.manual_seed(0)
+    return build_distiller(TINY_DISTILLER, "distilhubert").eval()
+
+
+@pytest.fixture
+def batch():
+    torch.manual_seed(1)
+    wavs = torch.randn(2, 16000)
+    lens = torch.tensor([16000, 11000])
+    wavs[1, 11000:] = 0
+    return wavs, lens
