@@ -74,6 +74,10 @@ class DistillerUpstream(Upstream):
         lengths = pad_mask.sum(1).long()
         return states, [lengths] * len(states)
 
+    def architecture(self) -> dict:
+        """Everything needed to rebuild this architecture without its weights."""
+        return {"family": "distiller", "config": self.config}
+
     def s3prl_state(self) -> dict:
         """This model as a Distiller checkpoint (`distiller_local` loads it)."""
         return {"Config": {"distiller": self.config}, "Distiller": self.model.state_dict()}

@@ -60,9 +60,6 @@ class HubertUpstream(Upstream):
         self.convs = [(layer[0].kernel_size[0], layer[0].stride[0]) for layer in model.feature_extractor.conv_layers]
         self.hidden_size = model.encoder.embedding_dim
         self.num_hidden_states = len(model.encoder.layers) + 1
-        self._states: list[torch.Tensor] = []
-        for layer in model.encoder.layers:
-            layer.register_forward_pre_hook(lambda _m, args: self._states.append(args[0].transpose(0, 1)))
 
     def forward(self, wavs: torch.Tensor, wavs_len: torch.Tensor):
         check_batch(wavs, wavs_len)
@@ -73,14 +70,31 @@ class HubertUpstream(Upstream):
                 torch.nn.functional.pad(torch.nn.functional.layer_norm(w[:n], (int(n),)), (0, wavs.shape[1] - int(n)))
                 for w, n in zip(wavs, wavs_len)
             ])
-        self._states = []
-        final, feat_pad = self.model.extract_features(wavs, padding_mask=pad, mask=False)
+        # Layer inputs are captured by hooks that live only for this call (so copies of this
+        # module never share them).
+        inputs: list[torch.Tensor] = []
+        handles = [
+            layer.register_forward_pre_hook(lambda _m, args: inputs.append(args[0].transpose(0, 1)))
+            for layer in self.model.encoder.layers
+        ]
+        try:
+            final, feat_pad = self.model.extract_features(wavs, padding_mask=pad, mask=False)
+        finally:
+            for h in handles:
+                h.remove()
         frames = final.shape[1]
         # The encoder pads its input to an even length internally; layer inputs carry that pad
         # frame, so trim every state to the output length (s3prl's expert does the same).
-        states, self._states = [s[:, :frames] for s in self._states] + [final], []
+        states = [s[:, :frames] for s in inputs] + [final]
         lengths = (~feat_pad).sum(1) if feat_pad is not None else torch.full_like(wavs_len, frames)
         return states, [lengths] * len(states)
+
+    def architecture(self) -> dict:
+        """Everything needed to rebuild this architecture without its weights."""
+        from dataclasses import asdict
+
+        return {"family": "hubert", "model_cfg": asdict(self.model.cfg), "task_cfg": asdict(self.task_cfg),
+                "symbols": self.symbols}
 
     def s3prl_state(self) -> dict:
         """This model as an s3prl-converted checkpoint (`hubert_local` loads it)."""

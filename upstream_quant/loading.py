@@ -115,6 +115,18 @@ def download_weights(name: str, timeout: float = 5.0) -> Path:
     return Path(_urls_to_filepaths(spec.hub_url))
 
 
+def build_architecture(arch: dict, name: str) -> Upstream:
+    """An upstream from `architecture()` output, randomly initialised (weights are loaded after)."""
+    family = arch.get("family")
+    if family == "hubert":
+        from .hubert import _build
+        return _build(arch["model_cfg"], arch["task_cfg"], arch["symbols"], name)
+    if family == "distiller":
+        from .distiller import build_distiller
+        return build_distiller(arch["config"], name)
+    raise ValueError(f"unknown architecture family {family!r}; known: hubert, distiller")
+
+
 def load_upstream(
     name: str,
     checkpoint: str | Path | None = None,

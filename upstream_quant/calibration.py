@@ -1,0 +1,72 @@
+"""Label-free calibration statistics: each target layer's inputs on a few unlabelled utterances."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+
+class CalibrationError(ValueError):
+    """Calibration audio is missing, empty or too short."""
+
+
+@dataclass
+class LayerStats:
+    """What a method may need from a layer's inputs: X^T X (GPTQ) and a row sample (cosine search)."""
+
+    hessian: torch.Tensor | None = None  # (in, in), sum of x x^T over all input rows
+    rows: int = 0
+    sample: torch.Tensor | None = None  # up to `max_rows` input rows
+    max_rows: int = 4096
+    _parts: list = field(default_factory=list, repr=False)
+
+    def add(self, x: torch.Tensor, need_hessian: bool, need_sample: bool) -> None:
+        x = x.detach().reshape(-1, x.shape[-1]).float()
+        if need_hessian:
+            h = x.T @ x
+            self.hessian = h if self.hessian is None else self.hessian + h
+        if need_sample and sum(p.shape[0] for p in self._parts) < self.max_rows:
+            self._parts.append(x[: self.max_rows].cpu())
+            self.sample = torch.cat(self._parts)[: self.max_rows]
+        self.rows += x.shape[0]
+
+
+MIN_SAMPLES = 400  # 25 ms at 16 kHz: the shortest input the HuBERT CNN turns into a frame
+
+
+def check_calibration(wavs: list[torch.Tensor]) -> None:
+    if not wavs:
+        raise CalibrationError("calibration set is empty: give at least one unlabelled utterance")
+    for i, wav in enumerate(wavs):
+        if wav.dim() != 1 or wav.numel() < MIN_SAMPLES:
+            raise CalibrationError(
+                f"calibration utterance {i} is too short or not mono ({tuple(wav.shape)}); "
+                f"need a 1-D waveform of at least {MIN_SAMPLES} samples (25 ms at 16 kHz)"
+            )
+
+
+@torch.no_grad()
+def collect_stats(
+    model: nn.Module, layers: dict[str, nn.Module], wavs: list[torch.Tensor], need_hessian: bool, need_sample: bool
+) -> dict[str, LayerStats]:
+    """Run the (full-precision) model over `wavs` one at a time, recording each layer's inputs.
+
+    Conv1d inputs are rearranged to (positions, channels x kernel) would be needed for GPTQ on
+    convolutions; only Linear layers get statistics, convolutions use weight-only methods.
+    """
+    check_calibration(wavs)
+    stats = {name: LayerStats() for name, m in layers.items() if isinstance(m, nn.Linear)}
+    handles = [
+        layers[name].register_forward_pre_hook(lambda _m, args, n=name: stats[n].add(args[0], need_hessian, need_sample))
+        for name in stats
+    ]
+    device = next(model.parameters()).device
+    try:
+        for wav in wavs:
+            wav = wav.to(device).float()
+            model(wav[None], torch.tensor([wav.numel()], device=device))
+    finally:
+        for h in handles:
+            h.remove()
+    return stats

@@ -1,0 +1,164 @@
+"""Packed export: a quantized upstream as one safetensors file.
+
+Quantized layers store their integer codes bit-packed into uint8 (ceil(n x bits / 8) bytes),
+scales in fp16 and zero-points in fp16 (omitted when constant over the layer, e.g. symmetric
+codes); every other tensor is stored in fp16; parameters the upstream never uses at inference are
+left out. The metadata holds a JSON manifest: format, upstream name and architecture, method and
+bits per layer, and the sha256 of the tensor payload, checked on load.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .qweight import QuantizedLayer, QuantizedWeight
+
+FORMAT = "lowbit-packed/1"
+
+
+class PackedFileError(ValueError):
+    """A packed file is corrupted, truncated, or does not describe a model we can rebuild."""
+
+
+def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """uint8 codes < 2^bits -> bytes holding `bits` bits each, most significant first."""
+    flat = codes.detach().cpu().reshape(-1).numpy().astype(np.uint8)
+    if bits == 8:
+        return torch.from_numpy(flat.copy())
+    unpacked = np.unpackbits(flat[:, None], axis=1)[:, 8 - bits:]
+    return torch.from_numpy(np.packbits(unpacked.reshape(-1)))
+
+
+def unpack_codes(packed: torch.Tensor, bits: int, shape: tuple[int, ...]) -> torch.Tensor:
+    n = math.prod(shape)
+    raw = packed.numpy()
+    if bits == 8:
+        return torch.from_numpy(raw[:n].copy()).reshape(shape)
+    bitstream = np.unpackbits(raw)[: n * bits].reshape(n, bits)
+    full = np.zeros((n, 8), dtype=np.uint8)
+    full[:, 8 - bits:] = bitstream
+    return torch.from_numpy(np.packbits(full, axis=1).reshape(-1)).reshape(shape)
+
+
+def _digest(tensors: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].contiguous()
+        h.update(name.encode())
+        h.update(str(t.dtype).encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _unused(upstream) -> tuple[str, ...]:
+    return tuple(getattr(upstream, "unused_at_inference", ()))
+
+
+def save_packed(upstream, path: str | Path) -> Path:
+    """Write `upstream` (quantized with `quantize`, or not) as a packed file; returns the path."""
+    if not hasattr(upstream, "architecture"):
+        raise TypeError("save_packed needs an upstream from load_upstream (it records how to rebuild it)")
+    path = Path(path)
+    tensors: dict[str, torch.Tensor] = {}
+    layers: dict[str, dict] = {}
+    qnames = set()
+    for name, module in upstream.named_modules():
+        if not isinstance(module, QuantizedLayer):
+            continue
+        qnames.update({f"{name}.codes", f"{name}.scale", f"{name}.zero"})
+        tensors[f"{name}.codes"] = pack_codes(module.codes, module.bits)
+        tensors[f"{name}.scale"] = module.scale.detach().cpu().half()
+        zero = module.zero.detach().cpu()
+        const_zero = bool((zero == zero.flatten()[0]).all())
+        if not const_zero:
+            tensors[f"{name}.zero"] = zero.half()
+        layers[name] = {
+            "kind": module.kind, "shape": list(module.codes.shape), "bits": module.bits,
+            "group_size": module.group_size, "method": module.method,
+            "zero": float(zero.flatten()[0]) if const_zero else None,
+            "act_bits": module.act.bits if module.act is not None else None,
+        }
+    unused = _unused(upstream)
+    for name, t in upstream.state_dict().items():
+        if name in qnames or any(name == p or name.startswith(p + ".") for p in unused):
+            continue
+        t = t.detach().cpu()
+        tensors[name] = t.half() if t.is_floating_point() else t
+    tensors = {k: v.contiguous() for k, v in tensors.items()}
+    manifest = {
+        "format": FORMAT,
+        "upstream": upstream.name,
+        "architecture": upstream.architecture(),
+        "quantization": getattr(upstream, "quantization", None),
+        "layers": layers,
+        "sha256": _digest(tensors),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(tensors, str(tmp), metadata={"manifest": json.dumps(manifest)})
+    tmp.replace(path)
+    return path
+
+
+def read_manifest(path: str | Path) -> dict:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise PackedFileError(f"{path}: not a readable packed file ({err})") from err
+    if "manifest" not in meta:
+        raise PackedFileError(f"{path}: no manifest in the file's metadata")
+    manifest = json.loads(meta["manifest"])
+    if manifest.get("format") != FORMAT:
+        raise PackedFileError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+    return manifest
+
+
+def load_packed(path: str | Path, device: str | torch.device | None = None):
+    """Rebuild the upstream a packed file describes, with the same dequantized weights."""
+    from .loading import build_architecture
+    from .upstream import pick_device
+
+    path = Path(path)
+    if not path.is_file():
+        raise PackedFileError(f"packed file not found: {path}")
+    manifest = read_manifest(path)
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise PackedFileError(f"{path}: cannot read tensors ({err})") from err
+    if _digest(tensors) != manifest["sha256"]:
+        raise PackedFileError(f"{path}: sha256 of the tensors does not match the manifest (corrupted or edited file)")
+    upstream = build_architecture(manifest["architecture"], manifest["upstream"])
+    for name, spec in manifest["layers"].items():
+        try:
+            original = upstream.get_submodule(name)
+        except AttributeError as err:
+            raise PackedFileError(f"{path}: layer {name!r} does not exist in the {manifest['upstream']} architecture") from err
+        shape = tuple(spec["shape"])
+        if tuple(original.weight.shape if not hasattr(original, "weight_v") else original.weight_v.shape) != shape:
+            raise PackedFileError(f"{path}: layer {name!r} has shape {shape}, the architecture has {tuple(original.weight.shape)}")
+        scale = tensors.pop(f"{name}.scale").float()
+        zero = tensors.pop(f"{name}.zero").float() if f"{name}.zero" in tensors else torch.full_like(scale, spec["zero"])
+        codes = unpack_codes(tensors.pop(f"{name}.codes"), spec["bits"], shape)
+        qweight = QuantizedWeight(codes, scale, zero, spec["bits"], spec["group_size"], spec["method"])
+        upstream.set_submodule(name, QuantizedLayer(original, qweight, spec.get("act_bits")))
+    state = {k: (v.float() if v.is_floating_point() else v) for k, v in tensors.items()}
+    missing, unexpected = upstream.load_state_dict(state, strict=False)
+    unused = _unused(upstream)
+    missing = [k for k in missing if not k.endswith((".codes", ".scale", ".zero"))
+               and not any(k == p or k.startswith(p + ".") for p in unused)]
+    if missing or unexpected:
+        raise PackedFileError(f"{path}: tensors do not match the architecture (missing {missing[:5]}, unexpected {unexpected[:5]})")
+    upstream.quantization = manifest.get("quantization")
+    upstream.source = str(path)
+    return upstream.to(pick_device(device)).eval()

@@ -1,0 +1,110 @@
+"""A quantized weight and the module that runs with it.
+
+Every method produces the same representation: integer codes in [0, 2^bits), and per output row
+(or per row and group of `group_size` inputs) a scale and a zero-point, so that
+`W = (codes - zero) * scale`. Scales and zero-points are rounded to fp16 when created, so the
+dequantized weight computed here is exactly the one a packed file reloads.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class QuantizedWeight:
+    codes: torch.Tensor  # uint8, same shape as the weight
+    scale: torch.Tensor  # float32 holding fp16 values, (out, groups)
+    zero: torch.Tensor  # float32 holding fp16 values, (out, groups)
+    bits: int
+    group_size: int | None  # None: one group spanning each row
+    method: str
+
+    def __post_init__(self):
+        self.scale = self.scale.to(torch.float16).to(torch.float32)
+        self.zero = self.zero.to(torch.float16).to(torch.float32)
+
+    def dequantize(self) -> torch.Tensor:
+        return dequantize(self.codes, self.scale, self.zero, self.group_size)
+
+
+def dequantize(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group_size: int | None) -> torch.Tensor:
+    rows = codes.shape[0]
+    flat = codes.reshape(rows, -1).to(torch.float32)
+    groups = scale.shape[1]
+    w = (flat.view(rows, groups, -1) - zero[:, :, None]) * scale[:, :, None]
+    return w.reshape(codes.shape)
+
+
+def grouped(weight: torch.Tensor, group_size: int | None) -> torch.Tensor:
+    """(out, in...) -> (out, groups, group_size) view of the flattened rows."""
+    rows = weight.shape[0]
+    flat = weight.reshape(rows, -1)
+    cols = flat.shape[1]
+    size = cols if group_size is None else group_size
+    if cols % size:
+        raise ValueError(f"group_size {size} does not divide the input width {cols}")
+    return flat.reshape(rows, cols // size, size)
+
+
+class ActivationQuant(nn.Module):
+    """Optional fake quantization of a layer's input: symmetric, per tensor, dynamic scale."""
+
+    def __init__(self, bits: int):
+        super().__init__()
+        self.bits = bits
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        qmax = 2 ** (self.bits - 1) - 1
+        scale = x.detach().abs().amax().clamp(min=1e-8) / qmax
+        return torch.clamp(torch.round(x / scale), -qmax - 1, qmax) * scale
+
+
+class QuantizedLayer(nn.Module):
+    """Replaces an nn.Linear or nn.Conv1d: keeps codes/scales/zeros (the state saved) and runs with
+    the weight dequantized once, at construction, so outputs are exact on CPU and GPU."""
+
+    def __init__(self, original: nn.Module, qweight: QuantizedWeight, act_bits: int | None = None):
+        super().__init__()
+        self.kind = "linear" if isinstance(original, nn.Linear) else "conv1d"
+        if self.kind == "conv1d":
+            self.conv_args = {k: getattr(original, k) for k in ("stride", "padding", "dilation", "groups")}
+        self.bits, self.group_size, self.method = qweight.bits, qweight.group_size, qweight.method
+        device = qweight.codes.device
+        self.register_buffer("codes", qweight.codes)
+        self.register_buffer("scale", qweight.scale)
+        self.register_buffer("zero", qweight.zero)
+        self.register_buffer("weight", qweight.dequantize().to(device), persistent=False)
+        bias = getattr(original, "bias", None)
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=bias.requires_grad)
+        self.act = ActivationQuant(act_bits) if act_bits else None
+
+    @property
+    def in_features(self) -> int:
+        return self.weight.shape[1]
+
+    @property
+    def out_features(self) -> int:
+        return self.weight.shape[0]
+
+    def _apply(self, fn, recurse=True):
+        # keep the integer codes integral when the model is cast to another dtype
+        codes = self.codes
+        out = super()._apply(fn, recurse)
+        self.codes = codes.to(self.weight.device)
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.act is not None:
+            x = self.act(x)
+        w = self.weight.to(x.dtype)
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        if self.kind == "linear":
+            return F.linear(x, w, bias)
+        return F.conv1d(x, w, bias, **self.conv_args)
+
+    def extra_repr(self) -> str:
+        return f"{self.kind}, {tuple(self.weight.shape)}, method={self.method}, bits={self.bits}, group_size={self.group_size}"

@@ -1,0 +1,110 @@
+"""k-bit uniform weights (k = 2..8): symmetric or asymmetric, per output row or per group of
+inputs, with the clipping range from min-max, an MSE search, or an output-cosine search.
+
+The searches scale the min-max range by factors on a grid that includes 1 (min-max itself), so
+neither can do worse than min-max on its own objective.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .calibration import LayerStats
+from .qweight import QuantizedWeight, dequantize, grouped
+
+CLIP_METHODS = ("minmax", "mse", "cosine")
+
+
+@dataclass(frozen=True)
+class UniformConfig:
+    bits: int = 4
+    group_size: int | None = None  # inputs per scale; None: one scale per output row
+    symmetric: bool = True
+    clip: str = "minmax"  # minmax | mse | cosine (cosine needs calibration audio)
+    grid: int = 100  # search points between alpha and beta (myQASR: 0.01 .. 1.2, 100 points)
+    alpha: float = 0.01
+    beta: float = 1.2
+    act_bits: int | None = None
+    targets: tuple[str, ...] = ("transformer",)
+
+    def __post_init__(self):
+        if not 2 <= self.bits <= 8:
+            raise ValueError(f"uniform bits must be in 2..8 (use BinaryConfig for 1 bit), got {self.bits}")
+        if self.clip not in CLIP_METHODS:
+            raise ValueError(f"clip must be one of {CLIP_METHODS}, got {self.clip!r}")
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.clip == "cosine"
+
+
+def minmax_params(w: torch.Tensor, bits: int, symmetric: bool, ratio: torch.Tensor | float = 1.0):
+    """Scale and zero-point per group of `w` (out, groups, size), range shrunk by `ratio`."""
+    levels = 2**bits - 1
+    if symmetric:
+        # levels -2^(b-1) .. 2^(b-1)-1 around zero; s0 = max|W| / (2^(b-1) - 0.5) (myQASR's start)
+        scale = w.abs().amax(-1) * ratio / (2 ** (bits - 1) - 0.5)
+        zero = torch.full_like(scale, 2 ** (bits - 1))
+    else:
+        lo, hi = w.amin(-1) * ratio, w.amax(-1) * ratio
+        lo, hi = torch.minimum(lo, torch.zeros_like(lo)), torch.maximum(hi, torch.zeros_like(hi))
+        scale = (hi - lo) / levels
+        zero = torch.round(-lo / scale.clamp(min=1e-12))
+    return scale.clamp(min=1e-8), zero
+
+
+def round_codes(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int) -> torch.Tensor:
+    scale16 = scale.half().float()  # codes are chosen against the scale that will be stored
+    return torch.clamp(torch.round(w / scale16[..., None]) + zero.half().float()[..., None], 0, 2**bits - 1)
+
+
+def _quantize_with(w, bits, symmetric, ratio):
+    scale, zero = minmax_params(w, bits, symmetric, ratio)
+    codes = round_codes(w, scale, zero, bits)
+    return codes, scale, zero
+
+
+def _ratios(config: UniformConfig) -> torch.Tensor:
+    grid = torch.linspace(config.alpha, config.beta, config.grid)
+    return torch.unique(torch.cat([grid, torch.ones(1)]))
+
+
+def quantize_uniform(weight: torch.Tensor, config: UniformConfig, stats: LayerStats | None = None) -> QuantizedWeight:
+    w = grouped(weight.detach().float(), config.group_size)
+    best = _quantize_with(w, config.bits, config.symmetric, 1.0)
+    if config.clip == "mse":
+        # per row and group: the range factor with the smallest reconstruction error
+        best_err = _sq_err(w, *best)
+        for ratio in _ratios(config):
+            cand = _quantize_with(w, config.bits, config.symmetric, float(ratio))
+            err = _sq_err(w, *cand)
+            better = err < best_err
+            best = tuple(torch.where(better[..., None], c, b) if c.dim() == 3 else torch.where(better, c, b) for c, b in zip(cand, best))
+            best_err = torch.minimum(err, best_err)
+    elif config.clip == "cosine":
+        if stats is None or stats.sample is None:
+            raise ValueError("clip='cosine' needs calibration audio (the layer's inputs)")
+        x = stats.sample.float()
+        ref = F.linear(x, weight.detach().float().reshape(weight.shape[0], -1))
+        best_cos = _cosine(ref, x, best, config, weight.shape)
+        for ratio in _ratios(config):  # one range factor per layer, as myQASR searches it
+            cand = _quantize_with(w, config.bits, config.symmetric, float(ratio))
+            cos = _cosine(ref, x, cand, config, weight.shape)
+            if cos > best_cos:
+                best, best_cos = cand, cos
+    codes, scale, zero = best
+    return QuantizedWeight(codes.to(torch.uint8).reshape(weight.shape), scale, zero, config.bits, config.group_size, f"uniform-{config.clip}")
+
+
+def _sq_err(w, codes, scale, zero):
+    deq = (codes - zero.half().float()[..., None]) * scale.half().float()[..., None]
+    return ((w - deq) ** 2).sum(-1)
+
+
+def _cosine(ref, x, cand, config, shape) -> float:
+    codes, scale, zero = cand
+    deq = dequantize(codes.reshape(shape[0], -1), scale.half().float(), zero.half().float(), config.group_size)
+    out = F.linear(x, deq)
+    return float(F.cosine_similarity(ref.flatten(), out.flatten(), dim=0))
