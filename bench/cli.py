@@ -55,6 +55,41 @@ def _cmd_table(args: argparse.Namespace) -> int:
     return 0
 
 
+def make_config(method: str, bits: int, group_size: int | None, clip: str, act_bits: int | None, targets: tuple[str, ...]):
+    """A quantization config from CLI arguments (errors name the bad value)."""
+    from upstream_quant.binary import BinaryConfig
+    from upstream_quant.gptq import GPTQConfig
+    from upstream_quant.uniform import UniformConfig
+
+    if method == "binary":
+        if bits != 1:
+            raise ValueError(f"--method binary is 1 bit; got --bits {bits}")
+        return BinaryConfig(group_size=group_size, act_bits=act_bits, targets=targets)
+    if method == "uniform":
+        return UniformConfig(bits=bits, group_size=group_size, clip=clip, act_bits=act_bits, targets=targets)
+    if method == "gptq":
+        return GPTQConfig(bits=bits, group_size=group_size, act_bits=act_bits, targets=targets)
+    raise ValueError(f"unknown method {method!r}; known: binary, uniform, gptq")
+
+
+def _cmd_quantize(args: argparse.Namespace) -> int:
+    from upstream_quant import load_upstream
+    from upstream_quant.calibration import load_calibration_dir
+    from upstream_quant.packed import save_packed
+    from upstream_quant.quantize import quantize
+
+    try:
+        config = make_config(args.method, args.bits, args.group_size, args.clip, args.act_bits, tuple(args.targets.split(",")))
+    except ValueError as err:
+        raise SystemExit(f"bench quantize: {err}")
+    calib = load_calibration_dir(args.calib, args.calib_count) if args.calib else None
+    upstream = load_upstream(args.upstream, checkpoint=args.checkpoint, random_init=args.random_init, device=args.device)
+    model = quantize(upstream, config, calibration=calib)
+    path = save_packed(model, args.out)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB): {args.upstream} {config}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bench", description="Low-bit quantization benchmark for speech SSL upstreams")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -65,6 +100,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=10.0, help="utterance length for MACs and runtime (default 10)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_cmd_cost)
+
+    p = sub.add_parser("quantize", help="quantize an upstream and write a packed file")
+    p.add_argument("--upstream", required=True)
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--checkpoint", default=None, help="local s3prl/fairseq checkpoint")
+    src.add_argument("--random-init", action="store_true", help="exact architecture, random weights")
+    p.add_argument("--method", required=True, choices=["binary", "uniform", "gptq"])
+    p.add_argument("--bits", type=int, required=True, choices=range(1, 9), metavar="{1..8}")
+    p.add_argument("--group-size", type=int, default=None, help="inputs per scale (default: one scale per output row)")
+    p.add_argument("--clip", default="minmax", choices=["minmax", "mse", "cosine"], help="uniform: clipping range search")
+    p.add_argument("--act-bits", type=int, default=None, help="also fake-quantize layer inputs (e.g. 8)")
+    p.add_argument("--targets", default="transformer", help="comma-separated groups: transformer,cnn,feature_projection,positional_conv or *")
+    p.add_argument("--calib", default=None, help="directory of unlabelled 16 kHz .wav/.flac (gptq, --clip cosine)")
+    p.add_argument("--calib-count", type=int, default=32)
+    p.add_argument("--device", default=None)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_cmd_quantize)
+
+    p = sub.add_parser("perf", help="benchmarks (quantize: timings and peak memory on random-init HuBERT Base)")
+    p.add_argument("what", choices=["quantize"])
+    p.add_argument("--calib-count", type=int, default=32)
+    p.add_argument("--seconds", type=float, default=4.0, help="length of each synthetic calibration utterance")
+    p.set_defaults(func=lambda a: __import__("bench.perf", fromlist=["main"]).perf_quantize(a.calib_count, a.seconds))
 
     p = sub.add_parser("table", help="generate a results table (paper: the 1-bit/2-bit comparison)")
     p.add_argument("suite", nargs="?", default="paper")

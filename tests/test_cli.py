@@ -50,3 +50,45 @@ def test_reference_file_is_labelled_as_the_papers():
     ref = paper_reference()
     assert list(ref.columns) == ["paper_storage_mb", "paper_est_runtime", "paper_wer", "paper_source"]
     assert ref.loc["hubert_base/1bit", "paper_storage_mb"] == 25.23
+
+
+def test_bench_quantize_writes_a_packed_file(tmp_path, capsys, monkeypatch):
+    import numpy as np
+    import soundfile as sf
+
+    from upstream_quant.packed import read_manifest
+
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for i in range(2):
+        sf.write(calib / f"u{i}.wav", np.random.default_rng(i).normal(0, 0.1, 8000).astype("float32"), 16000)
+    out = tmp_path / "d.safetensors"
+    args = ["quantize", "--upstream", "distilhubert", "--random-init", "--method", "gptq", "--bits", "2",
+            "--group-size", "128", "--calib", str(calib), "--out", str(out)]
+    assert main(args) == 0
+    manifest = read_manifest(out)
+    assert manifest["upstream"] == "distilhubert" and manifest["quantization"]["config"]["bits"] == 2
+    assert {spec["method"] for spec in manifest["layers"].values()} == {"gptq"}
+    with pytest.raises(SystemExit, match="binary is 1 bit"):
+        main(["quantize", "--upstream", "distilhubert", "--random-init", "--method", "binary", "--bits", "2", "--out", str(out)])
+
+
+def test_calibration_dir_errors(tmp_path):
+    import numpy as np
+    import soundfile as sf
+
+    from upstream_quant.calibration import CalibrationError, load_calibration_dir
+
+    with pytest.raises(CalibrationError, match="not found"):
+        load_calibration_dir(str(tmp_path / "nope"))
+    with pytest.raises(CalibrationError, match="no .wav/.flac"):
+        load_calibration_dir(str(tmp_path))
+    sf.write(tmp_path / "a.wav", np.zeros((8000, 2), dtype="float32"), 8000)
+    with pytest.raises(CalibrationError, match="a.wav: sample rate 8000"):
+        load_calibration_dir(str(tmp_path))
+    (tmp_path / "a.wav").unlink()
+    sf.write(tmp_path / "b.wav", np.zeros((8000, 2), dtype="float32"), 16000)  # stereo: downmixed
+    assert load_calibration_dir(str(tmp_path))[0].shape == (8000,)
+    (tmp_path / "c.flac").write_bytes(b"garbage")
+    with pytest.raises(CalibrationError, match="c.flac"):
+        load_calibration_dir(str(tmp_path))

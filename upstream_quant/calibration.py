@@ -70,3 +70,31 @@ def collect_stats(
         for h in handles:
             h.remove()
     return stats
+
+
+AUDIO_SUFFIXES = (".wav", ".flac")
+
+
+def load_calibration_dir(directory: str, count: int = 32, sample_rate: int = 16_000) -> list[torch.Tensor]:
+    """The first `count` audio files (sorted paths, recursive) of `directory` as mono waveforms."""
+    from pathlib import Path
+
+    import soundfile as sf
+
+    root = Path(directory)
+    if not root.is_dir():
+        raise CalibrationError(f"calibration directory not found: {root}")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)[:count]
+    if not files:
+        raise CalibrationError(f"no .wav/.flac files under {root}")
+    wavs = []
+    for path in files:
+        try:
+            data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+        except Exception as err:  # soundfile raises LibsndfileError/RuntimeError on corrupt files
+            raise CalibrationError(f"cannot read calibration file {path}: {err}") from err
+        if sr != sample_rate:
+            raise CalibrationError(f"{path}: sample rate {sr} Hz, expected {sample_rate} Hz (resample it first)")
+        wavs.append(torch.from_numpy(data.mean(axis=1)))
+    check_calibration(wavs)
+    return wavs
