@@ -194,3 +194,17 @@ def test_gptq_on_an_upstream_with_calibration_audio(tiny_hubert, batch):
         ref = tiny_hubert(*batch)[0][-1]
         err = lambda m: float(((m(*batch)[0][-1] - ref) ** 2).mean())
         assert err(q) < err(rtn)
+
+
+def test_cnn_and_weight_normed_positional_conv_quantize_and_run(tiny_hubert, batch):
+    from upstream_quant.quantize import effective_weight
+
+    pos = tiny_hubert.model.encoder.pos_conv[0]
+    w = effective_weight(pos).detach().clone()
+    q = quantize(tiny_hubert, UniformConfig(bits=8, targets=("positional_conv", "cnn")), progress=False)
+    qpos = q.model.encoder.pos_conv[0]
+    assert isinstance(qpos, QuantizedLayer) and isinstance(q.model.feature_extractor.conv_layers[0][0], QuantizedLayer)
+    assert float((qpos.weight - w).abs().max()) <= float(qpos.scale.max())  # within one 8-bit step
+    with torch.no_grad():
+        ref, out = tiny_hubert(*batch)[0][-1], q(*batch)[0][-1]
+    assert torch.nn.functional.cosine_similarity(ref.flatten(), out.flatten(), dim=0) > 0.99
