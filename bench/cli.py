@@ -90,6 +90,12 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_perf(args: argparse.Namespace) -> int:
+    from .perf import perf_quantize
+
+    return perf_quantize(args.calib_count, args.seconds)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bench", description="Low-bit quantization benchmark for speech SSL upstreams")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -122,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("what", choices=["quantize"])
     p.add_argument("--calib-count", type=int, default=32)
     p.add_argument("--seconds", type=float, default=4.0, help="length of each synthetic calibration utterance")
-    p.set_defaults(func=lambda a: __import__("bench.perf", fromlist=["main"]).perf_quantize(a.calib_count, a.seconds))
+    p.set_defaults(func=_cmd_perf)
 
     p = sub.add_parser("table", help="generate a results table (paper: the 1-bit/2-bit comparison)")
     p.add_argument("suite", nargs="?", default="paper")

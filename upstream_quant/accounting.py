@@ -65,11 +65,20 @@ class OpEntry:
     weight: str | None  # parameter name of the weight this op multiplies by, if any
 
 
+def under(name: str, prefix: str) -> bool:
+    """True when `name` is the module/parameter path `prefix` or lies below it."""
+    return name == prefix or name.startswith(prefix + ".")
+
+
+def under_any(name: str, prefixes: Iterable[str]) -> bool:
+    return any(under(name, p) for p in prefixes)
+
+
 def group_of(name: str, prefixes: Mapping[str, str]) -> str:
     """Accounting group of a parameter or module path: the longest matching prefix wins."""
     best, group = -1, "other"
     for prefix, g in prefixes.items():
-        if (name == prefix or name.startswith(prefix + ".")) and len(prefix) > best:
+        if under(name, prefix) and len(prefix) > best:
             best, group = len(prefix), g
     return group
 
@@ -125,9 +134,7 @@ class StoragePolicy:
         return self.vector_bits
 
     def excluded(self, e: ParamEntry) -> bool:
-        return e.group in self.exclude_groups or any(
-            e.name == p or e.name.startswith(p + ".") for p in self.exclude_params
-        )
+        return e.group in self.exclude_groups or under_any(e.name, self.exclude_params)
 
 
 def scale_count(shape: tuple[int, ...], group_size: int | None) -> int:

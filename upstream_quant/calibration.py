@@ -17,19 +17,25 @@ class LayerStats:
 
     hessian: torch.Tensor | None = None  # (in, in), sum of x x^T over all input rows
     rows: int = 0
-    sample: torch.Tensor | None = None  # up to `max_rows` input rows
     max_rows: int = 4096
     _parts: list = field(default_factory=list, repr=False)
+    _kept: int = 0  # rows held in _parts
 
     def add(self, x: torch.Tensor, need_hessian: bool, need_sample: bool) -> None:
         x = x.detach().reshape(-1, x.shape[-1]).float()
         if need_hessian:
             h = x.T @ x
             self.hessian = h if self.hessian is None else self.hessian + h
-        if need_sample and sum(p.shape[0] for p in self._parts) < self.max_rows:
-            self._parts.append(x[: self.max_rows].cpu())
-            self.sample = torch.cat(self._parts)[: self.max_rows]
+        if need_sample and self._kept < self.max_rows:
+            part = x[: self.max_rows - self._kept].cpu()
+            self._parts.append(part)
+            self._kept += part.shape[0]
         self.rows += x.shape[0]
+
+    @property
+    def sample(self) -> torch.Tensor | None:
+        """Up to `max_rows` input rows, in the order they were seen (None if none were kept)."""
+        return torch.cat(self._parts) if self._parts else None
 
 
 MIN_SAMPLES = 400  # 25 ms at 16 kHz: the shortest input the HuBERT CNN turns into a frame
@@ -52,8 +58,8 @@ def collect_stats(
 ) -> dict[str, LayerStats]:
     """Run the (full-precision) model over `wavs` one at a time, recording each layer's inputs.
 
-    Conv1d inputs are rearranged to (positions, channels x kernel) would be needed for GPTQ on
-    convolutions; only Linear layers get statistics, convolutions use weight-only methods.
+    Only Linear layers get statistics (GPTQ on a convolution would need its inputs unfolded
+    into kernel windows); convolutions use the weight-only methods.
     """
     check_calibration(wavs)
     stats = {name: LayerStats() for name, m in layers.items() if isinstance(m, nn.Linear)}

@@ -18,7 +18,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .accounting import under_any
 from .qweight import QuantizedLayer, QuantizedWeight
+from .quantize import effective_weight
 
 FORMAT = "lowbit-packed/1"
 
@@ -87,7 +89,7 @@ def save_packed(upstream, path: str | Path) -> Path:
         }
     unused = _unused(upstream)
     for name, t in upstream.state_dict().items():
-        if name in qnames or any(name == p or name.startswith(p + ".") for p in unused):
+        if name in qnames or under_any(name, unused):
             continue
         t = t.detach().cpu()
         tensors[name] = t.half() if t.is_floating_point() else t
@@ -144,9 +146,9 @@ def load_packed(path: str | Path, device: str | torch.device | None = None):
             original = upstream.get_submodule(name)
         except AttributeError as err:
             raise PackedFileError(f"{path}: layer {name!r} does not exist in the {manifest['upstream']} architecture") from err
-        shape = tuple(spec["shape"])
-        if tuple(original.weight.shape if not hasattr(original, "weight_v") else original.weight_v.shape) != shape:
-            raise PackedFileError(f"{path}: layer {name!r} has shape {shape}, the architecture has {tuple(original.weight.shape)}")
+        shape, expected = tuple(spec["shape"]), tuple(effective_weight(original).shape)
+        if expected != shape:
+            raise PackedFileError(f"{path}: layer {name!r} has shape {shape}, the architecture has {expected}")
         scale = tensors.pop(f"{name}.scale").float()
         zero = tensors.pop(f"{name}.zero").float() if f"{name}.zero" in tensors else torch.full_like(scale, spec["zero"])
         codes = unpack_codes(tensors.pop(f"{name}.codes"), spec["bits"], shape)
@@ -156,7 +158,7 @@ def load_packed(path: str | Path, device: str | torch.device | None = None):
     missing, unexpected = upstream.load_state_dict(state, strict=False)
     unused = _unused(upstream)
     missing = [k for k in missing if not k.endswith((".codes", ".scale", ".zero"))
-               and not any(k == p or k.startswith(p + ".") for p in unused)]
+               and not under_any(k, unused)]
     if missing or unexpected:
         raise PackedFileError(f"{path}: tensors do not match the architecture (missing {missing[:5]}, unexpected {unexpected[:5]})")
     upstream.quantization = manifest.get("quantization")
