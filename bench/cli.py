@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -96,6 +97,38 @@ def _cmd_perf(args: argparse.Namespace) -> int:
     return perf_quantize(args.calib_count, args.seconds)
 
 
+def _cmd_data(args: argparse.Namespace) -> int:
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    if args.what == "synth":
+        from downstream.synth import DEFAULT_HELDOUT, SynthArgs, build
+
+        voices = tuple(args.voices.split(",")) if args.voices else None
+        for kind in args.kind.split(","):
+            from downstream.synth import DEFAULT_VOICES
+
+            synth_args = SynthArgs(
+                kind=kind, minutes=args.minutes, voices=voices or DEFAULT_VOICES,
+                heldout_voice=None if args.heldout_voice == "none" else (args.heldout_voice or DEFAULT_HELDOUT),
+                seed=args.seed, perturb=args.perturb,
+            )
+            manifest = build(args.out, synth_args, workers=args.workers, force=args.force)
+            print(f"{Path(args.out) / kind}: {manifest['minutes']} min " + ", ".join(
+                f"{split} {v['utterances']} utt / {v['minutes']} min" for split, v in manifest["splits"].items()))
+        return 0
+    from downstream.librispeech import load_librispeech
+    from downstream.speech_commands import load_speech_commands
+
+    if args.layout == "librispeech":
+        corpus = load_librispeech(args.root, args.splits.split(","))
+    else:
+        corpus = load_speech_commands(args.root, args.splits)
+    print(f"{args.root}: {len(corpus)} utterances, {corpus.hours:.2f} h")
+    print(corpus.dropped.summary())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bench", description="Low-bit quantization benchmark for speech SSL upstreams")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -130,6 +163,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=4.0, help="length of each synthetic calibration utterance")
     p.set_defaults(func=_cmd_perf)
 
+    p = sub.add_parser("data", help="speech data: build the synthetic corpus (synth), or check a corpus on disk (check)")
+    data = p.add_subparsers(dest="what", required=True)
+    q = data.add_parser("synth", help="synthetic TTS corpus in LibriSpeech / Speech Commands layout (cached, resumable)")
+    q.add_argument("--out", required=True, help="corpus folder; each kind goes to OUT/KIND")
+    q.add_argument("--kind", default="digits", help="comma-separated: sentences,digits,commands (LibriSpeech layout), keywords (Speech Commands)")
+    q.add_argument("--minutes", type=float, default=10.0, help="audio per kind over train/dev/test (default 10)")
+    q.add_argument("--voices", default=None, help="comma-separated voice names (default: 3 female, 5 male)")
+    q.add_argument("--heldout-voice", default=None, help="voice kept out of train/dev/test, reading the test prompts into test-voice ('none' for no such split)")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--perturb", type=float, default=0.1, help="random speed change per utterance, +/- this fraction")
+    q.add_argument("--workers", type=int, default=None, help="parallel processes (default: all cores)")
+    q.add_argument("--force", action="store_true", help="rebuild even if the folder holds a finished or different corpus")
+    q.set_defaults(func=_cmd_data)
+    q = data.add_parser("check", help="load a corpus the way training does and report what would be dropped and why")
+    q.add_argument("layout", choices=["librispeech", "speech_commands"])
+    q.add_argument("root")
+    q.add_argument("--splits", default="train", help="LibriSpeech: comma-separated split folders; Speech Commands: train, dev or test")
+    q.set_defaults(func=_cmd_data)
+
     p = sub.add_parser("table", help="generate a results table (paper: the 1-bit/2-bit comparison)")
     p.add_argument("suite", nargs="?", default="paper")
     p.add_argument("--results", default=None, help="results root (default ./results)")
@@ -145,6 +197,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        # User-facing failures (bad paths, arguments, missing engines) carry their own message;
+        # BENCH_DEBUG=1 shows the traceback.
+        if os.environ.get("BENCH_DEBUG"):
+            raise
+        print(f"bench: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

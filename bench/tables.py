@@ -8,7 +8,7 @@ import pandas as pd
 
 from upstream_quant.accounting import cost_report
 
-from .io import write_atomic
+from upstream_quant.io import write_atomic
 from .reference import paper_reference
 from .results import RESULTS_DIR, metric_by_config
 

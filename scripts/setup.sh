@@ -8,6 +8,21 @@ cd "$(dirname "$0")/.."
 VENV=.venv
 PY=${PYTHON:-python3}
 
+# TTS engines and sox for the synthetic corpus (bench data synth). Skipped when present, or
+# with BENCH_SKIP_APT=1 on machines where a user cannot use apt (then install them yourself).
+APT_PACKAGES="flite festival festvox-kallpc16k festvox-us-slt-hts espeak-ng sox"
+missing=$(dpkg-query -W -f='${Status}\n' $APT_PACKAGES 2>&1 | grep -vc "install ok installed" || true)
+if [ "${BENCH_SKIP_APT:-0}" != 1 ] && [ "$missing" != 0 ]; then
+    if command -v apt-get >/dev/null 2>&1; then
+        SUDO=""; [ "$(id -u)" != 0 ] && SUDO="sudo"
+        echo "[setup] installing TTS engines: $APT_PACKAGES"
+        $SUDO apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $APT_PACKAGES >/dev/null
+    else
+        echo "[setup] warning: no apt-get; install $APT_PACKAGES yourself for 'bench data synth'" >&2
+    fi
+fi
+
 if [ ! -x "$VENV/bin/python" ]; then
     echo "[setup] creating $VENV"
     "$PY" -m venv "$VENV"

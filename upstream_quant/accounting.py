@@ -28,7 +28,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,6 +36,7 @@ from typing import Iterable, Mapping
 import torch
 from torch import nn
 
+from .io import cache_dir, write_atomic
 from .upstream import Upstream
 
 DEFAULT_SECONDS = 10.0
@@ -343,8 +343,7 @@ def _cache_file(name: str, seconds: float) -> Path:
         digest.update((Path(__file__).parent / f"{module}.py").read_bytes())
     digest.update(f"{torch.__version__}|{s3prl.__version__}|{name}|{seconds}".encode())
     REGISTRY[name]  # unknown names fail here, before any work
-    root = Path(os.environ.get("BENCH_CACHE", Path.home() / ".cache" / "lowbit-bench"))
-    return root / "accounting" / f"{name}-{digest.hexdigest()[:16]}.json"
+    return cache_dir("accounting") / f"{name}-{digest.hexdigest()[:16]}.json"
 
 
 def inventories(name: str, seconds: float = DEFAULT_SECONDS) -> tuple[list[ParamEntry], list[OpEntry], tuple[str, ...]]:
@@ -370,10 +369,7 @@ def inventories(name: str, seconds: float = DEFAULT_SECONDS) -> tuple[list[Param
     unused = tuple(getattr(model, "unused_at_inference", ()))
     data = {"params": [asdict(e) for e in entries], "ops": [asdict(o) for o in ops], "unused": list(unused)}
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data))
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps(data))
     except OSError:
         pass  # a read-only home only costs speed
     return entries, ops, unused

@@ -1,0 +1,73 @@
+"""What every speech reader returns: utterances plus an account of what was dropped and why."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """One audio item. ``transcript`` is normalised text (ASR) and ``label`` a class name (KS).
+
+    ``offset``/``frames`` cut a segment out of a longer file (Speech Commands' silence class).
+    """
+
+    id: str
+    path: Path
+    split: str
+    speaker: str
+    duration: float
+    transcript: str = ""
+    label: str = ""
+    gender: str | None = None
+    offset: int = 0
+    frames: int = -1
+
+
+@dataclass
+class DropReport:
+    """Counts of skipped items per reason, with a few examples each: nothing is dropped silently."""
+
+    source: str
+    counts: Counter = field(default_factory=Counter)
+    examples: dict[str, list[str]] = field(default_factory=dict)
+
+    def add(self, reason: str, item: str) -> None:
+        self.counts[reason] += 1
+        self.examples.setdefault(reason, [])
+        if len(self.examples[reason]) < 3:
+            self.examples[reason].append(item)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def summary(self) -> str:
+        if not self.total:
+            return f"{self.source}: nothing dropped"
+        lines = [f"{self.source}: dropped {self.total} item(s)"]
+        for reason, n in self.counts.most_common():
+            lines.append(f"  {n} x {reason}, e.g. {'; '.join(self.examples[reason])}")
+        return "\n".join(lines)
+
+    def log(self) -> None:
+        if self.total:
+            log.warning(self.summary())
+
+
+@dataclass
+class Corpus:
+    utterances: list[Utterance]
+    dropped: DropReport
+
+    def __len__(self) -> int:
+        return len(self.utterances)
+
+    @property
+    def hours(self) -> float:
+        return sum(u.duration for u in self.utterances) / 3600

@@ -1,0 +1,411 @@
+"""Synthetic labelled speech from Debian's TTS engines, written in LibriSpeech and Speech Commands layouts.
+
+The offline default corpus: every machine here can build it (``scripts/setup.sh`` installs the
+engines), and the real readers load it unchanged. Each voice is a "speaker" with a gender.
+Kinds: ``sentences`` (read sentences), ``digits`` (TIDIGITS-like digit strings), ``commands``
+(short command phrases), all in LibriSpeech layout, and ``keywords`` (Speech Commands layout).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import itertools
+import json
+import os
+import random
+import shutil
+import subprocess
+import tempfile
+from dataclasses import asdict, dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import soundfile as sf
+
+from upstream_quant.io import write_atomic
+
+from . import text
+from .speech_commands import COMMANDS, NOISE_DIR
+
+KINDS = ("sentences", "digits", "commands", "keywords")
+ASR_SPLITS = ("train", "dev", "test", "test-voice")
+SPLIT_SHARE = {"train": 0.8, "dev": 0.1, "test": 0.1}
+CHAPTER = {"train": 1, "dev": 2, "test": 3, "test-voice": 4}
+SENTENCES_FILE = Path(__file__).parent / "data" / "sentences.txt"
+# Words of Speech Commands v0.01 outside the 10 commands (its "unknown" class).
+UNKNOWN_WORDS = ("bed", "bird", "cat", "dog", "happy", "house", "marvin", "sheila", "tree", "wow")
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Voice:
+    name: str
+    speaker_id: int  # LibriSpeech-style numeric speaker id, fixed per voice
+    gender: str
+    engine: str
+    voice: str
+
+
+VOICES = {
+    v.name: v
+    for v in (
+        Voice("flite_slt", 9001, "F", "flite", "slt"),
+        Voice("festival_slt_hts", 9002, "F", "festival", "voice_cmu_us_slt_arctic_hts"),
+        Voice("espeak_f3", 9003, "F", "espeak-ng", "en-us+f3"),
+        Voice("espeak_f4", 9004, "F", "espeak-ng", "en-us+f4"),
+        Voice("flite_rms", 9011, "M", "flite", "rms"),
+        Voice("flite_awb", 9012, "M", "flite", "awb"),
+        Voice("flite_kal16", 9013, "M", "flite", "kal16"),
+        Voice("festival_kal", 9014, "M", "festival", "voice_kal_diphone"),
+        Voice("espeak_m3", 9015, "M", "espeak-ng", "en-us+m3"),
+    )
+}
+DEFAULT_VOICES = ("flite_slt", "festival_slt_hts", "espeak_f3", "flite_rms", "flite_kal16", "festival_kal", "espeak_m3", "flite_awb")
+DEFAULT_HELDOUT = "flite_awb"
+DEBIAN_PACKAGES = {
+    "flite": "flite",
+    "festival": "festival festvox-kallpc16k festvox-us-slt-hts",
+    "espeak-ng": "espeak-ng",
+    "sox": "sox",
+}
+FESTIVAL_VOICE_DIRS = {
+    "voice_cmu_us_slt_arctic_hts": "/usr/share/festival/voices/us/cmu_us_slt_arctic_hts",
+    "voice_kal_diphone": "/usr/share/festival/voices/english/kal_diphone",
+}
+
+
+class SynthError(RuntimeError):
+    """Missing engine, bad arguments or a corpus folder built with other arguments."""
+
+
+# ---------------------------------------------------------------- prompts
+
+_DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "oh")
+
+
+def read_sentences(path: Path = SENTENCES_FILE) -> list[str]:
+    """The curated sentence list; every line must normalise into SUPERB's vocabulary."""
+    lines = [ln.strip() for ln in path.read_text().splitlines()]
+    out = [ln for ln in lines if ln and not ln.startswith("#")]
+    for ln in out:
+        bad = text.out_of_vocabulary(text.normalize(ln))
+        if bad:
+            raise SynthError(f"{path}: sentence {ln!r} has characters outside the vocabulary {sorted(bad)}")
+    return out
+
+
+def _digit_prompts(rng: random.Random, n: int) -> list[str]:
+    seen: dict[str, None] = {}
+    while len(seen) < n:
+        seen[" ".join(rng.choice(_DIGITS) for _ in range(rng.randint(1, 7)))] = None
+    return list(seen)
+
+
+def _command_prompts() -> list[str]:
+    rooms = ("kitchen", "bedroom", "living room", "bathroom", "garage", "office", "hall", "garden")
+    out = [f"{verb} the {room} {thing}" for verb in ("turn on", "turn off", "switch on", "switch off")
+           for room in rooms for thing in ("light", "lamp", "fan", "heater", "radio")]
+    out += [f"{verb} the {room} {thing}" for verb in ("open", "close", "lock", "unlock")
+            for room in rooms for thing in ("door", "window", "blinds")]
+    levels = ("one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
+    out += [f"set the {thing} to {lv}" for thing in ("volume", "brightness", "temperature", "fan speed") for lv in levels]
+    out += [f"{verb} {what}" for verb in ("play", "pause", "stop", "skip")
+            for what in ("the music", "the news", "the radio", "the next song", "the podcast", "the alarm")]
+    out += [f"call {name} {when}" for name in ("mom", "dad", "anna", "peter", "the office", "the doctor")
+            for when in ("now", "later", "tonight", "tomorrow")]
+    return out
+
+
+def prompts(kind: str, seed: int) -> dict[str, list[str]]:
+    """Disjoint train/dev/test prompt lists for an ASR kind (shuffled by seed)."""
+    rng = random.Random(f"{kind}-{seed}")
+    if kind == "sentences":
+        pool = read_sentences()
+    elif kind == "digits":
+        pool = _digit_prompts(rng, 6000)
+    elif kind == "commands":
+        pool = _command_prompts()
+    else:
+        raise SynthError(f"unknown ASR kind {kind!r}; choose from {KINDS[:3]}")
+    rng.shuffle(pool)
+    n_dev = n_test = max(1, round(len(pool) * SPLIT_SHARE["dev"]))
+    return {"dev": pool[:n_dev], "test": pool[n_dev : n_dev + n_test], "train": pool[n_dev + n_test :]}
+
+
+def estimate_seconds(prompt: str) -> float:
+    """Rough TTS duration, used only to size a corpus to --minutes (the manifest has the real figure)."""
+    return 0.3 + 0.06 * len(prompt)
+
+
+# ---------------------------------------------------------------- engines
+
+def check_engines(voices: Sequence[Voice]) -> None:
+    """Fail before any work if an engine or festival voice is missing, naming the Debian package."""
+    needed = {v.engine for v in voices} | {"sox"}
+    exe = {"flite": "flite", "festival": "text2wave", "espeak-ng": "espeak-ng", "sox": "sox"}
+    missing = sorted(e for e in needed if shutil.which(exe[e]) is None)
+    for v in voices:
+        if v.engine == "festival" and not Path(FESTIVAL_VOICE_DIRS[v.voice]).is_dir() and "festival" not in missing:
+            missing.append("festival")
+    if missing:
+        pkgs = " ".join(DEBIAN_PACKAGES[e] for e in missing)
+        raise SynthError(
+            f"TTS engine(s) {missing} not installed; run scripts/setup.sh, or "
+            f"`apt-get update && apt-get install -y {pkgs}`, or choose other --voices"
+        )
+
+
+def _engine_wav(voice: Voice, prompt: str, out: Path) -> None:
+    if voice.engine == "flite":
+        cmd, stdin = ["flite", "-voice", voice.voice, "-t", prompt, "-o", str(out)], None
+    elif voice.engine == "festival":
+        cmd, stdin = ["text2wave", "-eval", f"({voice.voice})", "-o", str(out)], prompt
+    else:
+        cmd, stdin = ["espeak-ng", "-v", voice.voice, "-w", str(out), prompt], None
+    res = subprocess.run(cmd, input=stdin, capture_output=True, text=True)
+    if res.returncode != 0 or not out.is_file() or out.stat().st_size < 100:
+        raise SynthError(f"{voice.engine} failed for voice {voice.name} on {prompt!r}: {res.stderr.strip()[:300]}")
+
+
+def render(voice: Voice, prompt: str, speed: float) -> np.ndarray:
+    """16 kHz mono float32 speech: engine output, sox speed perturbation and resampling (no dither)."""
+    with tempfile.TemporaryDirectory(prefix="bench-tts-") as tmp:
+        raw = Path(tmp) / "raw.wav"
+        _engine_wav(voice, prompt, raw)
+        res = subprocess.run(
+            ["sox", "-D", str(raw), "-r", "16000", "-c", "1", "-b", "16", "-t", "wav", "-", "speed", f"{speed:.4f}"],
+            capture_output=True,
+        )
+        if res.returncode != 0:
+            raise SynthError(f"sox failed on {voice.name} output for {prompt!r}: {res.stderr.decode()[:300]}")
+    wav, sr = sf.read(io.BytesIO(res.stdout), dtype="float32")
+    assert sr == 16000
+    return wav
+
+
+# ---------------------------------------------------------------- jobs
+
+@dataclass(frozen=True)
+class Job:
+    out: str
+    voice: str
+    prompt: str
+    speed: float
+    fixed_seconds: float = 0.0  # keywords: pad or cut to exactly this length
+
+
+def _write_audio(path: Path, wav: np.ndarray) -> None:
+    buf = io.BytesIO()
+    fmt = "FLAC" if path.suffix == ".flac" else "WAV"
+    sf.write(buf, wav, 16000, format=fmt, subtype="PCM_16")
+    write_atomic(path, buf.getvalue())
+
+
+def _fit(wav: np.ndarray, seconds: float) -> np.ndarray:
+    """Centre the loudest stretch in a fixed-length window (Speech Commands clips are 1 s)."""
+    n = int(round(seconds * 16000))
+    if len(wav) > n:
+        energy = np.convolve(wav**2, np.ones(n), mode="valid")
+        start = int(np.argmax(energy))
+        return wav[start : start + n]
+    pad = n - len(wav)
+    return np.pad(wav, (pad // 2, pad - pad // 2))
+
+
+def run_job(job: Job) -> float:
+    """Synthesize one file unless it exists (files are written atomically, so existing ones are whole)."""
+    path = Path(job.out)
+    if path.is_file():
+        return sf.info(str(path)).duration
+    wav = render(VOICES[job.voice], job.prompt, job.speed)
+    if job.fixed_seconds:
+        wav = _fit(wav, job.fixed_seconds)
+    _write_audio(path, wav)
+    return len(wav) / 16000
+
+
+def _speed(rng: random.Random, perturb: float) -> float:
+    return round(1 + rng.uniform(-perturb, perturb), 4) if perturb else 1.0
+
+
+def plan_asr(kind: str, root: Path, minutes: float, voices: Sequence[Voice], heldout: Voice | None,
+             seed: int, perturb: float) -> tuple[list[Job], dict[tuple[str, str, str], str]]:
+    """Jobs and transcripts (keyed by split, speaker, utterance id) for one LibriSpeech-layout kind.
+
+    Each split's prompts go round-robin over the voices, so every voice reads a share of every
+    split; the held-out voice reads the test prompts into ``test-voice``.
+    """
+    rng = random.Random(f"plan-{kind}-{seed}")
+    pools = prompts(kind, seed)
+    jobs: list[Job] = []
+    trans: dict[tuple[str, str, str], str] = {}
+
+    def add(split: str, voice: Voice, prompt: str, idx: int) -> None:
+        spk, ch = voice.speaker_id, CHAPTER[split]
+        utt = f"{spk}-{ch}-{idx:04d}"
+        out = root / split / str(spk) / str(ch) / f"{utt}.flac"
+        jobs.append(Job(str(out), voice.name, prompt, _speed(rng, perturb)))
+        trans[(split, str(spk), utt)] = text.normalize(prompt)
+
+    test_used: list[str] = []
+    for split in ("train", "dev", "test"):
+        budget = minutes * 60 * SPLIT_SHARE[split]
+        pool, spent = pools[split], 0.0
+        counters = {v.name: 0 for v in voices}
+        for round_ in itertools.count():
+            for i, prompt in enumerate(pool):
+                if spent >= budget:
+                    break
+                voice = voices[(i + round_) % len(voices)]
+                add(split, voice, prompt, counters[voice.name])
+                counters[voice.name] += 1
+                spent += estimate_seconds(prompt)
+                if split == "test" and prompt not in test_used:
+                    test_used.append(prompt)
+            if spent >= budget or round_ >= 50:
+                break
+    if heldout is not None:
+        for idx, prompt in enumerate(test_used):
+            add("test-voice", heldout, prompt, idx)
+    return jobs, trans
+
+
+def _speaker_code(voice: Voice, variant: int) -> str:
+    return hashlib.sha1(f"{voice.name}-{variant}".encode()).hexdigest()[:8]
+
+
+def plan_keywords(root: Path, minutes: float, voices: Sequence[Voice], seed: int, perturb: float
+                  ) -> tuple[list[Job], list[str], list[str]]:
+    """Jobs for Speech Commands layout, plus validation and testing lists (split by speaker, as SC does)."""
+    rng = random.Random(f"keywords-{seed}")
+    words = (*COMMANDS, *UNKNOWN_WORDS)
+    variants = max(2, round(minutes * 60 / (len(words) * len(voices))))
+    speakers = sorted((_speaker_code(v, k), v) for v in voices for k in range(variants))
+    order = sorted(range(len(speakers)), key=lambda i: rng.random())
+    n_held = max(1, round(0.1 * len(speakers)))
+    dev_ids = {speakers[i][0] for i in order[:n_held]}
+    test_ids = {speakers[i][0] for i in order[n_held : 2 * n_held]}
+    jobs, dev, test = [], [], []
+    for code, voice in speakers:
+        for word in words:
+            rel = f"{word}/{code}_nohash_0.wav"
+            jobs.append(Job(str(root / rel), voice.name, word, _speed(rng, perturb), fixed_seconds=1.0))
+            (dev if code in dev_ids else test if code in test_ids else []).append(rel)
+    return jobs, sorted(dev), sorted(test)
+
+
+def write_noise(root: Path, seed: int, seconds: int = 20) -> None:
+    """Background noise files for the _silence_ class: white, pink and brown noise at two levels."""
+    rng = np.random.default_rng(seed)
+    n = seconds * 16000
+    for colour, exponent in (("white", 0.0), ("pink", 1.0), ("brown", 2.0)):
+        for level in (0.02, 0.1):
+            spectrum = np.fft.rfft(rng.standard_normal(n))
+            freqs = np.maximum(np.fft.rfftfreq(n), 1.0 / n)
+            noise = np.fft.irfft(spectrum / freqs ** (exponent / 2), n)
+            noise = (noise / np.abs(noise).max() * level).astype(np.float32)
+            path = root / NOISE_DIR / f"{colour}_noise_{int(level * 100):02d}.wav"
+            if not path.is_file():
+                _write_audio(path, noise)
+
+
+# ---------------------------------------------------------------- corpus
+
+@dataclass(frozen=True)
+class SynthArgs:
+    kind: str
+    minutes: float
+    voices: tuple[str, ...]
+    heldout_voice: str | None
+    seed: int
+    perturb: float
+    version: int = FORMAT_VERSION
+
+
+def _check_args(args: SynthArgs) -> list[Voice]:
+    if args.kind not in KINDS:
+        raise SynthError(f"--kind {args.kind!r} unknown; choose from {KINDS}")
+    unknown = [v for v in (*args.voices, *([args.heldout_voice] if args.heldout_voice else [])) if v not in VOICES]
+    if unknown:
+        raise SynthError(f"unknown voice(s) {unknown}; available: {sorted(VOICES)}")
+    if args.minutes <= 0:
+        raise SynthError(f"--minutes must be positive, got {args.minutes}")
+    if not 0 <= args.perturb < 0.5:
+        raise SynthError(f"--perturb must be in [0, 0.5), got {args.perturb}")
+    readers = [VOICES[v] for v in args.voices if v != args.heldout_voice]
+    if not readers:
+        raise SynthError("no voices left besides the held-out voice")
+    return readers
+
+
+def build(out: str | Path, args: SynthArgs, workers: int | None = None, force: bool = False, progress: bool = True) -> dict:
+    """Build (or finish, or reuse) one kind under ``out/<kind>``; returns its manifest.
+
+    The arguments are recorded before any audio is written, so an interrupted build resumes
+    with the same plan and a folder built with other arguments is refused, not mixed.
+    """
+    from tqdm import tqdm
+
+    readers = _check_args(args)
+    root = Path(out) / args.kind
+    args_file, manifest_file = root / "args.json", root / "manifest.json"
+    wanted = asdict(args) | {"voices": list(args.voices)}
+    if args_file.is_file():
+        old = json.loads(args_file.read_text())
+        if old != wanted and not force:
+            raise SynthError(f"{root} was built with other arguments {old}; use another --out, or --force to rebuild")
+        if old != wanted:
+            shutil.rmtree(root)
+    if manifest_file.is_file() and not force:
+        return json.loads(manifest_file.read_text())
+    if force and root.exists():
+        shutil.rmtree(root)
+    everyone = readers + ([VOICES[args.heldout_voice]] if args.heldout_voice else [])
+    check_engines(everyone)
+    write_atomic(args_file, json.dumps(wanted, indent=1))
+
+    heldout = VOICES[args.heldout_voice] if args.heldout_voice and args.kind != "keywords" else None
+    if args.kind == "keywords":
+        jobs, dev, test = plan_keywords(root, args.minutes, everyone, args.seed, args.perturb)
+        trans = {}
+    else:
+        jobs, trans = plan_asr(args.kind, root, args.minutes, readers, heldout, args.seed, args.perturb)
+    workers = workers or os.cpu_count() or 1
+    seconds: dict[str, float] = {}
+    with get_context("fork").Pool(workers) as pool:
+        it = pool.imap(run_job, jobs, chunksize=4)
+        for job, sec in tqdm(zip(jobs, it), total=len(jobs), desc=f"synth {args.kind}", disable=not progress, unit="utt"):
+            seconds[job.out] = sec
+
+    summary: dict[str, dict[str, float]] = {}
+    if args.kind == "keywords":
+        write_noise(root, args.seed)
+        write_atomic(root / "validation_list.txt", "".join(f"{r}\n" for r in dev))
+        write_atomic(root / "testing_list.txt", "".join(f"{r}\n" for r in test))
+        summary["all"] = {"utterances": len(jobs), "minutes": round(sum(seconds.values()) / 60, 2)}
+    else:
+        chapters: dict[Path, list[str]] = {}
+        for (split, spk, utt), words in sorted(trans.items()):
+            chapters.setdefault(root / split / spk / utt.split("-")[1], []).append(f"{utt} {words}\n")
+        for folder, lines in chapters.items():
+            write_atomic(folder / f"{folder.parent.name}-{folder.name}.trans.txt", "".join(lines))
+        lines = [";ID  |SEX| SUBSET    |MINUTES| NAME\n"]
+        for v in everyone:
+            mins = sum(s for o, s in seconds.items() if f"/{v.speaker_id}/" in o) / 60
+            lines.append(f"{v.speaker_id} | {v.gender} | synthetic | {mins:.2f} | {v.name}\n")
+        write_atomic(root / "SPEAKERS.TXT", "".join(lines))
+        for split in ASR_SPLITS:
+            secs = [s for o, s in seconds.items() if f"/{split}/" in o]
+            if secs:
+                summary[split] = {"utterances": len(secs), "minutes": round(sum(secs) / 60, 2)}
+    manifest = {
+        "args": wanted,
+        "splits": summary,
+        "voices": {v.name: {"speaker_id": v.speaker_id, "gender": v.gender, "engine": v.engine, "voice": v.voice} for v in everyone},
+        "minutes": round(sum(seconds.values()) / 60, 2),
+    }
+    write_atomic(manifest_file, json.dumps(manifest, indent=1))
+    return manifest

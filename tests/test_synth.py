@@ -1,0 +1,97 @@
+"""Synthetic corpus: prompts, engine checks, and a real tiny build that the readers load unchanged."""
+
+import hashlib
+import json
+import shutil
+
+import pytest
+
+from downstream import synth, text
+from downstream.librispeech import load_librispeech
+from downstream.speech_commands import load_speech_commands
+from downstream.synth import SynthArgs, SynthError
+
+VOICES3 = ("flite_slt", "flite_rms", "espeak_f3")
+needs_tts = pytest.mark.skipif(
+    not all(shutil.which(e) for e in ("flite", "espeak-ng", "sox")), reason="TTS engines not installed (scripts/setup.sh installs them)"
+)
+
+
+@pytest.mark.parametrize("kind", ["sentences", "digits", "commands"])
+def test_prompt_splits_are_disjoint_and_spellable(kind):
+    p = synth.prompts(kind, seed=0)
+    assert p == synth.prompts(kind, seed=0)
+    assert not set(p["train"]) & set(p["test"]) and not set(p["train"]) & set(p["dev"]) and not set(p["dev"]) & set(p["test"])
+    for line in p["train"] + p["dev"] + p["test"]:
+        text.encode(text.normalize(line))
+    assert synth.prompts(kind, seed=1) != p or kind == "never"
+
+
+def test_voice_set_has_both_genders():
+    genders = [synth.VOICES[v].gender for v in synth.DEFAULT_VOICES]
+    assert genders.count("F") >= 2 and genders.count("M") >= 3
+    assert len({synth.VOICES[v].speaker_id for v in synth.VOICES}) == len(synth.VOICES)
+
+
+def test_missing_engine_names_the_package(monkeypatch, tmp_path):
+    monkeypatch.setattr(synth.shutil, "which", lambda exe: None if exe == "flite" else "/usr/bin/" + exe)
+    with pytest.raises(SynthError, match=r"apt-get install -y flite"):
+        synth.build(tmp_path, SynthArgs("digits", 0.1, VOICES3, None, 0, 0.1), progress=False)
+    assert not (tmp_path / "digits").exists()
+
+
+def test_bad_arguments_are_named(tmp_path):
+    with pytest.raises(SynthError, match="unknown voice"):
+        synth.build(tmp_path, SynthArgs("digits", 1, ("nobody",), None, 0, 0.1), progress=False)
+    with pytest.raises(SynthError, match="--kind"):
+        synth.build(tmp_path, SynthArgs("poems", 1, VOICES3, None, 0, 0.1), progress=False)
+    with pytest.raises(SynthError, match="--minutes"):
+        synth.build(tmp_path, SynthArgs("digits", 0, VOICES3, None, 0, 0.1), progress=False)
+
+
+def _digest(folder):
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*.flac"))}
+
+
+@needs_tts
+def test_digits_build_loads_resumes_and_is_deterministic(tmp_path):
+    args = SynthArgs("digits", 0.25, VOICES3, "flite_kal16", seed=5, perturb=0.1)
+    manifest = synth.build(tmp_path / "a", args, workers=2, progress=False)
+    root = tmp_path / "a" / "digits"
+    corpus = load_librispeech(root, list(synth.ASR_SPLITS))
+    assert corpus.dropped.total == 0
+    assert sum(v["utterances"] for v in manifest["splits"].values()) == len(corpus)
+    assert {u.speaker for u in corpus.utterances if u.split == "test-voice"} == {"9013"}
+    assert "9013" not in {u.speaker for u in corpus.utterances if u.split != "test-voice"}
+    assert {u.gender for u in corpus.utterances} == {"F", "M"}
+    train = {u.transcript for u in corpus.utterances if u.split == "train"}
+    assert not train & {u.transcript for u in corpus.utterances if u.split == "test"}
+    assert all(0.3 < u.duration < 8 for u in corpus.utterances)
+
+    # same arguments: reused as is; an interrupted build (manifest and a file gone) resumes
+    before = _digest(root)
+    (root / "manifest.json").unlink()
+    victim = sorted(root.rglob("*.flac"))[0]
+    victim.unlink()
+    assert synth.build(tmp_path / "a", args, workers=1, progress=False)["splits"] == manifest["splits"]
+    assert _digest(root) == before
+    # other arguments into the same folder are refused
+    with pytest.raises(SynthError, match="other arguments"):
+        synth.build(tmp_path / "a", SynthArgs("digits", 0.25, VOICES3, "flite_kal16", seed=6, perturb=0.1), progress=False)
+    # the same seed elsewhere gives the same audio
+    synth.build(tmp_path / "b", args, workers=2, progress=False)
+    assert _digest(tmp_path / "b" / "digits") == before
+    assert json.loads((root / "args.json").read_text())["seed"] == 5
+
+
+@needs_tts
+def test_keywords_build_loads_as_speech_commands(tmp_path):
+    synth.build(tmp_path, SynthArgs("keywords", 0.5, VOICES3, None, seed=0, perturb=0.05), workers=2, progress=False)
+    root = tmp_path / "keywords"
+    splits = {s: load_speech_commands(root, s) for s in ("train", "dev", "test")}
+    for corpus in splits.values():
+        assert corpus.dropped.total == 0
+    assert {u.label for u in splits["train"].utterances} >= {"yes", "stop", "_unknown_", "_silence_"}
+    speakers = {s: {u.speaker for u in c.utterances if u.label != "_silence_"} for s, c in splits.items()}
+    assert not speakers["train"] & speakers["test"] and not speakers["train"] & speakers["dev"]
+    assert all(u.duration == pytest.approx(1.0) for c in splits.values() for u in c.utterances)
