@@ -16,7 +16,7 @@ def test_bench_cost_json(capsys):
 def test_bench_cost_text_and_unknown_upstream(capsys):
     assert main(["cost", "--upstream", "distilhubert"]) == 0
     assert "transformer/weight" in capsys.readouterr().out
-    with pytest.raises(SystemExit, match="known: distilhubert, hubert_base"):
+    with pytest.raises(SystemExit, match="known: distilhubert, fbank, hubert_base, whisper_tiny_en"):
         main(["cost", "--upstream", "wav2vec3"])
 
 

@@ -26,6 +26,7 @@ Runtimes are relative to full-precision HuBERT Base on an utterance of the same 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 from collections import defaultdict
@@ -227,8 +228,12 @@ def mac_inventory(upstream: Upstream, seconds: float = DEFAULT_SECONDS) -> list[
         query = args[0] if args else kwargs["query"]
         key = args[1] if len(args) > 1 else kwargs.get("key")
         key = query if key is None else key
-        tq, batch, dim = query.shape
-        tk = key.shape[0]
+        if getattr(module, "batch_first", False):
+            batch, tq, dim = query.shape
+            tk = key.shape[1]
+        else:  # fairseq's time-first layout
+            tq, batch, dim = query.shape
+            tk = key.shape[0]
         name = names[module]
         ops.append(OpEntry(name, group_of(name, upstream.group_prefixes), "attention", 2 * batch * tq * tk * dim, None))
 
@@ -248,7 +253,8 @@ def mac_inventory(upstream: Upstream, seconds: float = DEFAULT_SECONDS) -> list[
 
     was_training = upstream.training
     upstream.eval()
-    device = next(upstream.parameters()).device
+    first = next(itertools.chain(upstream.parameters(), upstream.buffers()), None)
+    device = first.device if first is not None else torch.device("cpu")
     try:
         run(upstream, device.type)
     except (RuntimeError, NotImplementedError):
@@ -339,7 +345,7 @@ def _cache_file(name: str, seconds: float) -> Path:
     from .loading import REGISTRY
 
     digest = hashlib.sha256()
-    for module in ("accounting", "upstream", "hubert", "distiller", "loading"):
+    for module in ("accounting", "upstream", "hubert", "distiller", "whisper", "fbank", "loading"):
         digest.update((Path(__file__).parent / f"{module}.py").read_bytes())
     digest.update(f"{torch.__version__}|{s3prl.__version__}|{name}|{seconds}".encode())
     REGISTRY[name]  # unknown names fail here, before any work

