@@ -129,6 +129,12 @@ def _cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_distill(args: argparse.Namespace) -> int:
+    from .distill import run_distill
+
+    return run_distill(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bench", description="Low-bit quantization benchmark for speech SSL upstreams")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -181,6 +187,22 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("root")
     q.add_argument("--splits", default="train", help="LibriSpeech: comma-separated split folders; Speech Commands: train, dev or test")
     q.set_defaults(func=_cmd_data)
+
+    p = sub.add_parser("distill", help="DistilHuBERT's recipe, label-free: distil a shallower student from a teacher upstream")
+    p.add_argument("--teacher", default="whisper_tiny_en")
+    p.add_argument("--audio", required=True, help="comma-separated folders of unlabelled 16 kHz audio (recursive)")
+    p.add_argument("--student-layers", type=int, default=1)
+    p.add_argument("--teacher-layers", default="2,3,4", help="teacher hidden states to predict (0: front end)")
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--crop-seconds", type=float, default=6.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--name", default="distil_whisper_tiny_en", help="upstream name recorded in the file")
+    p.add_argument("--work-dir", default=None, help="checkpoints for resuming (default: OUT.work/)")
+    p.add_argument("--device", default=None, help="cpu, cuda, or auto")
+    p.add_argument("--out", required=True, help="student weights (.safetensors, fp16); a .json manifest goes beside it")
+    p.set_defaults(func=_cmd_distill)
 
     p = sub.add_parser("table", help="generate a results table (paper: the 1-bit/2-bit comparison)")
     p.add_argument("suite", nargs="?", default="paper")

@@ -81,8 +81,8 @@ def collect_stats(
 AUDIO_SUFFIXES = (".wav", ".flac")
 
 
-def load_calibration_dir(directory: str, count: int = 32, sample_rate: int = 16_000) -> list[torch.Tensor]:
-    """The first `count` audio files (sorted paths, recursive) of `directory` as mono waveforms."""
+def load_calibration_dir(directory: str, count: int | None = 32, sample_rate: int = 16_000) -> list[torch.Tensor]:
+    """The first `count` (None: all) audio files (sorted paths, recursive) of `directory` as mono waveforms."""
     from pathlib import Path
 
     import soundfile as sf

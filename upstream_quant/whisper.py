@@ -427,3 +427,25 @@ def load_whisper_checkpoint(path: str | Path, name: str = "whisper_tiny_en") -> 
                                         max_positions=cfg.max_source_positions), name)
     model.load_state_dict(hf_encoder_state(hf.encoder.state_dict()), strict=True)
     return model
+
+
+EMBEDDED_DIR = Path(__file__).parent / "weights"
+
+
+def load_embedded_student(name: str = "distil_whisper_tiny_en") -> WhisperEncoderUpstream:
+    """The distilled student committed to this repository, checked against its manifest's sha256."""
+    import json
+
+    path, manifest = EMBEDDED_DIR / f"{name}.safetensors", EMBEDDED_DIR / f"{name}.json"
+    if not path.is_file() or not manifest.is_file():
+        raise WeightsFileError(
+            f"{path} (and its manifest) not found; rebuild it with `bench distill --teacher whisper_tiny_en "
+            f"--out {path}` (see README), or pass checkpoint=PATH"
+        )
+    expected = json.loads(manifest.read_text())["sha256"]
+    got = sha256_file(path)
+    if got != expected:
+        raise WeightsFileError(f"{path}: sha256 {got} differs from its manifest's {expected}; the file was modified")
+    model = load_whisper_checkpoint(path, name)
+    model.source = str(path)
+    return model

@@ -1,0 +1,179 @@
+"""DistilHuBERT's recipe, label-free: a student predicts chosen teacher hidden states from audio.
+
+Loss per predicted layer (Chang et al. 2022): L1 distance minus log-sigmoid of the cosine
+similarity, averaged over valid frames. Used to build ``distil_whisper_tiny_en`` from Whisper
+tiny.en; the same module trains any student whose hidden states match a teacher's.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .upstream import Upstream
+
+
+def distill_loss(pred: torch.Tensor, target: torch.Tensor, lengths: torch.Tensor, cos_weight: float = 1.0) -> torch.Tensor:
+    """Mean over valid frames of L1(pred, target) - cos_weight * log sigmoid(cos(pred, target))."""
+    mask = torch.arange(pred.shape[1], device=pred.device)[None, :] < lengths[:, None]
+    l1 = (pred - target).abs().mean(-1)
+    cos = F.cosine_similarity(pred, target, dim=-1)
+    per_frame = l1 - cos_weight * F.logsigmoid(cos)
+    return (per_frame * mask).sum() / mask.sum().clamp(min=1)
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """What the student learns. ``teacher_layers`` index the teacher's hidden states (0 is the front end)."""
+
+    student_layers: int = 1
+    teacher_layers: tuple[int, ...] = (2, 3, 4)
+    lr: float = 2e-4
+    steps: int = 2000
+    batch_size: int = 8
+    crop_seconds: float = 6.0
+    cos_weight: float = 1.0
+    seed: int = 0
+    warmup_steps: int = 100
+
+
+class PredictionHeads(nn.Module):
+    """One linear head per predicted teacher layer, on the student's last hidden state."""
+
+    def __init__(self, dim: int, teacher_dim: int, n: int):
+        super().__init__()
+        self.heads = nn.ModuleList(nn.Linear(dim, teacher_dim) for _ in range(n))
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [h(x) for h in self.heads]
+
+
+class DistillModule(L.LightningModule):
+    """Lightning module: frozen teacher (eval, no grad), trainable student and heads."""
+
+    def __init__(self, student: Upstream, teacher: Upstream, config: DistillConfig):
+        super().__init__()
+        self.student, self.config = student, config
+        self.heads = PredictionHeads(student.hidden_size, teacher.hidden_size, len(config.teacher_layers))
+        self.teacher = [teacher.eval().requires_grad_(False)]  # a list: not a submodule, not saved
+
+    def forward(self, wavs: torch.Tensor, lengths: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        states, lens = self.student(wavs, lengths)
+        return self.heads(states[-1]), lens[-1]
+
+    def training_step(self, batch, _idx):
+        wavs, lengths = batch
+        teacher = self.teacher[0].to(wavs.device)
+        with torch.no_grad():
+            targets, _ = teacher(wavs, lengths)
+        preds, lens = self(wavs, lengths)
+        losses = [distill_loss(p, targets[i][:, : p.shape[1]], lens, self.config.cos_weight)
+                  for p, i in zip(preds, self.config.teacher_layers)]
+        loss = torch.stack(losses).sum()
+        self.log("loss", loss, prog_bar=True)
+        for i, part in zip(self.config.teacher_layers, losses):
+            self.log(f"loss_layer{i}", part)
+        return loss
+
+    def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad]
+        opt = torch.optim.Adam(params, lr=self.config.lr)
+        warm = max(1, self.config.warmup_steps)
+        total = max(self.config.steps, warm + 1)
+
+        def schedule(step: int) -> float:  # linear warm-up, then linear decay to zero
+            return min((step + 1) / warm, max(0.0, (total - step) / (total - warm)))
+
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.LambdaLR(opt, schedule), "interval": "step"}}
+
+
+class CropDataset(torch.utils.data.Dataset):
+    """Unlabelled waveforms, randomly cropped to at most ``crop`` samples (seeded per item and epoch)."""
+
+    def __init__(self, wavs: list[torch.Tensor], crop: int, seed: int):
+        self.wavs, self.crop, self.seed, self.epoch = wavs, crop, seed, 0
+
+    def __len__(self) -> int:
+        return len(self.wavs)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        wav = self.wavs[i]
+        if wav.numel() <= self.crop:
+            return wav
+        start = random.Random(self.seed * 1_000_003 + self.epoch * 7919 + i).randrange(wav.numel() - self.crop)
+        return wav[start : start + self.crop]
+
+
+def collate_wavs(items: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    lengths = torch.tensor([w.numel() for w in items])
+    return torch.nn.utils.rnn.pad_sequence(items, batch_first=True), lengths
+
+
+@dataclass
+class DistillResult:
+    student: Upstream
+    final_loss: float
+    steps: int
+    seconds: float
+    losses: list[float] = field(default_factory=list)
+
+
+class _LossTrace(L.Callback):
+    def __init__(self):
+        self.losses: list[float] = []
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, idx):
+        self.losses.append(float(outputs["loss"]))
+
+
+def distill(student: Upstream, teacher: Upstream, wavs: list[torch.Tensor], config: DistillConfig,
+            work_dir: str | Path, accelerator: str = "auto", devices: int | str = "auto",
+            progress: bool = True) -> DistillResult:
+    """Train ``student`` to predict ``teacher``'s layers on unlabelled ``wavs``; resumes from
+    ``work_dir/last.ckpt`` when a previous run was interrupted."""
+    import time
+
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    module = DistillModule(student.train(), teacher, config)
+    loader = torch.utils.data.DataLoader(
+        CropDataset(wavs, int(config.crop_seconds * 16000), config.seed), batch_size=config.batch_size,
+        shuffle=True, collate_fn=collate_wavs, drop_last=len(wavs) > config.batch_size,
+        generator=torch.Generator().manual_seed(config.seed),
+    )
+    work_dir = Path(work_dir)
+    ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=work_dir, save_last=True, every_n_train_steps=100, save_top_k=0)
+    trace = _LossTrace()
+    trainer = L.Trainer(
+        max_steps=config.steps, accelerator=accelerator, devices=devices, callbacks=[ckpt, trace],
+        logger=False, enable_progress_bar=progress, enable_model_summary=False, gradient_clip_val=10.0,
+        precision="bf16-mixed" if torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda") else "32-true",
+        default_root_dir=work_dir, log_every_n_steps=10,
+    )
+    last = work_dir / "last.ckpt"
+    started = time.time()
+    trainer.fit(module, loader, ckpt_path=str(last) if last.is_file() else None)
+    tail = trace.losses[-50:] or [float("nan")]
+    return DistillResult(module.student.eval(), sum(tail) / len(tail), int(trainer.global_step), time.time() - started, trace.losses)
+
+
+def whisper_student(teacher, layers: int, name: str):
+    """DistilHuBERT's initialisation: the teacher's front end and first ``layers`` layers."""
+    from .whisper import build_whisper
+
+    cfg = teacher.architecture()["config"] | {"layers": layers}
+    student = build_whisper(cfg, name)
+    state = {k: v for k, v in teacher.state_dict().items() if not k.startswith("layers.") or int(k.split(".")[1]) < layers}
+    student.load_state_dict(state, strict=True)
+    return student
+
+
+def manifest_json(**fields) -> str:
+    return json.dumps({k: (asdict(v) if hasattr(v, "__dataclass_fields__") else v) for k, v in fields.items()}, indent=1)
+
