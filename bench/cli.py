@@ -41,19 +41,88 @@ def _cmd_cost(args: argparse.Namespace) -> int:
 
 def _cmd_table(args: argparse.Namespace) -> int:
     from .results import RESULTS_DIR
-    from .tables import PAPER_NOTES, paper_table, write_table
+    from .tables import PAPER_NOTES, SUITE_NOTES, paper_table, suite_table, write_table
 
-    if args.suite != "paper":
-        raise SystemExit(f"bench table: only the 'paper' table exists so far, got {args.suite!r}")
-    root = Path(args.results) if args.results else RESULTS_DIR
-    df = paper_table(root)
-    md_path, csv_path = write_table(df, root / "paper", PAPER_NOTES)
+    root = Path(args.store) if args.store else RESULTS_DIR
+    if args.suite == "paper":
+        df, notes = paper_table(root), PAPER_NOTES
+    else:
+        from .suites import load_suite
+
+        suite = load_suite(args.suite)
+        df, notes = suite_table(suite.name, root), SUITE_NOTES.format(suite=suite.name, store=root)
+        if df.empty:
+            raise FileNotFoundError(f"no finished runs in {root / suite.name / 'runs.jsonl'}; run `bench run {args.suite}` first")
+        args.suite = suite.name
+    md_path, csv_path = write_table(df, root / args.suite, notes)
     if args.json:
         print(df.astype(object).where(df.notna(), None).to_json(orient="records", indent=2))
     else:
         print(md_path.read_text())
         print(f"wrote {md_path} and {csv_path}")
     return 0
+
+
+def plot_dir(store: Path, suite: str) -> Path:
+    """plots/<suite> for the committed reference store (results/), else STORE/<suite>/plots."""
+    return Path("plots") / suite if store.resolve() == Path("results").resolve() else store / suite / "plots"
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from .plots import plot_suite
+    from .results import RESULTS_DIR, runs_frame
+    from .suites import load_suite
+
+    root = Path(args.store) if args.store else RESULTS_DIR
+    suite = load_suite(args.suite)
+    frame = runs_frame(suite.name, root)
+    if frame.empty:
+        raise FileNotFoundError(f"no finished runs in {root / suite.name / 'runs.jsonl'}; run `bench run {args.suite}` first")
+    for path in plot_suite(frame, plot_dir(root, suite.name)):
+        print(f"wrote {path}")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    import logging
+
+    from .results import load_runs
+    from .runner import ensure_data, run_suite
+    from .suites import load_suite, select
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    suite = load_suite(args.suite)
+    runs = select(suite.runs, args.only, args.shard)
+    store = Path(args.store)
+    done = {r.get("config_hash"): r for r in load_runs(suite.name, store)}
+    if args.dry_run:
+        from upstream_quant.accounting import cost_report
+
+        print(f"suite {suite.name} ({suite.path}): {len(runs)} run(s), store {store / suite.name / 'runs.jsonl'}")
+        for run in runs:
+            bits = run.quant.bits if run.quant.method != "fp" else 16
+            report = cost_report(run.upstream, bits)
+            state = "done" if run.config_hash in done and not args.force else "todo"
+            print(f"  [{state}] {run.name:<60} stored {report.storage_mb['stored']:7.2f} MB  est_runtime {report.est_runtime['encoder']:.3f}")
+        walls = [r["wall_seconds"] for r in done.values() if r.get("wall_seconds")]
+        if walls:
+            todo = sum(1 for r in runs if r.config_hash not in done or args.force)
+            print(f"estimated wall time for {todo} run(s) to do: ~{todo * sum(walls) / len(walls) / 60:.1f} min "
+                  f"(mean of {len(walls)} finished)")
+        return 0
+    ensure_data(suite, progress=not args.no_progress)
+    summary = run_suite(suite, runs, store, force=args.force, device=args.device, progress=not args.no_progress)
+    print(f"\nsuite {suite.name}: {summary['finished']} finished, {summary['skipped']} already in the store, "
+          f"{len(summary['failed'])} failed, {summary['seconds'] / 60:.1f} min")
+    for name, err in summary["failed"]:
+        print(f"  FAILED {name}: {err}")
+    if load_runs(suite.name, store):
+        args.store, args.json = str(store), False
+        suite_arg = args.suite
+        _cmd_table(args)
+        args.suite = suite_arg
+        _cmd_plot(args)
+    return 1 if summary["failed"] else 0
 
 
 def make_config(method: str, bits: int, group_size: int | None, clip: str, act_bits: int | None, targets: tuple[str, ...]):
@@ -204,11 +273,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="student weights (.safetensors, fp16); a .json manifest goes beside it")
     p.set_defaults(func=_cmd_distill)
 
-    p = sub.add_parser("table", help="generate a results table (paper: the 1-bit/2-bit comparison)")
+    p = sub.add_parser("run", help="run a suite (default mini): resumable, one results row per finished run")
+    p.add_argument("suite", nargs="?", default="mini", help="suite name (bench/suites/NAME.toml) or a .toml path")
+    p.add_argument("--store", default="runs", help="results store root (default runs/; the committed reference is results/)")
+    p.add_argument("--dry-run", action="store_true", help="list the runs, their cost and what is already done")
+    p.add_argument("--only", default=None, help="comma-separated patterns on run names, e.g. '*gptq*,*fp/retrain*'")
+    p.add_argument("--shard", default=None, help="I/N: this machine runs the I-th of N shards (0-based)")
+    p.add_argument("--force", action="store_true", help="rerun runs already in the store (their rows are replaced)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 or auto (default: $BENCH_DEVICE, else auto)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("table", help="generate a results table (paper: the 1-bit/2-bit comparison; or a suite)")
     p.add_argument("suite", nargs="?", default="paper")
-    p.add_argument("--results", default=None, help="results root (default ./results)")
+    p.add_argument("--store", "--results", dest="store", default=None, help="results store root (default ./results)")
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
     p.set_defaults(func=_cmd_table)
+
+    p = sub.add_parser("plot", help="plots of a suite's results (PNG)")
+    p.add_argument("suite")
+    p.add_argument("--store", default=None, help="results store root (default ./results, plots go to plots/SUITE)")
+    p.set_defaults(func=_cmd_plot)
     return parser
 
 

@@ -13,7 +13,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, Sampler, WeightedRandomSampler
 
 from . import audio
 from .corpus import Utterance
@@ -76,6 +76,11 @@ class LengthBucketSampler(Sampler[list[int]]):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    @property
+    def sampler(self) -> "LengthBucketSampler":
+        """Lightning calls ``batch_sampler.sampler.set_epoch`` every epoch; this one is its own sampler."""
+        return self
+
     def _batches(self) -> list[list[int]]:
         rng = random.Random(self.seed * 100_003 + self.epoch)
         # Jitter the sort key a little so batch composition changes between epochs.
@@ -104,3 +109,16 @@ class LengthBucketSampler(Sampler[list[int]]):
 
     def __len__(self) -> int:
         return math.ceil(len(self._batches()) / self.num_replicas)
+
+
+class BalancedSampler(WeightedRandomSampler):
+    """Class-balanced sampling with replacement (SUPERB's KS), reseeded per epoch for exact resumes."""
+
+    def __init__(self, labels: Sequence[str], seed: int = 0):
+        counts = {c: list(labels).count(c) for c in set(labels)}
+        weights = torch.tensor([1.0 / counts[c] for c in labels], dtype=torch.double)
+        self.seed = seed
+        super().__init__(weights, len(labels), generator=torch.Generator().manual_seed(seed))
+
+    def set_epoch(self, epoch: int) -> None:
+        self.generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)

@@ -16,16 +16,18 @@ def test_bench_cost_json(capsys):
 def test_bench_cost_text_and_unknown_upstream(capsys):
     assert main(["cost", "--upstream", "distilhubert"]) == 0
     assert "transformer/weight" in capsys.readouterr().out
-    with pytest.raises(SystemExit, match="known: distilhubert, fbank, hubert_base, whisper_tiny_en"):
+    with pytest.raises(SystemExit, match="known: distil_whisper_tiny_en, distilhubert, fbank, hubert_base, whisper_tiny_en"):
         main(["cost", "--upstream", "wav2vec3"])
 
 
 def test_bench_table_paper_writes_files_and_fills_wer_from_results(tmp_path, capsys):
     runs = tmp_path / "paper" / "runs.jsonl"
     runs.parent.mkdir(parents=True)
+    row = {"upstream": "hubert_base", "method": "uniform", "bits": 2, "protocol": "retrain", "task": "asr"}
     runs.write_text(
-        json.dumps({"config": "hubert_base/2bit", "metrics": {"wer": 12.0}}) + "\n"
-        + json.dumps({"config": "hubert_base/2bit", "metrics": {"wer": 14.0}}) + "\n"
+        json.dumps(row | {"seed": 0, "metrics": {"test_wer": 12.0}}) + "\n"
+        + json.dumps(row | {"seed": 1, "metrics": {"test_wer": 14.0}}) + "\n"
+        + json.dumps(row | {"protocol": "reuse", "metrics": {"test_wer": 99.0}}) + "\n"  # not the paper's protocol
         + '{"config": "hubert_base/1bit", "metr'  # torn last line from an interrupted writer
     )
     with pytest.warns(UserWarning, match="unreadable row"):

@@ -1,0 +1,97 @@
+"""Generated plots (matplotlib): WER against storage, WER and runtime per bit width, layer weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from .reference import paper_reference  # noqa: E402
+
+
+def _save(fig, path: Path) -> Path:
+    import io
+
+    from upstream_quant.io import write_atomic
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return write_atomic(path, buf.getvalue())
+
+
+def pareto(points: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
+    """Rows not dominated by another with smaller-or-equal x and y."""
+    ordered = points.sort_values([x, y])
+    front, best = [], float("inf")
+    for _, row in ordered.iterrows():
+        if row[y] < best:
+            front.append(row)
+            best = row[y]
+    return pd.DataFrame(front)
+
+
+def plot_suite(rows: pd.DataFrame, out_dir: Path, metric: str = "test_wer") -> list[Path]:
+    """One PNG per (task, data) for WER vs storage and per bit width, plus the featurizer weights."""
+    written = []
+    for (task, data), group in rows.groupby(["task", "data"]):
+        metric_col = metric if task == "asr" else "test_acc"
+        g = group.dropna(subset=[metric_col]).groupby(["config", "upstream", "method", "bits", "protocol"], as_index=False).agg(
+            value=(metric_col, "mean"), storage=("stored_mb", "mean"), runtime=("est_runtime", "mean"))
+        if g.empty:
+            continue
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for protocol, marker in (("retrain", "o"), ("reuse", "s")):
+            sub = g[g.protocol == protocol]
+            ax.scatter(sub.storage, sub.value, marker=marker, label=f"ours ({protocol})")
+            for _, r in sub.iterrows():
+                ax.annotate(f"{r.upstream.replace('_tiny_en', '')} {r.method}{'' if r.method == 'fp' else r.bits}",
+                            (r.storage, r.value), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        if task == "asr" and len(g) > 1:
+            front = pareto(g, "storage", "value")
+            ax.plot(front.storage, front.value, "k--", lw=0.8, label="Pareto front (ours)")
+        ref = paper_reference().dropna(subset=["paper_storage_mb", "paper_wer"])
+        if task == "asr" and set(g.upstream) & {"hubert_base", "distilhubert"} and not ref.empty:
+            ax.scatter(ref.paper_storage_mb, ref.paper_wer, marker="*", s=120, c="red", label="paper (Yeh et al.)")
+        ax.set_xlabel("stored size (MB)")
+        ax.set_ylabel("WER (%)" if task == "asr" else "accuracy (%)")
+        ax.set_title(f"{task} on {data}: quality against size")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+        written.append(_save(fig, out_dir / f"{task}_{data}_vs_storage.png"))
+
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+        for (upstream, method, protocol), sub in g[g.method != "fp"].groupby(["upstream", "method", "protocol"]):
+            sub = sub.sort_values("bits")
+            a1.plot(sub.bits, sub.value, marker="o", label=f"{upstream} {method} ({protocol})")
+            a2.plot(sub.bits, sub.runtime, marker="o", label=f"{upstream} {method}")
+        for _, r in g[g.method == "fp"].iterrows():
+            a1.axhline(r.value, ls=":", lw=0.8, c="gray")
+            a1.annotate(f"{r.upstream} fp ({r.protocol})", (1, r.value), fontsize=7)
+        a1.set_xlabel("weight bits")
+        a1.set_ylabel("WER (%)" if task == "asr" else "accuracy (%)")
+        a2.set_xlabel("weight bits")
+        a2.set_ylabel("estimated runtime (rel. to HuBERT Base)")
+        a1.legend(fontsize=7)
+        a1.grid(alpha=0.3)
+        a2.grid(alpha=0.3)
+        fig.suptitle(f"{task} on {data}: per bit width")
+        written.append(_save(fig, out_dir / f"{task}_{data}_per_bits.png"))
+
+    weights = rows.dropna(subset=["featurizer_weights"])
+    weights = weights[weights.featurizer_weights.map(len) > 1].drop_duplicates("config")
+    if not weights.empty:
+        fig, ax = plt.subplots(figsize=(7, 0.5 + 0.35 * len(weights)))
+        width = max(len(w) for w in weights.featurizer_weights)
+        matrix = [list(w) + [float("nan")] * (width - len(w)) for w in weights.featurizer_weights]
+        im = ax.imshow(matrix, aspect="auto", cmap="viridis")
+        ax.set_yticks(range(len(weights)), [f"{c} ({d})" for c, d in zip(weights.config, weights.data)], fontsize=7)
+        ax.set_xticks(range(width), ["front end"] + [f"L{i}" for i in range(1, width)])
+        fig.colorbar(im, ax=ax, label="softmax weight")
+        ax.set_title("featurizer layer weights")
+        written.append(_save(fig, out_dir / "featurizer_weights.png"))
+    return written

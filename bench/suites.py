@@ -1,0 +1,196 @@
+"""Suites: TOML files naming upstreams x quantization configs x tasks x data x seeds, expanded into runs."""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+SUITES_DIR = Path(__file__).parent / "suites"
+PROTOCOLS = ("retrain", "reuse")
+
+
+class SuiteError(ValueError):
+    """A suite file that cannot be run; the message names the file and field."""
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """``fp`` or ``METHOD:BITS[:OPTION...]`` with options ``gN`` (group size), ``minmax|mse|cosine``
+    (clipping) and ``aN`` (activation bits), e.g. ``uniform:4:mse``, ``gptq:3:g128``, ``binary:1``."""
+
+    method: str = "fp"
+    bits: int = 16
+    group_size: int | None = None
+    clip: str = "minmax"
+    act_bits: int | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> "QuantSpec":
+        parts = text.strip().split(":")
+        if parts == ["fp"]:
+            return cls()
+        if len(parts) < 2 or not parts[1].isdigit():
+            raise ValueError(f"quantization {text!r}: expected 'fp' or METHOD:BITS[:options], e.g. 'uniform:4'")
+        spec = {"method": parts[0], "bits": int(parts[1])}
+        for opt in parts[2:]:
+            if opt in ("minmax", "mse", "cosine"):
+                spec["clip"] = opt
+            elif opt[:1] == "g" and opt[1:].isdigit():
+                spec["group_size"] = int(opt[1:])
+            elif opt[:1] == "a" and opt[1:].isdigit():
+                spec["act_bits"] = int(opt[1:])
+            else:
+                raise ValueError(f"quantization {text!r}: unknown option {opt!r} (gN, minmax|mse|cosine, aN)")
+        quant = cls(**spec)
+        quant.config()  # validates method and bits
+        return quant
+
+    @property
+    def label(self) -> str:
+        if self.method == "fp":
+            return "fp"
+        extra = "".join(f"-{x}" for x in (
+            self.clip if self.clip != "minmax" else None,
+            f"g{self.group_size}" if self.group_size else None,
+            f"a{self.act_bits}" if self.act_bits else None) if x)
+        return f"{self.method}{self.bits}{extra}"
+
+    def config(self):
+        """The quantizer's config object (None for full precision)."""
+        if self.method == "fp":
+            return None
+        from bench.cli import make_config
+
+        return make_config(self.method, self.bits, self.group_size, self.clip, self.act_bits, ("transformer",))
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run: everything that determines its result (hence its hash)."""
+
+    suite: str
+    upstream: str
+    quant: QuantSpec
+    task: str
+    data: str
+    protocol: str
+    seed: int
+    schedule: dict = field(default_factory=dict, hash=False, compare=False)
+    data_config: dict = field(default_factory=dict, hash=False, compare=False)
+
+    @property
+    def name(self) -> str:
+        return f"{self.upstream}/{self.quant.label}/{self.protocol}/{self.task}-{self.data}/seed{self.seed}"
+
+    @property
+    def config_name(self) -> str:
+        """The table's row name: upstream/method+bits/protocol."""
+        return f"{self.upstream}/{self.quant.label}/{self.protocol}"
+
+    def as_dict(self) -> dict:
+        return {"suite": self.suite, "upstream": self.upstream, "quant": asdict(self.quant), "task": self.task,
+                "data": self.data, "protocol": self.protocol, "seed": self.seed, "schedule": self.schedule,
+                "data_config": self.data_config}
+
+    @property
+    def config_hash(self) -> str:
+        """Stable over dict ordering; the suite name is left out so identical runs match across suites."""
+        body = {k: v for k, v in self.as_dict().items() if k != "suite"}
+        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class Suite:
+    name: str
+    path: Path
+    description: str
+    data: dict[str, dict]
+    schedules: dict[str, dict]
+    runs: list[RunSpec]
+    synth: dict[str, dict]
+
+
+def suite_path(name_or_path: str) -> Path:
+    p = Path(name_or_path)
+    if p.suffix == ".toml" and p.is_file():
+        return p
+    candidate = SUITES_DIR / f"{name_or_path}.toml"
+    if not candidate.is_file():
+        known = sorted(x.stem for x in SUITES_DIR.glob("*.toml"))
+        raise SuiteError(f"unknown suite {name_or_path!r}; known: {', '.join(known)} (or a path to a .toml file)")
+    return candidate
+
+
+def _field(table: dict, key: str, where: str, kind=None, default=...):
+    if key not in table:
+        if default is ...:
+            raise SuiteError(f"{where}: missing field {key!r}")
+        return default
+    value = table[key]
+    if kind is not None and not isinstance(value, kind):
+        raise SuiteError(f"{where}: field {key!r} must be {getattr(kind, '__name__', kind)}, got {value!r}")
+    return value
+
+
+def load_suite(name_or_path: str) -> Suite:
+    """Parse and expand a suite file; every error names the file and the offending field."""
+    path = suite_path(name_or_path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise SuiteError(f"{path}: not valid TOML ({exc})") from exc
+    name = raw.get("name", path.stem)
+    data = _field(raw, "data", str(path), dict)
+    schedules = raw.get("schedule", {})
+    synth = {k: v["synth"] for k, v in data.items() if isinstance(v, dict) and "synth" in v}
+    runs: list[RunSpec] = []
+    for i, group in enumerate(_field(raw, "runs", str(path), list)):
+        where = f"{path}: [[runs]] #{i + 1}"
+        protocol = _field(group, "protocol", where, str, "retrain")
+        if protocol not in PROTOCOLS:
+            raise SuiteError(f"{where}: protocol {protocol!r} unknown; choose from {PROTOCOLS}")
+        try:
+            quants = [QuantSpec.parse(q) for q in _field(group, "quant", where, list, ["fp"])]
+        except ValueError as exc:
+            raise SuiteError(f"{where}: {exc}") from exc
+        for data_name in _field(group, "data", where, list):
+            if data_name not in data:
+                raise SuiteError(f"{where}: data {data_name!r} is not defined under [data]; defined: {sorted(data)}")
+        overrides = _field(group, "schedule", where, dict, {})
+        for task in _field(group, "tasks", where, list, ["asr"]):
+            if task not in schedules:
+                raise SuiteError(f"{where}: task {task!r} has no [schedule.{task}] table")
+            for upstream in _field(group, "upstreams", where, list):
+                for quant in quants:
+                    for data_name in group["data"]:
+                        for seed in _field(group, "seeds", where, list, [0]):
+                            dcfg = {k: v for k, v in data[data_name].items() if k != "synth"}
+                            runs.append(RunSpec(name, upstream, quant, task, data_name, protocol, int(seed),
+                                                dict(schedules[task]) | overrides, dcfg))
+    unique = list(dict.fromkeys(runs))  # the same run listed twice runs once
+    return Suite(name, path, raw.get("description", ""), data, schedules, unique, synth)
+
+
+def select(runs: list[RunSpec], only: str | None = None, shard: str | None = None) -> list[RunSpec]:
+    """``only``: comma-separated fnmatch patterns on run names; ``shard``: 'I/N' keeps every N-th run from I (0-based)."""
+    if only:
+        patterns = [p.strip() for p in only.split(",")]
+        runs = [r for r in runs if any(fnmatch.fnmatch(r.name, p) or p in r.name for p in patterns)]
+    if shard:
+        try:
+            i, n = (int(x) for x in shard.split("/"))
+            assert 0 <= i < n
+        except (ValueError, AssertionError):
+            raise SuiteError(f"--shard {shard!r}: expected I/N with 0 <= I < N, e.g. 0/4") from None
+        ordered = sorted(runs, key=lambda r: r.config_hash)
+        keep = {r.config_hash for r in ordered[i::n]}
+        runs = [r for r in runs if r.config_hash in keep]
+    return runs

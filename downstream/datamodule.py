@@ -1,0 +1,75 @@
+"""LightningDataModule over the readers: which corpus, which splits, and how batches are formed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import lightning as L
+from torch.utils.data import BatchSampler, DataLoader
+
+from .batching import BalancedSampler, LengthBucketSampler, SpeechDataset, collate
+from .corpus import Corpus
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the data is. ``layout``: 'librispeech' (ASR) or 'speech_commands' (KS)."""
+
+    layout: str
+    root: str
+    train: tuple[str, ...] = ("train-clean-100",)
+    dev: tuple[str, ...] = ("dev-clean",)
+    test: tuple[str, ...] = ("test-clean",)
+    test_root: str | None = None  # Speech Commands' separate test set
+    speakers: tuple[str, ...] | None = None
+    gender: str | None = None
+
+    def load(self, which: str) -> Corpus:
+        from .librispeech import load_librispeech
+        from .speech_commands import load_speech_commands
+
+        if self.layout == "librispeech":
+            return load_librispeech(self.root, list(getattr(self, which)), speakers=self.speakers, gender=self.gender)
+        if self.layout == "speech_commands":
+            return load_speech_commands(self.root, {"train": "train", "dev": "dev", "test": "test"}[which], self.test_root)
+        raise ValueError(f"data layout must be 'librispeech' or 'speech_commands', got {self.layout!r}")
+
+
+class SpeechDataModule(L.LightningDataModule):
+    """Length-bucketed batches (ASR) or class-balanced batches (KS, as SUPERB samples them)."""
+
+    def __init__(self, data: DataConfig, batch_size: int, max_batch_seconds: float, seed: int = 0,
+                 balanced: bool = False, num_workers: int = 0):
+        super().__init__()
+        self.data, self.batch_size, self.max_batch_seconds = data, batch_size, max_batch_seconds
+        self.seed, self.balanced, self.num_workers = seed, balanced, num_workers
+        self.corpora: dict[str, Corpus] = {}
+
+    def setup(self, stage: str | None = None) -> None:
+        needed = {"fit": ("train", "dev"), "validate": ("dev",), "test": ("test",)}.get(stage or "fit", ("train", "dev", "test"))
+        for which in needed:
+            if which not in self.corpora:
+                self.corpora[which] = self.data.load(which)
+
+    def _loader(self, which: str, shuffle: bool) -> DataLoader:
+        corpus = self.corpora[which]
+        world = self.trainer.world_size if self.trainer is not None else 1
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        if self.balanced and shuffle:
+            sampler = BalancedSampler([u.label for u in corpus.utterances], self.seed)
+            batches = BatchSampler(sampler, self.batch_size, drop_last=False)
+        else:
+            batches = LengthBucketSampler([u.duration for u in corpus.utterances], self.max_batch_seconds, self.batch_size,
+                                          shuffle=shuffle, seed=self.seed, num_replicas=world if shuffle else 1,
+                                          rank=rank if shuffle else 0)
+        return DataLoader(SpeechDataset(corpus.utterances), batch_sampler=batches, collate_fn=collate,
+                          num_workers=self.num_workers)
+
+    def train_dataloader(self):
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self):
+        return self._loader("dev", shuffle=False)
+
+    def test_dataloader(self):
+        return self._loader("test", shuffle=False)

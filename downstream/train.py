@@ -1,0 +1,141 @@
+"""One call trains a SUPERB head on a frozen upstream and evaluates it; another reuses a trained head.
+
+Protocols: ``retrain`` (SUPERB's: a head per upstream, ``train_and_evaluate``) and ``reuse``
+(a head trained on the full-precision upstream, evaluated unchanged on a quantized one,
+``evaluate``), which makes sweeps over bit widths cheap.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from upstream_quant.upstream import pick_device
+
+from .datamodule import DataConfig, SpeechDataModule
+from .features import FeatureCache, FrozenUpstream
+from .tasks import TaskConfig, make_task
+
+# Our tasks move only the tensors of a batch (its utterance records stay on the host), which is
+# intended; Lightning warns whenever a module overrides this hook next to a data module.
+warnings.filterwarnings("ignore", message=".*overridden `transfer_batch_to_device`.*")
+
+
+def _trainer(task: TaskConfig, device: torch.device, devices: int, work_dir: Path | None, progress: bool,
+             callbacks: list, **kwargs) -> L.Trainer:
+    accelerator = "gpu" if device.type == "cuda" else "cpu"
+    return L.Trainer(
+        accelerator=accelerator, devices=devices, strategy="ddp" if devices > 1 else "auto",
+        precision="bf16-mixed" if accelerator == "gpu" else "32-true", gradient_clip_val=task.grad_clip,
+        logger=False, enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
+        use_distributed_sampler=False, callbacks=callbacks, default_root_dir=work_dir, **kwargs,
+    )
+
+
+def _datamodule(task: TaskConfig, data: DataConfig) -> SpeechDataModule:
+    return SpeechDataModule(data, task.batch_size, task.max_batch_seconds, task.seed, balanced=task.task == "ks",
+                            num_workers=task.num_workers)
+
+
+def train_and_evaluate(upstream: torch.nn.Module, task: TaskConfig, data: DataConfig, work_dir: str | Path,
+                       device: str | None = None, devices: int = 1, progress: bool = True,
+                       callbacks: list | None = None) -> dict:
+    """Train featurizer + head, keep the best checkpoint by the dev metric, test it; returns a result record.
+
+    Steps are rounded up to whole validation periods (``val_every_epochs`` epochs) so that
+    every run ends with a validation. A run
+    interrupted in any way resumes from ``work_dir/last.ckpt`` (saved every epoch) and, with
+    per-epoch reseeding, reaches the same result as an uninterrupted one. With ``devices`` > 1
+    (DDP) each step takes one batch per device, so divide ``max_steps`` by the device count to
+    keep the number of utterances seen (see README).
+    """
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    dev = pick_device(device)
+    L.seed_everything(task.seed, workers=True, verbose=False)
+    cache = FeatureCache(task.cache_mb, spill_dir=work_dir / "features") if task.cache_features else None
+    module = make_task(FrozenUpstream(upstream, cache), task)
+    dm = _datamodule(task, data)
+    dm.setup("fit")
+    steps_per_epoch = len(dm.train_dataloader()) // max(devices, 1) or 1
+    every = task.val_every_epochs
+    epochs = math.ceil(math.ceil(task.max_steps / steps_per_epoch) / every) * every
+    metric = f"dev_{module.metric_name}"
+    ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=work_dir, filename="best", monitor=metric, mode=module.metric_mode,
+                                               save_top_k=1, every_n_epochs=task.val_every_epochs)
+    # last.ckpt after every epoch (not only validation epochs): an interrupted run loses at most one epoch
+    resume = L.pytorch.callbacks.ModelCheckpoint(dirpath=work_dir, filename="last", save_top_k=1, every_n_epochs=1,
+                                                 save_on_train_epoch_end=True, enable_version_counter=False)
+    trainer = _trainer(task, dev, devices, work_dir, progress, [ckpt, resume, *(callbacks or [])], max_epochs=epochs,
+                       check_val_every_n_epoch=task.val_every_epochs)
+    last = work_dir / "last.ckpt"
+    started = time.time()
+    trainer.fit(module, datamodule=dm, ckpt_path=str(last) if last.is_file() else None)
+    train_seconds = time.time() - started
+    best = ckpt.best_model_path or str(last)
+    started = time.time()
+    tested = trainer.test(module, datamodule=dm, ckpt_path=best, verbose=False)[0]
+    n_train = len(dm.corpora["train"])
+    return {
+        "task": task.task,
+        "config": asdict(task),
+        "metrics": {k: round(float(v), 3) for k, v in tested.items()} | {
+            f"best_{metric}": round(float(ckpt.best_model_score), 3) if ckpt.best_model_score is not None else None},
+        "dev_curve": module.dev_curve,
+        "steps": int(trainer.global_step),
+        "epochs": epochs,
+        "train_seconds": round(train_seconds, 2),
+        "test_seconds": round(time.time() - started, 2),
+        "train_utterances_per_second": round(n_train * epochs / max(train_seconds, 1e-9), 2),
+        "upstream_seconds": round(module.upstream.seconds, 2),
+        "head_seconds": round(module.head_seconds, 2),
+        "feature_cache": {"hits": cache.hits, "misses": cache.misses} if cache else None,
+        "featurizer_weights": module.featurizer.layer_weights(),
+        "checkpoint": best,
+        "device": str(dev),
+    }
+
+
+def load_task(checkpoint: str | Path, upstream: torch.nn.Module, cache: FeatureCache | None = None):
+    """A trained task module (featurizer + head) from its checkpoint, on a (possibly different) upstream."""
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    task = TaskConfig(**ckpt["hyper_parameters"]["config"])
+    module = make_task(FrozenUpstream(upstream, cache), task)
+    if module.featurizer.num_states != upstream.num_hidden_states:
+        raise ValueError(f"{checkpoint}: head trained on an upstream with {module.featurizer.num_states} hidden states, "
+                         f"this one has {upstream.num_hidden_states}")
+    module.load_state_dict(ckpt["state_dict"])
+    return module, task
+
+
+def evaluate(upstream: torch.nn.Module, checkpoint: str | Path, data: DataConfig, split: str = "test",
+             device: str | None = None, progress: bool = False) -> dict:
+    """The ``reuse`` protocol: a trained head, unchanged, on ``upstream``'s features of ``split``."""
+    module, task = load_task(checkpoint, upstream)
+    dm = _datamodule(task, data)
+    dm.setup("test" if split == "test" else "validate")
+    trainer = _trainer(task, pick_device(device), 1, None, progress, [])
+    started = time.time()
+    if split == "test":
+        out = trainer.test(module, datamodule=dm, verbose=False)[0]
+    else:
+        out = {k.replace("dev_", "test_"): v for k, v in trainer.validate(module, datamodule=dm, verbose=False)[0].items()}
+    return {"task": task.task, "metrics": {k: round(float(v), 3) for k, v in out.items()},
+            "featurizer_weights": module.featurizer.layer_weights(), "head_checkpoint": str(checkpoint),
+            "test_seconds": round(time.time() - started, 2)}
+
+
+def sweep_lr(upstream: torch.nn.Module, task: TaskConfig, data: DataConfig, work_dir: str | Path,
+             lrs: list[float], **kwargs) -> dict:
+    """SUPERB tuned the learning rate per upstream: train one head per rate, keep the best by dev metric."""
+    runs = {lr: train_and_evaluate(upstream, task.with_(lr=lr), data, Path(work_dir) / f"lr{lr:g}", **kwargs) for lr in lrs}
+    key = next(k for k in next(iter(runs.values()))["metrics"] if k.startswith("best_dev_"))
+    better = min if task.task == "asr" else max
+    best_lr = better(runs, key=lambda lr: runs[lr]["metrics"][key])
+    return runs[best_lr] | {"lr_sweep": {f"{lr:g}": runs[lr]["metrics"][key] for lr in lrs}, "lr": best_lr}

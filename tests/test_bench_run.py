@@ -1,0 +1,142 @@
+"""Suites, the runner and its store: resumable, no duplicates, tables and plots from rows."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from bench.suites import QuantSpec, SuiteError, load_suite, select
+
+SUITE = """
+name = "tiny"
+[data.chirps]
+layout = "librispeech"
+root = "{root}"
+train = ["train"]
+dev = ["train"]
+test = ["train"]
+
+[schedule.asr]
+preset = "mini_asr"
+proj = 16
+hidden = 16
+lstm_layers = 1
+max_steps = 60
+batch_size = 1
+specaug = false
+
+[[runs]]
+upstreams = ["fbank"]
+quant = ["fp"]
+data = ["chirps"]
+protocol = "retrain"
+seeds = [0, 1]
+
+[[runs]]
+upstreams = ["fbank"]
+quant = ["fp"]
+data = ["chirps"]
+protocol = "reuse"
+"""
+
+
+@pytest.fixture
+def tiny_suite(tmp_path):
+    root = tmp_path / "corpus"
+    d = root / "train" / "1" / "1"
+    d.mkdir(parents=True)
+    t = np.arange(12000) / 16000
+    lines = []
+    for i, (words, f0) in enumerate((("GO", 200.0), ("STOP", 500.0), ("UP", 800.0))):
+        sf.write(d / f"1-1-{i:04d}.flac", (0.3 * np.sin(2 * np.pi * f0 * t)).astype(np.float32), 16000)
+        lines.append(f"1-1-{i:04d} {words}\n")
+    (d / "1-1.trans.txt").write_text("".join(lines))
+    path = tmp_path / "tiny.toml"
+    path.write_text(SUITE.format(root=root))
+    return path
+
+
+def test_quant_spec_parsing():
+    assert QuantSpec.parse("uniform:4:mse:g128").label == "uniform4-mse-g128"
+    assert QuantSpec.parse("binary:1").config().__class__.__name__ == "BinaryConfig"
+    assert QuantSpec.parse("fp").label == "fp"
+    for bad in ("uniform", "uniform:x", "uniform:4:zz", "binary:2", "magic:4"):
+        with pytest.raises(ValueError):
+            QuantSpec.parse(bad)
+
+
+def test_shipped_suites_parse_and_expand():
+    mini = load_suite("mini")
+    names = [r.name for r in mini.runs]
+    assert len(names) == len(set(names)) and any("/binary1/" in n for n in names)
+    assert {r.upstream for r in mini.runs} >= {"whisper_tiny_en", "distil_whisper_tiny_en", "fbank"}
+    paper = load_suite("paper")
+    assert {r.upstream for r in paper.runs} == {"hubert_base", "distilhubert"}
+    assert [r.schedule.get("layer") for r in paper.runs if r.upstream == "distilhubert"] == [-1]
+    load_suite("paper-ks")
+    hashes = [r.config_hash for r in mini.runs]
+    shards = [select(mini.runs, shard=f"{i}/3") for i in range(3)]
+    assert sorted(r.config_hash for s in shards for r in s) == sorted(hashes)
+    assert all("gptq" in r.name for r in select(mini.runs, only="*gptq*"))
+
+
+def test_suite_errors_name_file_and_field(tmp_path, tiny_suite):
+    bad = tmp_path / "bad.toml"
+    bad.write_text(tiny_suite.read_text().replace('protocol = "reuse"', 'protocol = "magic"'))
+    with pytest.raises(SuiteError, match=r"bad.toml: \[\[runs\]\] #2.*'magic'"):
+        load_suite(str(bad))
+    bad.write_text(tiny_suite.read_text().replace('data = ["chirps"]\nprotocol = "reuse"', 'data = ["nope"]\nprotocol = "reuse"'))
+    with pytest.raises(SuiteError, match="'nope' is not defined"):
+        load_suite(str(bad))
+    with pytest.raises(SuiteError, match="unknown suite"):
+        load_suite("no-such-suite")
+    with pytest.raises(SuiteError, match="--shard"):
+        select([], shard="3/2")
+
+
+def _bench(*args, cwd):
+    env = os.environ | {"PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "bench.cli", *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+@pytest.mark.slow
+def test_run_killed_with_sigkill_resumes_without_losing_or_duplicating(tiny_suite, tmp_path):
+    store = tmp_path / "store"
+    rows_file = store / "tiny" / "runs.jsonl"
+    proc = _bench("run", str(tiny_suite), "--store", str(store), "--no-progress", cwd=Path(__file__).parent.parent)
+    deadline = time.time() + 240
+    while not _rows(rows_file) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    first = _rows(rows_file)
+    assert 1 <= len(first) < 3, "killed after the first row, before the last"
+    done = _bench("run", str(tiny_suite), "--store", str(store), "--no-progress", cwd=Path(__file__).parent.parent)
+    out, _ = done.communicate(timeout=300)
+    assert done.returncode == 0, out
+    rows = _rows(rows_file)
+    assert len(rows) == 3 and len({r["config_hash"] for r in rows}) == 3
+    assert rows[: len(first)] == first  # finished rows are never rewritten
+    assert f"{len(first)} already in the store" in out
+    again = _bench("run", str(tiny_suite), "--store", str(store), "--no-progress", cwd=Path(__file__).parent.parent)
+    out, _ = again.communicate(timeout=300)
+    assert "0 finished, 3 already in the store" in out and len(_rows(rows_file)) == 3
+    row = rows[0]
+    for key in ("config_hash", "spec", "seed", "git_commit", "torch", "device", "wall_seconds", "storage_mb",
+                "stored_mb", "est_runtime", "metrics", "featurizer_weights"):
+        assert key in row, key
+    table = (store / "tiny" / "table.md").read_text()
+    assert "fbank/fp/retrain" in table and "fbank/fp/reuse" in table and "chirps_wer" in table
+    assert (store / "tiny" / "plots" / "asr_chirps_vs_storage.png").is_file()
