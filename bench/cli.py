@@ -5,6 +5,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 
 BITS_CHOICES = (1, 2, 3, 4, 5, 6, 7, 8, 16)
@@ -91,6 +92,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .suites import load_suite, select
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    for noisy in ("lightning.pytorch", "lightning.fabric", "lightning"):  # per-run GPU/TPU banners and tips
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*treespec.*")
     suite = load_suite(args.suite)
     runs = select(suite.runs, args.only, args.shard)
     store = Path(args.store)
@@ -198,6 +202,48 @@ def _cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def calibration_audio(args: argparse.Namespace) -> list:
+    """Unlabelled calibration waveforms from a folder, or a speaker's / gender's utterances of a corpus."""
+    import torch
+
+    from downstream import audio
+    from downstream.librispeech import load_librispeech
+    from upstream_quant.calibration import load_calibration_dir
+
+    chosen = [x for x in (args.calib_dir, args.speaker, args.gender) if x]
+    if len(chosen) != 1:
+        raise ValueError("give exactly one of --calib-dir DIR, --speaker ID, --gender F|M")
+    if args.calib_dir:
+        return load_calibration_dir(args.calib_dir, args.count)
+    if not args.corpus:
+        raise ValueError("--speaker/--gender select utterances of a LibriSpeech-layout corpus: add --corpus ROOT")
+    corpus = load_librispeech(args.corpus, args.splits.split(","), speakers=[args.speaker] if args.speaker else None,
+                              gender=args.gender)
+    return [torch.from_numpy(audio.read(u.path)) for u in corpus.utterances[: args.count]]
+
+
+def _cmd_mixed(args: argparse.Namespace) -> int:
+    from upstream_quant import load_upstream
+    from upstream_quant.io import write_atomic
+    from upstream_quant.mixed import mixed_precision, plot_bit_map
+    from upstream_quant.packed import save_packed
+
+    wavs = calibration_audio(args)
+    upstream = load_upstream(args.upstream, checkpoint=args.checkpoint, device=args.device)
+    model, report = mixed_precision(
+        upstream, wavs, args.budget_mb, statistic=args.statistic, order=args.order, clip=args.calibration,
+        act_bits=args.act_bits, layer_coverage=args.coverage, convention=args.convention, seed=args.seed, progress=True)
+    out = save_packed(model, args.out)
+    report |= {"upstream": args.upstream, "file": str(out), "file_mb": round(out.stat().st_size / 1e6, 4),
+               "calibration": {"dir": args.calib_dir, "speaker": args.speaker, "gender": args.gender, "corpus": args.corpus}}
+    bits_json = out.with_suffix(".bits.json")
+    write_atomic(bits_json, json.dumps(report, indent=1))
+    plot_bit_map(report, out.with_suffix(".bits.png"))
+    print(f"wrote {out} ({report['file_mb']:.2f} MB file; {report['size_mb']:.2f} MB {report['convention']} for a "
+          f"{args.budget_mb:g} MB budget; widths {report['widths']}), {bits_json} and {out.with_suffix('.bits.png')}")
+    return 0
+
+
 def _cmd_distill(args: argparse.Namespace) -> int:
     from .distill import run_distill
 
@@ -256,6 +302,27 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("root")
     q.add_argument("--splits", default="train", help="LibriSpeech: comma-separated split folders; Speech Commands: train, dev or test")
     q.set_defaults(func=_cmd_data)
+
+    p = sub.add_parser("mixed", help="myQASR: label-free personalised mixed precision to a memory budget")
+    p.add_argument("--upstream", required=True)
+    p.add_argument("--checkpoint", default=None)
+    p.add_argument("--budget-mb", type=float, required=True, help="target size in MB (see --convention)")
+    p.add_argument("--calib-dir", default=None, help="folder of unlabelled 16 kHz audio")
+    p.add_argument("--speaker", default=None, help="calibrate on this speaker's utterances of --corpus")
+    p.add_argument("--gender", default=None, choices=["F", "M"], help="calibrate on this gender's utterances of --corpus")
+    p.add_argument("--corpus", default=None, help="LibriSpeech-layout root for --speaker/--gender")
+    p.add_argument("--splits", default="train", help="splits of --corpus (comma-separated)")
+    p.add_argument("--count", type=int, default=32, help="calibration utterances (myQASR: 32)")
+    p.add_argument("--statistic", default="median", choices=["median", "mean", "max", "l1", "l2"])
+    p.add_argument("--order", default="descending", choices=["descending", "ascending", "shuffled"])
+    p.add_argument("--calibration", default="minmax", choices=["minmax", "cosine"], help="weight scale search")
+    p.add_argument("--act-bits", type=int, default=None, help="e.g. 8: quantize layer inputs too")
+    p.add_argument("--coverage", default="myqasr", choices=["myqasr", "transformer"])
+    p.add_argument("--convention", default="stored", choices=["stored", "myqasr"], help="size convention of the budget")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None)
+    p.add_argument("--out", required=True, help="packed .safetensors; .bits.json and .bits.png beside it")
+    p.set_defaults(func=_cmd_mixed)
 
     p = sub.add_parser("distill", help="DistilHuBERT's recipe, label-free: distil a shallower student from a teacher upstream")
     p.add_argument("--teacher", default="whisper_tiny_en")

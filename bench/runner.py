@@ -68,10 +68,11 @@ class Runner:
 
     # ---------------------------------------------------------------- pieces
 
-    def data_config(self, run: RunSpec):
+    def data_config(self, run: RunSpec, table: dict | None = None):
         from downstream.datamodule import DataConfig
 
-        cfg = dict(run.data_config)
+        cfg = dict(table if table is not None else run.data_config)
+        cfg.pop("head_data", None)
         for key in ("train", "dev", "test"):
             if key in cfg:
                 cfg[key] = tuple(cfg[key])
@@ -99,19 +100,35 @@ class Runner:
             self._upstreams[name] = load_upstream(name, device=self.device)
         return self._upstreams[name]
 
-    def calibration(self, run: RunSpec, count: int = 32):
-        """Unlabelled calibration audio: the first utterances of the run's training split."""
+    def calibration(self, run: RunSpec, count: int = 32, group: str = "all"):
+        """Unlabelled calibration audio from the training split of the head's data: the first
+        ``count`` utterances, of one gender (F/M) or speaker when ``group`` says so."""
+        import dataclasses
+
         import torch
 
         from downstream import audio
 
-        corpus = self.data_config(run).load("train")
+        data = self.data_config(run, self.suite.data_tables[run.head_data])
+        if group in ("F", "M"):
+            data = dataclasses.replace(data, gender=group)
+        elif group != "all":
+            data = dataclasses.replace(data, speakers=(group,))
+        corpus = data.load("train")
         return [torch.from_numpy(audio.read(u.path)) for u in corpus.utterances[:count]]
 
     def quantized(self, run: RunSpec):
-        key = (run.upstream, run.quant, run.data)
+        key = (run.upstream, run.quant, run.head_data)
         if run.quant.method == "fp":
             return self.upstream(run.upstream)
+        if run.quant.method == "mixed" and key not in self._quantized:
+            from upstream_quant.mixed import mixed_precision
+
+            q = run.quant
+            model, report = mixed_precision(self.upstream(run.upstream), self.calibration(run, group=q.calib), q.budget_mb,
+                                            order=q.order, clip=q.clip, act_bits=q.act_bits, seed=run.seed)
+            model.mixed_report = report
+            self._quantized[key] = model
         if key not in self._quantized:
             from upstream_quant.quantize import quantize
 
@@ -126,15 +143,22 @@ class Runner:
         """For ``reuse``: the head trained on the full-precision upstream (trained once, then shared)."""
         from downstream.train import train_and_evaluate
 
-        fp = RunSpec(run.suite, run.upstream, type(run.quant)(), run.task, run.data, "retrain", run.seed,
-                     run.schedule, run.data_config)
+        table = self.suite.data_tables[run.head_data]
+        fp = RunSpec(run.suite, run.upstream, type(run.quant)(), run.task, run.head_data, "retrain", run.seed,
+                     run.schedule, table)
         work = self.work / fp.config_hash
         result = train_and_evaluate(self.upstream(run.upstream), self.task_config(fp), self.data_config(fp), work,
                                     device=self.device, progress=self.progress)
         return result["checkpoint"], result
 
-    def cost(self, run: RunSpec) -> dict:
+    def cost(self, run: RunSpec, model=None) -> dict:
         from upstream_quant.accounting import cost_report
+
+        report = getattr(model, "mixed_report", None)
+        if report is not None:  # per-layer widths: sizes from the allocation (est_runtime not modelled)
+            full = cost_report(run.upstream, 16)
+            return {"storage_mb": None, "stored_mb": round(report["size_mb"], 3), "fp16_mb": round(full.storage_mb["fp16"], 3),
+                    "est_runtime": None, "bit_widths": report["widths"]}
 
         report = cost_report(run.upstream, run.quant.bits if run.quant.method != "fp" else 16)
         return {"storage_mb": round(report.storage_mb["paper"], 3), "stored_mb": round(report.storage_mb["stored"], 3),
@@ -168,7 +192,7 @@ class Runner:
             "data": run.data,
             "seed": run.seed,
             "spec": run.as_dict(),
-            **self.cost(run),
+            **self.cost(run, upstream),
             "metrics": result["metrics"],
             "featurizer_weights": result["featurizer_weights"],
             "dev_curve": result.get("dev_curve"),

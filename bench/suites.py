@@ -31,12 +31,19 @@ class QuantSpec:
     group_size: int | None = None
     clip: str = "minmax"
     act_bits: int | None = None
+    # mixed precision (myQASR): ``mixed:BUDGET_MB[:calib=GROUP][:ORDER][:cosine][:aN]``, GROUP
+    # being F, M, a speaker id, or 'all' (the run's training split).
+    budget_mb: float | None = None
+    calib: str = "all"
+    order: str = "descending"
 
     @classmethod
     def parse(cls, text: str) -> "QuantSpec":
         parts = text.strip().split(":")
         if parts == ["fp"]:
             return cls()
+        if parts[0] == "mixed":
+            return cls._parse_mixed(text, parts)
         if len(parts) < 2 or not parts[1].isdigit():
             raise ValueError(f"quantization {text!r}: expected 'fp' or METHOD:BITS[:options], e.g. 'uniform:4'")
         spec = {"method": parts[0], "bits": int(parts[1])}
@@ -53,10 +60,33 @@ class QuantSpec:
         quant.config()  # validates method and bits
         return quant
 
+    @classmethod
+    def _parse_mixed(cls, text: str, parts: list[str]) -> "QuantSpec":
+        try:
+            spec = {"method": "mixed", "bits": 0, "budget_mb": float(parts[1])}
+        except (IndexError, ValueError):
+            raise ValueError(f"quantization {text!r}: expected mixed:BUDGET_MB[:calib=GROUP][:ORDER], e.g. 'mixed:4.5:calib=F'") from None
+        for opt in parts[2:]:
+            if opt.startswith("calib="):
+                spec["calib"] = opt.removeprefix("calib=")
+            elif opt in ("descending", "ascending", "shuffled"):
+                spec["order"] = opt
+            elif opt in ("minmax", "cosine"):
+                spec["clip"] = opt
+            elif opt[:1] == "a" and opt[1:].isdigit():
+                spec["act_bits"] = int(opt[1:])
+            else:
+                raise ValueError(f"quantization {text!r}: unknown option {opt!r} (calib=GROUP, descending|ascending|shuffled, minmax|cosine, aN)")
+        return cls(**spec)
+
     @property
     def label(self) -> str:
         if self.method == "fp":
             return "fp"
+        if self.method == "mixed":
+            extra = "".join(f"-{x}" for x in (self.order if self.order != "descending" else None,
+                                               self.clip if self.clip != "minmax" else None) if x)
+            return f"mixed{self.budget_mb:g}MB-{self.calib}{extra}"
         extra = "".join(f"-{x}" for x in (
             self.clip if self.clip != "minmax" else None,
             f"g{self.group_size}" if self.group_size else None,
@@ -64,8 +94,9 @@ class QuantSpec:
         return f"{self.method}{self.bits}{extra}"
 
     def config(self):
-        """The quantizer's config object (None for full precision)."""
-        if self.method == "fp":
+        """The quantizer's config object (None for full precision and mixed precision, which is
+        allocated per run from calibration audio)."""
+        if self.method in ("fp", "mixed"):
             return None
         from bench.cli import make_config
 
@@ -89,6 +120,11 @@ class RunSpec:
     @property
     def name(self) -> str:
         return f"{self.upstream}/{self.quant.label}/{self.protocol}/{self.task}-{self.data}/seed{self.seed}"
+
+    @property
+    def head_data(self) -> str:
+        """The data a reuse head is trained on (``head_data`` in the data table, else the run's own)."""
+        return self.data_config.get("head_data", self.data)
 
     @property
     def config_name(self) -> str:
@@ -116,6 +152,7 @@ class Suite:
     schedules: dict[str, dict]
     runs: list[RunSpec]
     synth: dict[str, dict]
+    data_tables: dict[str, dict] = field(default_factory=dict)  # data name -> its table, without synth
 
 
 def suite_path(name_or_path: str) -> Path:
@@ -173,10 +210,13 @@ def load_suite(name_or_path: str) -> Suite:
                     for data_name in group["data"]:
                         for seed in _field(group, "seeds", where, list, [0]):
                             dcfg = {k: v for k, v in data[data_name].items() if k != "synth"}
+                            if "head_data" in dcfg and dcfg["head_data"] not in data:
+                                raise SuiteError(f"{path}: [data.{data_name}] head_data {dcfg['head_data']!r} is not defined")
                             runs.append(RunSpec(name, upstream, quant, task, data_name, protocol, int(seed),
                                                 dict(schedules[task]) | overrides, dcfg))
     unique = list(dict.fromkeys(runs))  # the same run listed twice runs once
-    return Suite(name, path, raw.get("description", ""), data, schedules, unique, synth)
+    tables = {k: {x: y for x, y in v.items() if x != "synth"} for k, v in data.items()}
+    return Suite(name, path, raw.get("description", ""), data, schedules, unique, synth, tables)
 
 
 def select(runs: list[RunSpec], only: str | None = None, shard: str | None = None) -> list[RunSpec]:

@@ -51,7 +51,7 @@ def test_matches_transformers_whisper_encoder(whisper, speechlike):
                         num_mel_bins=80, max_source_positions=1500)
     ref = WhisperEncoder(cfg).eval()
     state = dict(whisper.state_dict())
-    state["embed_positions.weight"] = state.pop("embed_positions")
+    state["embed_positions.weight"] = whisper.embed_positions
     ref.load_state_dict(state)
     wavs, lens = speechlike
     feats = WhisperFeatureExtractor(feature_size=80)([w[:n].numpy() for w, n in zip(wavs, lens)],

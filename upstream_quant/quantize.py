@@ -65,6 +65,11 @@ def quantize(
     if type(config) not in METHODS:
         raise TypeError(f"unknown quantization config {type(config).__name__}; known: {[c.__name__ for c in METHODS]}")
     layers = target_layers(module, config.targets)
+    if hasattr(config, "per_layer"):  # a config that sets each layer's own parameters (mixed precision)
+        missing = sorted(set(config.layers) - set(layers))
+        if missing:
+            raise ValueError(f"{type(config).__name__} names layers that are not quantizable here: {missing[:5]}")
+        layers = {n: m for n, m in layers.items() if n in config.layers}
     if not layers:
         present = sorted({group_of(n, getattr(module, "group_prefixes", {})) for n, m in module.named_modules()
                           if isinstance(m, (nn.Linear, nn.Conv1d))})
@@ -86,7 +91,11 @@ def quantize(
     method = METHODS[type(config)]
     new_layers = {}
     for name, layer in tqdm(layers.items(), desc=f"quantize {type(config).__name__}", disable=not progress, leave=False):
-        qweight = method(effective_weight(layer), config, stats.get(name))
+        if hasattr(config, "per_layer"):
+            layer_config = config.per_layer(name)
+            qweight = METHODS[type(layer_config)](effective_weight(layer), layer_config, stats.get(name))
+        else:
+            qweight = method(effective_weight(layer), config, stats.get(name))
         new_layers[name] = QuantizedLayer(layer, qweight, config.act_bits)
     if not inplace:
         for layer in module.modules():  # weight norm leaves a non-leaf `weight` that deepcopy refuses
@@ -96,4 +105,5 @@ def quantize(
     for name, layer in new_layers.items():
         model.set_submodule(name, layer)
     model.quantization = {"method": type(config).__name__, "config": asdict(config)}
+    model.quantization["config"].pop("extra", None)
     return model

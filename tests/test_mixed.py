@@ -1,0 +1,135 @@
+"""myQASR mixed precision: sensitivity, allocation to a budget, quantization, CLI."""
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from bench.cli import main
+from upstream_quant.mixed import (
+    BudgetError, MixedPrecisionConfig, SizeModel, allocate_bits, coverage, mixed_precision, sensitivity, size_model,
+)
+from upstream_quant.packed import load_packed
+from upstream_quant.quantize import quantize
+from upstream_quant.uniform import UniformConfig, quantize_uniform
+
+
+def _sizes(n=6):
+    return SizeModel(fixed_bytes=1000, layers={f"l{i}": (1000 * (i + 1), 10) for i in range(n)})
+
+
+def test_allocation_meets_budget_within_one_step_and_uses_two_adjacent_widths():
+    scores = {f"l{i}": float(i) for i in range(6)}
+    sizes = _sizes()
+    for budget in (0.012, 0.015, 0.02):
+        bits = allocate_bits(scores, sizes, budget)
+        total = sizes.total_mb(bits)
+        assert total <= budget
+        # one more bit on the last-lowered layer would exceed the budget
+        widths = sorted(set(bits.values()))
+        assert len(widths) <= 2 and (len(widths) == 1 or widths[1] - widths[0] == 1)
+        largest_step = max(sizes.layer_bytes(n, 8) - sizes.layer_bytes(n, 7) for n in bits) / 1e6
+        assert budget - total <= largest_step + 1e-12
+
+
+def test_descending_order_lowers_the_largest_activations_first():
+    scores = {"a": 3.0, "b": 2.0, "c": 1.0}
+    sizes = SizeModel(0, {n: (8000, 1) for n in scores})
+    one_step = sizes.total_mb({"a": 7, "b": 8, "c": 8})
+    assert allocate_bits(scores, sizes, one_step) == {"a": 7, "b": 8, "c": 8}
+    assert allocate_bits(scores, sizes, one_step, order="ascending") == {"a": 8, "b": 8, "c": 7}
+    two = sizes.total_mb({"a": 7, "b": 7, "c": 8})
+    assert allocate_bits(scores, sizes, two) == {"a": 7, "b": 7, "c": 8}
+    shuffled = [tuple(sorted(allocate_bits(scores, sizes, one_step, order="shuffled", seed=s).items())) for s in range(6)]
+    assert len(set(shuffled)) > 1
+
+
+def test_budget_outside_the_feasible_range_states_it():
+    scores = {"a": 1.0}
+    sizes = SizeModel(0, {"a": (8_000_000, 100)})
+    with pytest.raises(BudgetError, match=r"below the smallest reachable size 2\.000.*feasible range 2\.000 \.\. 8\.000"):
+        allocate_bits(scores, sizes, 1.0)
+    with pytest.raises(BudgetError, match="needs no mixed precision"):
+        allocate_bits(scores, sizes, 9.0)
+
+
+class TwoBranch(nn.Module):
+    """A fixture whose two layers see inputs of different scale depending on the 'speaker'."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.low = nn.Linear(16, 16)
+        self.high = nn.Linear(16, 16)
+
+    def forward(self, wavs, lens):
+        frames = wavs[:, : wavs.shape[1] // 16 * 16].reshape(wavs.shape[0], -1, 16)
+        low_band = frames * (frames.abs() < 0.5)
+        high_band = frames * (frames.abs() >= 0.5)
+        return [self.low(low_band), self.high(high_band)], [lens, lens]
+
+
+def test_group_specific_calibration_gives_group_specific_allocations():
+    model = TwoBranch()
+    quiet = [0.3 * torch.randn(4000) for _ in range(4)]   # mostly the 'low' branch
+    loud = [3.0 * torch.randn(4000) for _ in range(4)]    # mostly the 'high' branch
+    layers = {"low": model.low, "high": model.high}
+    s_quiet, s_loud = sensitivity(model, quiet, layers), sensitivity(model, loud, layers)
+    assert s_quiet["low"] > s_quiet["high"] and s_loud["high"] > s_loud["low"]
+    sizes = SizeModel(0, {"low": (256, 16), "high": (256, 16)})
+    budget = sizes.total_mb({"low": 7, "high": 8})
+    assert allocate_bits(s_quiet, sizes, budget) == {"low": 7, "high": 8}
+    assert allocate_bits(s_loud, sizes, budget) == {"low": 8, "high": 7}
+    for stat in ("mean", "max", "l1", "l2"):
+        assert set(sensitivity(model, quiet, layers, stat)) == {"low", "high"}
+
+
+def test_cosine_calibration_never_scores_below_minmax_on_its_objective():
+    torch.manual_seed(0)
+    w = torch.randn(32, 64) * torch.linspace(0.1, 3, 64)
+    x = torch.randn(200, 64)
+    ref = x @ w.T
+
+    class Stats:
+        sample = x
+
+    for bits in (2, 3, 4):
+        mm = quantize_uniform(w, UniformConfig(bits=bits)).dequantize()
+        cs = quantize_uniform(w, UniformConfig(bits=bits, clip="cosine"), Stats()).dequantize()
+        cos = lambda q: torch.nn.functional.cosine_similarity((x @ q.T).flatten(), ref.flatten(), dim=0)  # noqa: E731
+        assert cos(cs) >= cos(mm) - 1e-7
+
+
+def test_whole_method_on_a_real_upstream_and_the_cli(tiny_hubert, tmp_path):
+    torch.manual_seed(0)
+    wavs = [torch.randn(8000) for _ in range(4)]
+    layers = coverage(tiny_hubert)
+    sizes = size_model(tiny_hubert, layers)
+    budget = (sizes.total_mb({n: 2 for n in layers}) + sizes.total_mb({n: 8 for n in layers})) / 2
+    model, report = mixed_precision(tiny_hubert, wavs, budget)
+    assert report["size_mb"] <= budget and len(report["widths"]) <= 2
+    assert "model.feature_extractor.conv_layers.0.0" in {x["name"] for x in report["layers"]}
+    assert not any("pos_conv" in x["name"] for x in report["layers"])
+    with pytest.raises(ValueError, match="not quantizable here"):
+        quantize(tiny_hubert, MixedPrecisionConfig(bit_map=(("nope", 4),)))
+    with pytest.raises(ValueError, match="empty"):
+        mixed_precision(tiny_hubert, [], budget)
+
+    ckpt = tmp_path / "tiny.pt"
+    torch.save(tiny_hubert.s3prl_state(), ckpt)
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    import soundfile as sf
+
+    for i, w in enumerate(wavs):
+        sf.write(calib / f"{i}.wav", w.numpy() * 0.1, 16000)
+    out = tmp_path / "mixed.safetensors"
+    assert main(["mixed", "--upstream", "hubert_base", "--checkpoint", str(ckpt), "--budget-mb", f"{budget:.6f}",
+                 "--calib-dir", str(calib), "--out", str(out), "--device", "cpu"]) == 0
+    bits = json.loads(out.with_suffix(".bits.json").read_text())
+    assert bits["size_mb"] <= budget and out.with_suffix(".bits.png").is_file()
+    reloaded = load_packed(out, device="cpu")
+    assert {m.bits for m in reloaded.modules() if hasattr(m, "codes")} == set(bits["widths"])
+    assert main(["mixed", "--upstream", "hubert_base", "--checkpoint", str(ckpt), "--budget-mb", "0.001",
+                 "--calib-dir", str(calib), "--out", str(out)]) == 2

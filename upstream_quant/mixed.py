@@ -1,0 +1,272 @@
+"""Label-free, personalised mixed precision to a memory budget (myQASR, Fish et al. 2023).
+
+1. Sensitivity: run a few unlabelled utterances of the target user or group through the
+   full-precision model and summarise each quantizable layer's output (default: the median of
+   |output| over all elements).
+2. Allocation ("uniformity constraint"): every layer starts at ``max_bits``; layers are visited in
+   descending order of sensitivity, round-robin, each visit lowering one layer by one bit, until
+   the model fits the budget. All layers end at one of two adjacent widths, the most sensitive
+   (largest activations) dropping first, as myQASR's code does. Ascending and shuffled orders are
+   the ablation baselines.
+3. Quantization: symmetric uniform weights per output row with min-max or cosine-searched scales
+   (``UniformConfig``), optionally 8-bit activations, through ``quantize`` like any other method.
+
+Size convention: ``stored`` by default, the bytes of our packed file (b-bit codes, one fp16 scale
+per row, every other parameter fp16), in decimal MB. ``myqasr`` reproduces the reference code's
+count: sum(params x bits) / 8 / 2^20 (MiB), unquantized parameters at 32 bits, scales not counted.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from .accounting import under_any
+from .calibration import check_calibration
+from .quantize import effective_weight, register_method, target_layers
+from .uniform import UniformConfig, quantize_uniform
+
+STATISTICS = ("median", "mean", "max", "l1", "l2")
+ORDERS = ("descending", "ascending", "shuffled")
+CONVENTIONS = ("stored", "myqasr")
+# Elements kept per layer for the median: exact below this, a uniform random sample above it
+# (HuBERT's CNN outputs are tens of millions of values per utterance).
+MEDIAN_SAMPLE = 2_000_000
+
+
+class BudgetError(ValueError):
+    """A budget outside what the allocation can reach; the message states the feasible range."""
+
+
+# ---------------------------------------------------------------- sensitivity
+
+def sensitivity(upstream: nn.Module, wavs: Sequence[torch.Tensor], layers: dict[str, nn.Module],
+                statistic: str = "median", probe_bits: int = 4, seed: int = 0) -> dict[str, float]:
+    """Per-layer score from unlabelled audio. ``median``/``mean``/``max`` of |output|; ``l1``/``l2``:
+    mean distance between the layer's full-precision output and its output with weights at
+    ``probe_bits`` (min-max), on the same inputs."""
+    if statistic not in STATISTICS:
+        raise ValueError(f"statistic must be one of {STATISTICS}, got {statistic!r}")
+    check_calibration(list(wavs))
+    gen = torch.Generator().manual_seed(seed)
+    samples: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
+    sums: dict[str, list[float]] = {n: [0.0, 0.0, 0.0] for n in layers}  # total, count, max
+    probes = {}
+    if statistic in ("l1", "l2"):
+        for name, layer in layers.items():
+            q = quantize_uniform(effective_weight(layer), UniformConfig(bits=probe_bits)).dequantize()
+            probes[name] = q.reshape(effective_weight(layer).shape)
+
+    def hook(name):
+        def fn(module, args, output):
+            out = output.detach().float()
+            if statistic in ("l1", "l2"):
+                x = args[0].detach().float()
+                if isinstance(module, nn.Linear):
+                    q_out = nn.functional.linear(x, probes[name], module.bias)
+                else:
+                    q_out = module._conv_forward(x, probes[name], module.bias)
+                diff = (out - q_out).abs()
+                value = diff if statistic == "l1" else diff.pow(2)
+                sums[name][0] += float(value.sum())
+                sums[name][1] += value.numel()
+                return
+            flat = out.abs().flatten()
+            sums[name][0] += float(flat.sum())
+            sums[name][1] += flat.numel()
+            sums[name][2] = max(sums[name][2], float(flat.max()))
+            if statistic == "median":
+                keep = max(1, MEDIAN_SAMPLE // max(len(wavs), 1))
+                if flat.numel() > keep:
+                    flat = flat[torch.randint(flat.numel(), (keep,), generator=gen)]
+                samples[name].append(flat.cpu())
+        return fn
+
+    handles = [layer.register_forward_hook(hook(name)) for name, layer in layers.items()]
+    was_training = upstream.training
+    upstream.eval()
+    device = next(upstream.parameters()).device
+    try:
+        with torch.no_grad():
+            for wav in wavs:  # one at a time: no padding enters the statistics
+                upstream(wav[None].to(device), torch.tensor([wav.numel()], device=device))
+    finally:
+        for h in handles:
+            h.remove()
+        upstream.train(was_training)
+    if statistic == "median":
+        return {n: float(torch.cat(s).median()) for n, s in samples.items()}
+    if statistic == "max":
+        return {n: v[2] for n, v in sums.items()}
+    if statistic == "l2":
+        return {n: math.sqrt(v[0] / v[1]) for n, v in sums.items()}
+    return {n: v[0] / v[1] for n, v in sums.items()}
+
+
+# ---------------------------------------------------------------- sizes
+
+@dataclass(frozen=True)
+class SizeModel:
+    """Bytes of a model as a function of the bits of each quantizable layer."""
+
+    fixed_bytes: float  # everything not in the allocation
+    layers: dict[str, tuple[int, int]]  # name -> (weights, rows)
+    convention: str = "stored"
+
+    def layer_bytes(self, name: str, bits: int) -> float:
+        weights, rows = self.layers[name]
+        if self.convention == "myqasr":
+            return weights * bits / 8
+        return math.ceil(weights * bits / 8) + 2 * rows
+
+    def total_mb(self, bits: dict[str, int]) -> float:
+        total = self.fixed_bytes + sum(self.layer_bytes(n, b) for n, b in bits.items())
+        return total / (2**20 if self.convention == "myqasr" else 1e6)
+
+
+def size_model(upstream: nn.Module, layers: dict[str, nn.Module], convention: str = "stored") -> SizeModel:
+    if convention not in CONVENTIONS:
+        raise ValueError(f"size convention must be one of {CONVENTIONS}, got {convention!r}")
+    unused = tuple(getattr(upstream, "unused_at_inference", ()))
+    per_param = 4 if convention == "myqasr" else 2
+    target_params = {f"{n}.{p}" for n in layers for p in ("weight", "weight_v", "weight_g")}
+    fixed = sum(t.numel() * per_param for n, t in upstream.state_dict().items()
+                if n not in target_params and not under_any(n, unused) and t.is_floating_point()
+                and n in dict(upstream.named_parameters()))
+    info = {}
+    for name, layer in layers.items():
+        w = effective_weight(layer)
+        info[name] = (w.numel(), w.shape[0])
+    return SizeModel(fixed, info, convention)
+
+
+# ---------------------------------------------------------------- allocation
+
+def allocate_bits(scores: dict[str, float], sizes: SizeModel, budget_mb: float, order: str = "descending",
+                  min_bits: int = 2, max_bits: int = 8, seed: int = 0) -> dict[str, int]:
+    """myQASR's uniformity constraint: lower one layer by one bit at a time, visiting layers in
+    ``order`` of their scores, round-robin, until the model fits ``budget_mb``."""
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+    names = sorted(scores, key=lambda n: (-scores[n], n))
+    if order == "ascending":
+        names = names[::-1]
+    elif order == "shuffled":
+        random.Random(seed).shuffle(names)
+    lowest = sizes.total_mb({n: min_bits for n in names})
+    highest = sizes.total_mb({n: max_bits for n in names})
+    if budget_mb < lowest:
+        raise BudgetError(f"budget {budget_mb:g} MB is below the smallest reachable size {lowest:.3f} MB "
+                          f"(every layer at {min_bits} bits); feasible range {lowest:.3f} .. {highest:.3f} MB")
+    if budget_mb >= highest:
+        raise BudgetError(f"budget {budget_mb:g} MB needs no mixed precision: every layer at {max_bits} bits is "
+                          f"{highest:.3f} MB; feasible range {lowest:.3f} .. {highest:.3f} MB")
+    bits = {n: max_bits for n in names}
+    total_bytes = sizes.total_mb(bits)
+    scale = 2**20 if sizes.convention == "myqasr" else 1e6
+    i = 0
+    while total_bytes > budget_mb:
+        name = names[i % len(names)]
+        if bits[name] > min_bits:
+            total_bytes -= (sizes.layer_bytes(name, bits[name]) - sizes.layer_bytes(name, bits[name] - 1)) / scale
+            bits[name] -= 1
+        i += 1
+    return bits
+
+
+# ---------------------------------------------------------------- quantization method
+
+@dataclass(frozen=True)
+class MixedPrecisionConfig:
+    """Per-layer bit widths (name -> bits) applied with symmetric uniform quantization.
+
+    A method like the others: ``quantize(model, MixedPrecisionConfig(bit_map=...))``."""
+
+    bit_map: tuple[tuple[str, int], ...]
+    clip: str = "minmax"
+    act_bits: int | None = None
+    targets: tuple[str, ...] = ("*",)
+
+    @property
+    def layers(self) -> dict[str, int]:
+        return dict(self.bit_map)
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.clip == "cosine"
+
+    def per_layer(self, name: str) -> UniformConfig:
+        return UniformConfig(bits=self.layers[name], clip=self.clip, act_bits=self.act_bits)
+
+
+def _quantize_mixed(weight, config, stats):  # dispatched per layer through config.per_layer
+    raise RuntimeError("MixedPrecisionConfig is applied per layer by quantize()")
+
+
+register_method(MixedPrecisionConfig, _quantize_mixed)
+
+
+def coverage(upstream: nn.Module, which: str = "myqasr") -> dict[str, nn.Module]:
+    """Quantizable layers: ``myqasr`` (CNN convs, feature projection, attention and feed-forward
+    linears; not the positional conv) or ``transformer`` (the transformer's linears only)."""
+    if which == "transformer":
+        return target_layers(upstream, ("transformer",))
+    if which == "myqasr":
+        return target_layers(upstream, ("cnn", "feature_projection", "transformer"))
+    raise ValueError(f"layer coverage must be 'myqasr' or 'transformer', got {which!r}")
+
+
+def mixed_precision(upstream: nn.Module, wavs: Sequence[torch.Tensor], budget_mb: float, statistic: str = "median",
+                    order: str = "descending", clip: str = "minmax", act_bits: int | None = None,
+                    layer_coverage: str = "myqasr", convention: str = "stored", min_bits: int = 2, max_bits: int = 8,
+                    seed: int = 0, progress: bool = False) -> tuple[nn.Module, dict]:
+    """The whole method: sensitivity on ``wavs``, allocation to ``budget_mb``, quantization.
+    Returns the quantized copy and a report (scores, bit map, sizes)."""
+    from .quantize import quantize
+
+    if not wavs:
+        raise ValueError("mixed precision needs calibration audio: the calibration set is empty")
+    layers = coverage(upstream, layer_coverage)
+    scores = sensitivity(upstream, wavs, layers, statistic, seed=seed)
+    sizes = size_model(upstream, layers, convention)
+    bits = allocate_bits(scores, sizes, budget_mb, order, min_bits, max_bits, seed)
+    config = MixedPrecisionConfig(bit_map=tuple(bits.items()), clip=clip, act_bits=act_bits)
+    model = quantize(upstream, config, calibration=list(wavs) if config.needs_calibration else None, progress=progress)
+    report = {
+        "budget_mb": budget_mb, "convention": convention, "size_mb": round(sizes.total_mb(bits), 4),
+        "statistic": statistic, "order": order, "clip": clip, "act_bits": act_bits, "coverage": layer_coverage,
+        "calibration_utterances": len(wavs), "widths": sorted(set(bits.values())),
+        "layers": [{"name": n, "score": scores[n], "bits": bits[n], "weights": sizes.layers[n][0]} for n in scores],
+    }
+    return model, report
+
+
+def plot_bit_map(report: dict, path) -> None:
+    """Bits per layer (bars) and the sensitivity score (line), in the model's layer order."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .io import write_atomic
+
+    layers = report["layers"]
+    fig, ax = plt.subplots(figsize=(max(6, 0.12 * len(layers)), 3.5))
+    ax.bar(range(len(layers)), [x["bits"] for x in layers], color="tab:blue", alpha=0.7)
+    ax.set_ylabel("bits")
+    ax.set_xlabel("layer (model order)")
+    ax2 = ax.twinx()
+    ax2.plot(range(len(layers)), [x["score"] for x in layers], "r.-", lw=0.8)
+    ax2.set_ylabel(f"{report['statistic']} |output|" if report["statistic"] in ("median", "mean", "max") else report["statistic"])
+    ax.set_title(f"myQASR bit map: {report['size_mb']:.2f} MB ({report['convention']}) for a {report['budget_mb']:g} MB budget")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    write_atomic(path, buf.getvalue())
