@@ -92,6 +92,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .suites import load_suite, select
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    import lightning  # noqa: F401  (it sets its loggers' levels on import; quieten them after)
+
     for noisy in ("lightning.pytorch", "lightning.fabric", "lightning"):  # per-run GPU/TPU banners and tips
         logging.getLogger(noisy).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*treespec.*")
@@ -219,7 +221,7 @@ def calibration_audio(args: argparse.Namespace) -> list:
         raise ValueError("--speaker/--gender select utterances of a LibriSpeech-layout corpus: add --corpus ROOT")
     corpus = load_librispeech(args.corpus, args.splits.split(","), speakers=[args.speaker] if args.speaker else None,
                               gender=args.gender)
-    return [torch.from_numpy(audio.read(u.path)) for u in corpus.utterances[: args.count]]
+    return [torch.from_numpy(audio.read(u.path)) for u in corpus.sample(args.count, seed=args.seed)]
 
 
 def _cmd_mixed(args: argparse.Namespace) -> int:

@@ -101,8 +101,9 @@ class Runner:
         return self._upstreams[name]
 
     def calibration(self, run: RunSpec, count: int = 32, group: str = "all"):
-        """Unlabelled calibration audio from the training split of the head's data: the first
-        ``count`` utterances, of one gender (F/M) or speaker when ``group`` says so."""
+        """Unlabelled calibration audio from the training split of the head's data: ``count``
+        utterances drawn at random (seeded by the run), of one gender (F/M) or speaker when
+        ``group`` says so."""
         import dataclasses
 
         import torch
@@ -115,7 +116,7 @@ class Runner:
         elif group != "all":
             data = dataclasses.replace(data, speakers=(group,))
         corpus = data.load("train")
-        return [torch.from_numpy(audio.read(u.path)) for u in corpus.utterances[:count]]
+        return [torch.from_numpy(audio.read(u.path)) for u in corpus.sample(count, seed=run.seed)]
 
     def quantized(self, run: RunSpec):
         key = (run.upstream, run.quant, run.head_data)

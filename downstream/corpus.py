@@ -68,6 +68,16 @@ class Corpus:
     def __len__(self) -> int:
         return len(self.utterances)
 
+    def sample(self, count: int, seed: int = 0) -> list[Utterance]:
+        """``count`` utterances drawn at random (seeded) across all speakers, in corpus order;
+        calibrating a group on its first files would mean calibrating on one speaker."""
+        import random
+
+        if count >= len(self.utterances):
+            return list(self.utterances)
+        keep = set(random.Random(seed).sample(range(len(self.utterances)), count))
+        return [u for i, u in enumerate(self.utterances) if i in keep]
+
     @property
     def hours(self) -> float:
         return sum(u.duration for u in self.utterances) / 3600

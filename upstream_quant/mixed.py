@@ -9,7 +9,8 @@
    (largest activations) dropping first, as myQASR's code does. Ascending and shuffled orders are
    the ablation baselines.
 3. Quantization: symmetric uniform weights per output row with min-max or cosine-searched scales
-   (``UniformConfig``), optionally 8-bit activations, through ``quantize`` like any other method.
+   (``UniformConfig``; the cosine search covers the linears, convolutions keep min-max), optionally
+   8-bit activations, through ``quantize`` like any other method.
 
 Size convention: ``stored`` by default, the bytes of our packed file (b-bit codes, one fp16 scale
 per row, every other parameter fp16), in decimal MB. ``myqasr`` reproduces the reference code's
@@ -200,8 +201,11 @@ class MixedPrecisionConfig:
     def needs_calibration(self) -> bool:
         return self.clip == "cosine"
 
-    def per_layer(self, name: str) -> UniformConfig:
-        return UniformConfig(bits=self.layers[name], clip=self.clip, act_bits=self.act_bits)
+    def per_layer(self, name: str, layer: nn.Module) -> UniformConfig:
+        """Cosine scale search needs the layer's input sample, which is kept for linears only;
+        convolutions keep min-max scales."""
+        clip = self.clip if isinstance(layer, nn.Linear) else "minmax"
+        return UniformConfig(bits=self.layers[name], clip=clip, act_bits=self.act_bits)
 
 
 def _quantize_mixed(weight, config, stats):  # dispatched per layer through config.per_layer

@@ -75,27 +75,26 @@ def quantize(
                           if isinstance(m, (nn.Linear, nn.Conv1d))})
         raise ValueError(f"nothing to quantize: no Linear/Conv1d layer in groups {list(config.targets)}; "
                          f"groups with such layers: {present or 'none'}")
+    per_layer = {name: config.per_layer(name, layer) if hasattr(config, "per_layer") else config
+                 for name, layer in layers.items()}
     stats = {}
     if getattr(config, "needs_calibration", False):
         if calibration is None:
             raise CalibrationError(f"{type(config).__name__} needs calibration audio: pass calibration=[waveforms]")
-        was_training = module.training
-        module.eval()
-        stats = collect_stats(module, layers, calibration, need_hessian=isinstance(config, GPTQConfig),
-                              need_sample=not isinstance(config, GPTQConfig))
-        module.train(was_training)
-        convs = [n for n, m in layers.items() if not isinstance(m, nn.Linear)]
+        convs = [n for n, m in layers.items() if not isinstance(m, nn.Linear) and getattr(per_layer[n], "needs_calibration", False)]
         if convs:
             raise ValueError(f"{type(config).__name__} uses layer inputs and supports Linear layers only; "
                              f"convolutions targeted: {convs[:3]}; use UniformConfig/BinaryConfig for them")
-    method = METHODS[type(config)]
+        was_training = module.training
+        module.eval()
+        needs = {n: m for n, m in layers.items() if isinstance(m, nn.Linear)}
+        stats = collect_stats(module, needs, calibration, need_hessian=isinstance(config, GPTQConfig),
+                              need_sample=not isinstance(config, GPTQConfig))
+        module.train(was_training)
     new_layers = {}
     for name, layer in tqdm(layers.items(), desc=f"quantize {type(config).__name__}", disable=not progress, leave=False):
-        if hasattr(config, "per_layer"):
-            layer_config = config.per_layer(name)
-            qweight = METHODS[type(layer_config)](effective_weight(layer), layer_config, stats.get(name))
-        else:
-            qweight = method(effective_weight(layer), config, stats.get(name))
+        layer_config = per_layer[name]
+        qweight = METHODS[type(layer_config)](effective_weight(layer), layer_config, stats.get(name))
         new_layers[name] = QuantizedLayer(layer, qweight, config.act_bits)
     if not inplace:
         for layer in module.modules():  # weight norm leaves a non-leaf `weight` that deepcopy refuses
