@@ -10,6 +10,7 @@ $(STAMP): pyproject.toml scripts/setup.sh
 setup: $(STAMP)
 
 bench: $(STAMP)
+	$(VENV)/bin/bench run mini
 	$(VENV)/bin/bench table paper
 
 test: $(STAMP)

@@ -106,9 +106,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
         print(f"suite {suite.name} ({suite.path}): {len(runs)} run(s), store {store / suite.name / 'runs.jsonl'}")
         for run in runs:
-            bits = run.quant.bits if run.quant.method != "fp" else 16
-            report = cost_report(run.upstream, bits)
             state = "done" if run.config_hash in done and not args.force else "todo"
+            if run.quant.method == "mixed":
+                print(f"  [{state}] {run.name:<60} budget {run.quant.budget_mb:g} MB (allocated at run time)")
+                continue
+            report = cost_report(run.upstream, run.quant.bits if run.quant.method != "fp" else 16)
             print(f"  [{state}] {run.name:<60} stored {report.storage_mb['stored']:7.2f} MB  est_runtime {report.est_runtime['encoder']:.3f}")
         walls = [r["wall_seconds"] for r in done.values() if r.get("wall_seconds")]
         if walls:
@@ -167,8 +169,10 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
 
 
 def _cmd_perf(args: argparse.Namespace) -> int:
-    from .perf import perf_quantize
+    from .perf import perf_quantize, perf_upstream
 
+    if args.what == "upstream":
+        return perf_upstream(args.batch, args.seconds, args.reps)
     return perf_quantize(args.calib_count, args.seconds)
 
 
@@ -246,6 +250,32 @@ def _cmd_mixed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_qat(args: argparse.Namespace) -> int:
+    from upstream_quant import load_upstream
+    from upstream_quant.calibration import load_calibration_dir
+    from upstream_quant.io import write_atomic
+    from upstream_quant.packed import save_packed
+    from upstream_quant.qat import QATConfig, train_qat
+    from upstream_quant.upstream import pick_device
+
+    if args.method == "binary" and args.bits != 1 or args.method == "uniform" and not 2 <= args.bits <= 8:
+        raise ValueError(f"--method {args.method} --bits {args.bits}: binary is 1 bit, uniform 2..8 bits")
+    device = pick_device(args.device)
+    upstream = load_upstream(args.upstream, checkpoint=args.checkpoint, device="cpu")
+    wavs = [w for folder in args.audio.split(",") for w in load_calibration_dir(folder, count=None)]
+    config = QATConfig(method=args.method, bits=args.bits, steps=args.steps, batch_size=args.batch_size,
+                       lr=args.lr, scale_lr=args.scale_lr, crop_seconds=args.crop_seconds, seed=args.seed)
+    out = Path(args.out)
+    work = Path(args.work_dir) if args.work_dir else out.with_suffix(".work")
+    model, summary = train_qat(upstream, wavs, config, work, accelerator="gpu" if device.type == "cuda" else "cpu", devices=1)
+    save_packed(model, out)
+    write_atomic(out.with_suffix(".qat.json"), json.dumps({"upstream": args.upstream, "config": config.__dict__,
+                                                           "audio": args.audio, **summary}, indent=1, default=str))
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB): loss {summary['first_loss']:.3f} -> {summary['final_loss']:.3f} "
+          f"in {summary['steps']} steps, {summary['seconds'] / 60:.1f} min")
+    return 0
+
+
 def _cmd_distill(args: argparse.Namespace) -> int:
     from .distill import run_distill
 
@@ -280,8 +310,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.set_defaults(func=_cmd_quantize)
 
-    p = sub.add_parser("perf", help="benchmarks (quantize: timings and peak memory on random-init HuBERT Base)")
-    p.add_argument("what", choices=["quantize"])
+    p = sub.add_parser("perf", help="benchmarks: quantize (timings, peak memory), upstream (our forward vs s3prl's)")
+    p.add_argument("what", choices=["quantize", "upstream"])
+    p.add_argument("--batch", type=int, default=4, help="upstream: utterances per batch")
+    p.add_argument("--reps", type=int, default=5, help="upstream: timed repetitions")
     p.add_argument("--calib-count", type=int, default=32)
     p.add_argument("--seconds", type=float, default=4.0, help="length of each synthetic calibration utterance")
     p.set_defaults(func=_cmd_perf)
@@ -325,6 +357,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None)
     p.add_argument("--out", required=True, help="packed .safetensors; .bits.json and .bits.png beside it")
     p.set_defaults(func=_cmd_mixed)
+
+    p = sub.add_parser("qat", help="quantization-aware distillation of a 1-bit or k-bit upstream from its full-precision self")
+    p.add_argument("--upstream", required=True)
+    p.add_argument("--checkpoint", default=None)
+    p.add_argument("--method", required=True, choices=["binary", "uniform"])
+    p.add_argument("--bits", type=int, required=True)
+    p.add_argument("--audio", required=True, help="comma-separated folders of unlabelled 16 kHz audio")
+    p.add_argument("--steps", type=int, default=500)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=1e-4, help="latent weights")
+    p.add_argument("--scale-lr", type=float, default=1e-3, help="per-row scales")
+    p.add_argument("--crop-seconds", type=float, default=4.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--work-dir", default=None, help="checkpoints for resuming (default: OUT.work/)")
+    p.add_argument("--device", default=None)
+    p.add_argument("--out", required=True, help="packed .safetensors (a .qat.json summary goes beside it)")
+    p.set_defaults(func=_cmd_qat)
 
     p = sub.add_parser("distill", help="DistilHuBERT's recipe, label-free: distil a shallower student from a teacher upstream")
     p.add_argument("--teacher", default="whisper_tiny_en")

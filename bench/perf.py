@@ -33,3 +33,53 @@ def perf_quantize(calib_count: int = 32, seconds: float = 4.0) -> int:
         print(f"GPTQ(bits={bits}) with {calib_count} x {seconds:g} s calibration utterances: {time.time() - started:.1f} s")
     print(f"peak resident memory: {_peak_rss_gb():.2f} GB")
     return 0
+
+
+def perf_upstream(batch: int = 4, seconds: float = 4.0, reps: int = 5) -> int:
+    """Our HuBERT Base forward (all hidden states) against s3prl's own expert on the same batch and
+    weights (random init, written as an s3prl-converted checkpoint), CPU or GPU."""
+    import tempfile
+    from pathlib import Path
+
+    from upstream_quant import compat, load_upstream
+
+    compat.ensure_torchaudio()
+    from s3prl.upstream.hubert.expert import UpstreamExpert
+
+    torch.manual_seed(0)
+    ours = load_upstream("hubert_base", random_init=True)
+    device = next(ours.parameters()).device
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = Path(tmp) / "hubert_base_random.pt"
+        torch.save(ours.s3prl_state(), ckpt)
+        theirs = UpstreamExpert(str(ckpt)).to(device).eval()
+    wavs = [0.1 * torch.randn(int(seconds * 16000), device=device) for _ in range(batch)]
+    lengths = torch.tensor([w.numel() for w in wavs], device=device)
+    padded = torch.stack(wavs)
+
+    def run_ours():
+        return ours(padded, lengths)[0]
+
+    def run_theirs():
+        return theirs(wavs)["hidden_states"]
+
+    times = {"ours": [], "s3prl": []}
+    with torch.no_grad():
+        a, b = run_ours(), run_theirs()  # warm-up, and the two must agree
+        diff = max(float((x - y).abs().max()) for x, y in zip(a, b))
+        for _ in range(reps):
+            for name, fn in (("ours", run_ours), ("s3prl", run_theirs)):
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                started = time.perf_counter()
+                fn()
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                times[name].append(time.perf_counter() - started)
+    print(f"HuBERT Base (random init), batch {batch} x {seconds:g} s, {reps} reps, device {device}, "
+          f"torch threads {torch.get_num_threads()}; max |difference| of hidden states {diff:.2e}")
+    best = {k: min(v) for k, v in times.items()}
+    for name, t in best.items():
+        print(f"  {name:<6} best {t:.3f} s  ({batch / t:.2f} utterances/s)   median {sorted(times[name])[reps // 2]:.3f} s")
+    print(f"ours / s3prl throughput: {best['s3prl'] / best['ours']:.3f} (target >= 0.90)")
+    return 0

@@ -130,6 +130,19 @@ class Runner:
                                             order=q.order, clip=q.clip, act_bits=q.act_bits, seed=run.seed)
             model.mixed_report = report
             self._quantized[key] = model
+        if run.quant.method == "qat" and key not in self._quantized:
+            from upstream_quant.qat import QATConfig, train_qat
+            from upstream_quant.upstream import pick_device
+
+            q = run.quant
+            config = QATConfig(method="binary" if q.bits == 1 else "uniform", bits=q.bits, steps=q.qat_steps, seed=run.seed)
+            spec = RunSpec(run.suite, run.upstream, q, "qat", run.head_data, "qat", run.seed)
+            device = pick_device(self.device)
+            model, summary = train_qat(self.upstream(run.upstream), self.calibration(run, count=10**9), config,
+                                       self.work / f"qat-{spec.config_hash}", accelerator="gpu" if device.type == "cuda" else "cpu",
+                                       devices=1, progress=self.progress)
+            model.qat_summary = summary
+            self._quantized[key] = model
         if key not in self._quantized:
             from upstream_quant.quantize import quantize
 
@@ -197,6 +210,7 @@ class Runner:
             "metrics": result["metrics"],
             "featurizer_weights": result["featurizer_weights"],
             "dev_curve": result.get("dev_curve"),
+            "qat": getattr(upstream, "qat_summary", None),
             "train": {k: result.get(k) for k in ("steps", "epochs", "train_seconds", "train_utterances_per_second",
                                                  "upstream_seconds", "head_seconds", "feature_cache")},
             "wall_seconds": round(time.time() - started, 2),

@@ -36,6 +36,8 @@ class QuantSpec:
     budget_mb: float | None = None
     calib: str = "all"
     order: str = "descending"
+    # quantization-aware distillation: ``qat:BITS[:sSTEPS]`` (1 bit: binary, else uniform)
+    qat_steps: int | None = None
 
     @classmethod
     def parse(cls, text: str) -> "QuantSpec":
@@ -44,6 +46,16 @@ class QuantSpec:
             return cls()
         if parts[0] == "mixed":
             return cls._parse_mixed(text, parts)
+        if parts[0] == "qat":
+            if len(parts) < 2 or not parts[1].isdigit() or not 1 <= int(parts[1]) <= 8:
+                raise ValueError(f"quantization {text!r}: expected qat:BITS[:sSTEPS] with BITS in 1..8")
+            steps = 300
+            for opt in parts[2:]:
+                if opt[:1] == "s" and opt[1:].isdigit():
+                    steps = int(opt[1:])
+                else:
+                    raise ValueError(f"quantization {text!r}: unknown option {opt!r} (sSTEPS)")
+            return cls(method="qat", bits=int(parts[1]), qat_steps=steps)
         if len(parts) < 2 or not parts[1].isdigit():
             raise ValueError(f"quantization {text!r}: expected 'fp' or METHOD:BITS[:options], e.g. 'uniform:4'")
         spec = {"method": parts[0], "bits": int(parts[1])}
@@ -87,6 +99,8 @@ class QuantSpec:
             extra = "".join(f"-{x}" for x in (self.order if self.order != "descending" else None,
                                                self.clip if self.clip != "minmax" else None) if x)
             return f"mixed{self.budget_mb:g}MB-{self.calib}{extra}"
+        if self.method == "qat":
+            return f"qat{self.bits}"
         extra = "".join(f"-{x}" for x in (
             self.clip if self.clip != "minmax" else None,
             f"g{self.group_size}" if self.group_size else None,
@@ -96,7 +110,7 @@ class QuantSpec:
     def config(self):
         """The quantizer's config object (None for full precision and mixed precision, which is
         allocated per run from calibration audio)."""
-        if self.method in ("fp", "mixed"):
+        if self.method in ("fp", "mixed", "qat"):
             return None
         from bench.cli import make_config
 

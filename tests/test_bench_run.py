@@ -67,7 +67,11 @@ def test_quant_spec_parsing():
     assert QuantSpec.parse("uniform:4:mse:g128").label == "uniform4-mse-g128"
     assert QuantSpec.parse("binary:1").config().__class__.__name__ == "BinaryConfig"
     assert QuantSpec.parse("fp").label == "fp"
-    for bad in ("uniform", "uniform:x", "uniform:4:zz", "binary:2", "magic:4"):
+    mixed = QuantSpec.parse("mixed:3.2:calib=F:ascending:cosine")
+    assert (mixed.budget_mb, mixed.calib, mixed.order, mixed.clip) == (3.2, "F", "ascending", "cosine")
+    assert mixed.label == "mixed3.2MB-F-ascending-cosine" and mixed.config() is None
+    assert QuantSpec.parse("qat:2:s50").qat_steps == 50 and QuantSpec.parse("qat:1").label == "qat1"
+    for bad in ("uniform", "uniform:x", "uniform:4:zz", "binary:2", "magic:4", "mixed:x", "mixed:3:zz", "qat:9", "qat:2:q"):
         with pytest.raises(ValueError):
             QuantSpec.parse(bad)
 

@@ -133,34 +133,46 @@ class _LossTrace(L.Callback):
         self.losses.append(float(outputs["loss"]))
 
 
+def fit_unlabelled(module: L.LightningModule, wavs: list[torch.Tensor], steps: int, batch_size: int,
+                   crop_seconds: float, seed: int, work_dir: str | Path, accelerator: str = "auto",
+                   devices: int | str = "auto", progress: bool = True, callbacks: list | None = None) -> tuple[L.Trainer, list[float], float]:
+    """Lightning fit on unlabelled random crops, checkpointing every 100 steps to
+    ``work_dir/last.ckpt`` and resuming from it; returns the trainer, the loss trace and seconds."""
+    import time
+
+    L.seed_everything(seed, workers=True, verbose=False)
+    loader = torch.utils.data.DataLoader(
+        CropDataset(wavs, int(crop_seconds * 16000), seed), batch_size=batch_size,
+        shuffle=True, collate_fn=collate_wavs, drop_last=len(wavs) > batch_size,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    work_dir = Path(work_dir)
+    ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=work_dir, save_last=True, every_n_train_steps=100, save_top_k=0)
+    trace = _LossTrace()
+    gpu = torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda")
+    trainer = L.Trainer(
+        max_steps=steps, accelerator=accelerator, devices=devices, callbacks=[ckpt, trace, *(callbacks or [])],
+        logger=False, enable_progress_bar=progress, enable_model_summary=False, gradient_clip_val=10.0,
+        precision="bf16-mixed" if gpu else "32-true", default_root_dir=work_dir, log_every_n_steps=10,
+        strategy="ddp" if isinstance(devices, int) and devices > 1 else "auto",
+    )
+    last = work_dir / "last.ckpt"
+    started = time.time()
+    trainer.fit(module, loader, ckpt_path=str(last) if last.is_file() else None)
+    return trainer, trace.losses, time.time() - started
+
+
 def distill(student: Upstream, teacher: Upstream, wavs: list[torch.Tensor], config: DistillConfig,
             work_dir: str | Path, accelerator: str = "auto", devices: int | str = "auto",
             progress: bool = True) -> DistillResult:
     """Train ``student`` to predict ``teacher``'s layers on unlabelled ``wavs``; resumes from
     ``work_dir/last.ckpt`` when a previous run was interrupted."""
-    import time
-
     L.seed_everything(config.seed, workers=True, verbose=False)
     module = DistillModule(student.train(), teacher, config)
-    loader = torch.utils.data.DataLoader(
-        CropDataset(wavs, int(config.crop_seconds * 16000), config.seed), batch_size=config.batch_size,
-        shuffle=True, collate_fn=collate_wavs, drop_last=len(wavs) > config.batch_size,
-        generator=torch.Generator().manual_seed(config.seed),
-    )
-    work_dir = Path(work_dir)
-    ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=work_dir, save_last=True, every_n_train_steps=100, save_top_k=0)
-    trace = _LossTrace()
-    trainer = L.Trainer(
-        max_steps=config.steps, accelerator=accelerator, devices=devices, callbacks=[ckpt, trace],
-        logger=False, enable_progress_bar=progress, enable_model_summary=False, gradient_clip_val=10.0,
-        precision="bf16-mixed" if torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda") else "32-true",
-        default_root_dir=work_dir, log_every_n_steps=10,
-    )
-    last = work_dir / "last.ckpt"
-    started = time.time()
-    trainer.fit(module, loader, ckpt_path=str(last) if last.is_file() else None)
-    tail = trace.losses[-50:] or [float("nan")]
-    return DistillResult(module.student.eval(), sum(tail) / len(tail), int(trainer.global_step), time.time() - started, trace.losses)
+    trainer, losses, seconds = fit_unlabelled(module, wavs, config.steps, config.batch_size, config.crop_seconds,
+                                              config.seed, work_dir, accelerator, devices, progress)
+    tail = losses[-50:] or [float("nan")]
+    return DistillResult(module.student.eval(), sum(tail) / len(tail), int(trainer.global_step), seconds, losses)
 
 
 def whisper_student(teacher, layers: int, name: str):

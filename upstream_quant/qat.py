@@ -1,0 +1,176 @@
+"""Quantization-aware distillation: train a 1-bit or k-bit upstream to match its full-precision self.
+
+Weights are quantized in every forward pass with a straight-through estimator; full-precision
+latent weights are what the optimizer updates, and per-row scales are learned (LSQ-style for
+uniform; the binary scale starts at mean |W|, the closed-form optimum). The loss is DistilHuBERT's
+(L1 minus log-sigmoid cosine) on every hidden state against the frozen full-precision model, on
+unlabelled audio. ``export`` turns the trained model into ordinary ``QuantizedLayer``s, so packed
+files, accounting and suites treat QAT models like any other quantized upstream.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .qweight import QuantizedLayer, QuantizedWeight
+from .quantize import target_layers
+
+
+def _fp16(x: torch.Tensor) -> torch.Tensor:
+    """x rounded to fp16 in value (as packed files store scales), gradient unchanged."""
+    return x + (x.detach().half().float() - x.detach())
+
+
+def _round_ste(x: torch.Tensor) -> torch.Tensor:
+    return x + (torch.round(x) - x).detach()
+
+
+class FakeQuantLinear(nn.Module):
+    """An nn.Linear whose weight is quantized on the fly (straight-through) from a latent copy."""
+
+    def __init__(self, linear: nn.Linear, method: str, bits: int):
+        super().__init__()
+        if method not in ("binary", "uniform") or (method == "binary") != (bits == 1) or not 1 <= bits <= 8:
+            raise ValueError(f"QAT supports binary (1 bit) or uniform (2..8 bits), got {method} {bits}")
+        self.method, self.bits = method, bits
+        w = linear.weight.detach().clone()
+        self.weight = nn.Parameter(w)  # the latent full-precision weight
+        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone())
+        if method == "binary":
+            init = w.abs().mean(1)
+        else:
+            init = w.abs().amax(1) / (2 ** (bits - 1) - 0.5)
+        self.scale = nn.Parameter(init.clamp(min=1e-8))
+
+    @property
+    def levels(self) -> tuple[int, int]:
+        return -(2 ** (self.bits - 1)), 2 ** (self.bits - 1) - 1
+
+    def quantized_weight(self) -> torch.Tensor:
+        if self.method == "binary":
+            alpha = _fp16(2 * self.scale)[:, None] / 2
+            sign = torch.where(self.weight >= 0, 1.0, -1.0).to(self.weight.dtype)
+            # value alpha * sign; gradient to the latent weight straight through (clipped at |w| > 1)
+            return alpha * (sign + (self.weight - self.weight.detach()) * (self.weight.abs() <= 1))
+        s = _fp16(self.scale)[:, None]
+        lo, hi = self.levels
+        return torch.clamp(_round_ste(self.weight / s), lo, hi) * s
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.quantized_weight().to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+
+    def to_quantized(self) -> QuantizedLayer:
+        """The trained layer as stored codes and fp16 scales (what packed files hold)."""
+        with torch.no_grad():
+            if self.method == "binary":
+                codes = (self.weight >= 0).to(torch.uint8)
+                scale = (2 * self.scale)[:, None].float()
+                zero = torch.full_like(scale, 0.5)
+                qw = QuantizedWeight(codes, scale, zero, 1, None, "qat-binary")
+            else:
+                s = self.scale.half().float()[:, None]
+                lo, hi = self.levels
+                q = torch.clamp(torch.round(self.weight / s), lo, hi)
+                codes = (q - lo).to(torch.uint8)
+                qw = QuantizedWeight(codes, s, torch.full_like(s, float(-lo)), self.bits, None, f"qat-uniform{self.bits}")
+        plain = nn.Linear(self.weight.shape[1], self.weight.shape[0], bias=self.bias is not None)
+        if self.bias is not None:
+            plain.bias.data.copy_(self.bias.detach())
+        return QuantizedLayer(plain.to(self.weight.device), qw)
+
+
+@dataclass(frozen=True)
+class QATConfig:
+    method: str = "binary"  # binary | uniform
+    bits: int = 1
+    targets: tuple[str, ...] = ("transformer",)
+    lr: float = 1e-4
+    scale_lr: float = 1e-3
+    steps: int = 500
+    batch_size: int = 8
+    crop_seconds: float = 4.0
+    layer_weights: tuple[float, ...] | None = None  # per hidden state; None: all equal
+    cos_weight: float = 1.0
+    seed: int = 0
+
+
+def prepare_qat(upstream: nn.Module, config: QATConfig) -> nn.Module:
+    """A copy of ``upstream`` with every target Linear replaced by a FakeQuantLinear."""
+    model = copy.deepcopy(upstream)
+    layers = {n: m for n, m in target_layers(model, config.targets).items() if isinstance(m, nn.Linear)}
+    if not layers:
+        raise ValueError(f"no Linear layers in groups {list(config.targets)} to train")
+    for name, layer in layers.items():
+        model.set_submodule(name, FakeQuantLinear(layer, config.method, config.bits))
+    return model
+
+
+def export(model: nn.Module, config: QATConfig) -> nn.Module:
+    """A copy with every FakeQuantLinear turned into a QuantizedLayer (codes + fp16 scales)."""
+    out = copy.deepcopy(model).eval()
+    for name, module in list(out.named_modules()):
+        if isinstance(module, FakeQuantLinear):
+            out.set_submodule(name, module.to_quantized())
+    out.quantization = {"method": "QAT", "config": {"method": config.method, "bits": config.bits,
+                                                    "targets": list(config.targets), "steps": config.steps}}
+    return out
+
+
+def _lightning_module():
+    import lightning as L
+
+    from .distill import distill_loss
+
+    class QATLightning(L.LightningModule):
+        """Frozen full-precision teacher (eval, no grad), fake-quantized student on every hidden state."""
+
+        def __init__(self, student: nn.Module, teacher: nn.Module, config: QATConfig):
+            super().__init__()
+            self.student, self.config = student, config
+            self.teacher = [teacher.eval().requires_grad_(False)]
+
+        def training_step(self, batch, _idx):
+            wavs, lengths = batch
+            teacher = self.teacher[0].to(wavs.device)
+            with torch.no_grad():
+                targets, _ = teacher(wavs, lengths)
+            preds, lens = self.student(wavs, lengths)
+            weights = self.config.layer_weights or (1.0,) * len(preds)
+            if len(weights) != len(preds):
+                raise ValueError(f"layer_weights has {len(weights)} entries; the upstream has {len(preds)} hidden states")
+            losses = [w * distill_loss(p, t, lens[i], self.config.cos_weight)
+                      for i, (w, p, t) in enumerate(zip(weights, preds, targets)) if w]
+            loss = torch.stack(losses).sum() / sum(weights)
+            self.log("loss", loss, prog_bar=True)
+            return loss
+
+        def configure_optimizers(self):
+            scales = [p for n, p in self.student.named_parameters() if n.endswith(".scale")]
+            others = [p for n, p in self.student.named_parameters() if not n.endswith(".scale") and p.requires_grad]
+            return torch.optim.Adam([{"params": others, "lr": self.config.lr},
+                                     {"params": scales, "lr": self.config.scale_lr}])
+
+    return QATLightning
+
+
+def train_qat(upstream: nn.Module, wavs: list[torch.Tensor], config: QATConfig, work_dir,
+              accelerator: str = "auto", devices: int | str = "auto", progress: bool = True,
+              callbacks: list | None = None) -> tuple[nn.Module, dict]:
+    """QAT of ``upstream`` on unlabelled ``wavs``; returns the exported quantized model and a summary.
+    Resumes from ``work_dir/last.ckpt``."""
+    from .distill import fit_unlabelled
+
+    torch.manual_seed(config.seed)
+    student = prepare_qat(upstream, config).train()
+    module = _lightning_module()(student, upstream, config)
+    trainer, losses, seconds = fit_unlabelled(module, wavs, config.steps, config.batch_size, config.crop_seconds,
+                                              config.seed, work_dir, accelerator, devices, progress, callbacks)
+    model = export(module.student, config)
+    tail = losses[-20:] or [float("nan")]
+    return model, {"steps": int(trainer.global_step), "seconds": round(seconds, 1), "first_loss": losses[0] if losses else None,
+                   "final_loss": sum(tail) / len(tail), "loss_curve": losses[:: max(1, len(losses) // 50)]}
