@@ -10,7 +10,6 @@ files, accounting and suites treat QAT models like any other quantized upstream.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import torch
@@ -18,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .qweight import QuantizedLayer, QuantizedWeight
-from .quantize import target_layers
+from .quantize import copy_module, target_layers
 
 
 def _fp16(x: torch.Tensor) -> torch.Tensor:
@@ -101,7 +100,7 @@ class QATConfig:
 
 def prepare_qat(upstream: nn.Module, config: QATConfig) -> nn.Module:
     """A copy of ``upstream`` with every target Linear replaced by a FakeQuantLinear."""
-    model = copy.deepcopy(upstream)
+    model = copy_module(upstream).requires_grad_(True)
     layers = {n: m for n, m in target_layers(model, config.targets).items() if isinstance(m, nn.Linear)}
     if not layers:
         raise ValueError(f"no Linear layers in groups {list(config.targets)} to train")
@@ -112,7 +111,7 @@ def prepare_qat(upstream: nn.Module, config: QATConfig) -> nn.Module:
 
 def export(model: nn.Module, config: QATConfig) -> nn.Module:
     """A copy with every FakeQuantLinear turned into a QuantizedLayer (codes + fp16 scales)."""
-    out = copy.deepcopy(model).eval()
+    out = copy_module(model).eval()
     for name, module in list(out.named_modules()):
         if isinstance(module, FakeQuantLinear):
             out.set_submodule(name, module.to_quantized())
@@ -132,7 +131,7 @@ def _lightning_module():
         def __init__(self, student: nn.Module, teacher: nn.Module, config: QATConfig):
             super().__init__()
             self.student, self.config = student, config
-            self.teacher = [teacher.eval().requires_grad_(False)]
+            self.teacher = [teacher.eval()]  # used under no_grad; the caller's module is not modified
 
         def training_step(self, batch, _idx):
             wavs, lengths = batch

@@ -49,6 +49,15 @@ def effective_weight(layer: nn.Module) -> torch.Tensor:
     return layer.weight
 
 
+def copy_module(module: nn.Module) -> nn.Module:
+    """A deep copy; weight norm leaves a non-leaf ``weight`` attribute that deepcopy refuses, so it
+    is refreshed as a plain tensor first (the forward pre-hook recomputes it anyway)."""
+    for layer in module.modules():
+        if hasattr(layer, "weight_v") and isinstance(getattr(layer, "weight", None), torch.Tensor):
+            layer.weight = effective_weight(layer).detach()
+    return copy.deepcopy(module)
+
+
 def quantize(
     module: nn.Module,
     config,
@@ -96,11 +105,7 @@ def quantize(
         layer_config = per_layer[name]
         qweight = METHODS[type(layer_config)](effective_weight(layer), layer_config, stats.get(name))
         new_layers[name] = QuantizedLayer(layer, qweight, config.act_bits)
-    if not inplace:
-        for layer in module.modules():  # weight norm leaves a non-leaf `weight` that deepcopy refuses
-            if hasattr(layer, "weight_v") and isinstance(getattr(layer, "weight", None), torch.Tensor):
-                layer.weight = effective_weight(layer).detach()
-    model = module if inplace else copy.deepcopy(module)
+    model = module if inplace else copy_module(module)
     for name, layer in new_layers.items():
         model.set_submodule(name, layer)
     model.quantization = {"method": type(config).__name__, "config": asdict(config)}
