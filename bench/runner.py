@@ -24,10 +24,13 @@ from .results import load_runs, runs_path
 from .suites import RunSpec, Suite
 
 DEFAULT_STORE = Path("runs")
+# What can change a result: code, suites, packaging, shipped data and weights (not docs or outputs).
+CODE_PATHS = ("*.py", "*.toml", "*.sh", "Makefile", "bench/data", "downstream/data", "upstream_quant/weights")
 
 
 def code_version() -> dict:
-    """Git commit (and whether tracked files differ from it) plus package versions."""
+    """Git commit (and whether tracked code, suites or shipped data differ from it; docs do not
+    count) plus package versions."""
     import lightning
     import torch
 
@@ -35,7 +38,7 @@ def code_version() -> dict:
     commit, dirty = None, None
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10).stdout.strip() or None
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS], cwd=root,
                                     capture_output=True, text=True, timeout=10).stdout.strip())
     except (OSError, subprocess.SubprocessError):
         pass
