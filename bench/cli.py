@@ -169,10 +169,12 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
 
 
 def _cmd_perf(args: argparse.Namespace) -> int:
-    from .perf import perf_quantize, perf_upstream
+    from .perf import perf_qat, perf_quantize, perf_upstream
 
     if args.what == "upstream":
         return perf_upstream(args.batch, args.seconds, args.reps)
+    if args.what == "qat":
+        return perf_qat()
     return perf_quantize(args.calib_count, args.seconds)
 
 
@@ -310,8 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.set_defaults(func=_cmd_quantize)
 
-    p = sub.add_parser("perf", help="benchmarks: quantize (timings, peak memory), upstream (our forward vs s3prl's)")
-    p.add_argument("what", choices=["quantize", "upstream"])
+    p = sub.add_parser("perf", help="benchmarks: quantize (timings, peak memory), upstream (our forward vs s3prl's), qat (cosine to fp at 1-2 bits)")
+    p.add_argument("what", choices=["quantize", "upstream", "qat"])
     p.add_argument("--batch", type=int, default=4, help="upstream: utterances per batch")
     p.add_argument("--reps", type=int, default=5, help="upstream: timed repetitions")
     p.add_argument("--calib-count", type=int, default=32)

@@ -83,3 +83,51 @@ def perf_upstream(batch: int = 4, seconds: float = 4.0, reps: int = 5) -> int:
         print(f"  {name:<6} best {t:.3f} s  ({batch / t:.2f} utterances/s)   median {sorted(times[name])[reps // 2]:.3f} s")
     print(f"ours / s3prl throughput: {best['s3prl'] / best['ours']:.3f} (target >= 0.90)")
     return 0
+
+
+def perf_qat(corpus: str = "data/synth/digits", steps: int = 150, count: int = 64) -> int:
+    """Hidden-state cosine to full-precision Whisper tiny.en on held-out audio, at 2 and 1 bits:
+    round-to-nearest, GPTQ (2 bits), and QAT trained as the mini suite trains it."""
+    import tempfile
+
+    import torch.nn.functional as F
+
+    from downstream import audio
+    from downstream.librispeech import load_librispeech
+    from upstream_quant import load_upstream
+    from upstream_quant.binary import BinaryConfig
+    from upstream_quant.gptq import GPTQConfig
+    from upstream_quant.qat import QATConfig, train_qat
+    from upstream_quant.quantize import quantize
+    from upstream_quant.uniform import UniformConfig
+
+    fp = load_upstream("whisper_tiny_en", device="cpu")
+    load = lambda split, n: [torch.from_numpy(audio.read(u.path)) for u in load_librispeech(corpus, [split]).sample(n)]  # noqa: E731
+    train, test = load("train", 10**9), load("test", count)
+
+    def cosine(model) -> list[float]:
+        sims = []
+        with torch.no_grad():
+            for wav in test:
+                a, _ = fp(wav[None], torch.tensor([wav.numel()]))
+                b, _ = model(wav[None], torch.tensor([wav.numel()]))
+                sims.append([float(F.cosine_similarity(x[0], y[0], dim=-1).mean()) for x, y in zip(a, b)])
+        return [sum(col) / len(col) for col in zip(*sims)]
+
+    models = {
+        "uniform2 (RTN)": lambda: quantize(fp, UniformConfig(bits=2), progress=False),
+        "gptq2": lambda: quantize(fp, GPTQConfig(bits=2), calibration=train[:32], progress=False),
+        "binary1 (RTN)": lambda: quantize(fp, BinaryConfig(), progress=False),
+    }
+    print(f"Whisper tiny.en, mean frame cosine to full precision per hidden state (front end, layers 1-4), "
+          f"{len(test)} test utterances of {corpus}")
+    for name, make in models.items():
+        print(f"  {name:<16} " + "  ".join(f"{c:.3f}" for c in cosine(make())))
+    for bits in (2, 1):
+        config = QATConfig(method="binary" if bits == 1 else "uniform", bits=bits, steps=steps)
+        started = time.time()
+        with tempfile.TemporaryDirectory() as work:
+            model, summary = train_qat(fp, train, config, work, accelerator="cpu", devices=1, progress=False)
+        print(f"  {'qat' + str(bits) + f' ({steps} steps)':<16} " + "  ".join(f"{c:.3f}" for c in cosine(model))
+              + f"   (training {time.time() - started:.0f} s, loss {summary['first_loss']:.3f} -> {summary['final_loss']:.3f})")
+    return 0
