@@ -54,8 +54,8 @@ def _cmd_table(args: argparse.Namespace) -> int:
         df, notes = suite_table(suite.name, root), SUITE_NOTES.format(suite=suite.name, store=root)
         if df.empty:
             raise FileNotFoundError(f"no finished runs in {root / suite.name / 'runs.jsonl'}; run `bench run {args.suite}` first")
-        args.suite = suite.name
-    md_path, csv_path = write_table(df, root / args.suite, notes)
+    name = "paper" if args.suite == "paper" else suite.name
+    md_path, csv_path = write_table(df, root / name, notes)
     if args.json:
         print(df.astype(object).where(df.notna(), None).to_json(orient="records", indent=2))
     else:
@@ -126,9 +126,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"  FAILED {name}: {err}")
     if load_runs(suite.name, store):
         args.store, args.json = str(store), False
-        suite_arg = args.suite
         _cmd_table(args)
-        args.suite = suite_arg
         _cmd_plot(args)
     return 1 if summary["failed"] else 0
 
@@ -183,14 +181,12 @@ def _cmd_data(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     if args.what == "synth":
-        from downstream.synth import DEFAULT_HELDOUT, SynthArgs, build
+        from downstream.synth import DEFAULT_HELDOUT, DEFAULT_VOICES, SynthArgs, build
 
-        voices = tuple(args.voices.split(",")) if args.voices else None
+        voices = tuple(args.voices.split(",")) if args.voices else DEFAULT_VOICES
         for kind in args.kind.split(","):
-            from downstream.synth import DEFAULT_VOICES
-
             synth_args = SynthArgs(
-                kind=kind, minutes=args.minutes, voices=voices or DEFAULT_VOICES,
+                kind=kind, minutes=args.minutes, voices=voices,
                 heldout_voice=None if args.heldout_voice == "none" else (args.heldout_voice or DEFAULT_HELDOUT),
                 seed=args.seed, perturb=args.perturb,
             )

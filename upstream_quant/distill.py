@@ -62,7 +62,7 @@ class DistillModule(L.LightningModule):
         super().__init__()
         self.student, self.config = student, config
         self.heads = PredictionHeads(student.hidden_size, teacher.hidden_size, len(config.teacher_layers))
-        self.teacher = [teacher.eval().requires_grad_(False)]  # a list: not a submodule, not saved
+        self.teacher = [teacher.eval()]  # a list: not a submodule, not saved; used under no_grad
 
     def forward(self, wavs: torch.Tensor, lengths: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         states, lens = self.student(wavs, lengths)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from .upstream import Upstream, check_batch
-from .whisper import HOP, N_FFT, slaney_mel_filters
+from .whisper import HOP, LogMel
 
 
 def deltas(x: torch.Tensor, width: int = 2) -> torch.Tensor:
@@ -35,15 +35,13 @@ class FbankUpstream(Upstream):
         self.hidden_size = 240
         self.num_hidden_states = 1
         self.downsample_rate = HOP
-        self.register_buffer("window", torch.hann_window(N_FFT), persistent=False)
-        self.register_buffer("filters", slaney_mel_filters(), persistent=False)
+        self.frontend = LogMel()  # its mel power spectrum; the log and normalisation differ
 
     def frame_lengths(self, wavs_len: torch.Tensor) -> torch.Tensor:
         return torch.div(wavs_len, HOP, rounding_mode="floor")
 
     def _one(self, wav: torch.Tensor) -> torch.Tensor:
-        stft = torch.stft(wav.float(), N_FFT, HOP, window=self.window, return_complex=True)
-        logmel = torch.log(torch.clamp(self.filters @ stft[..., :-1].abs() ** 2, min=1e-10))
+        logmel = torch.log(torch.clamp(self.frontend.mel_power(wav), min=1e-10))
         feats = torch.cat([logmel, deltas(logmel), deltas(deltas(logmel))], dim=0)
         feats = (feats - feats.mean(-1, keepdim=True)) / (feats.std(-1, keepdim=True) + 1e-5)
         return feats.T

@@ -29,7 +29,7 @@ from torch import nn
 
 from .accounting import under_any
 from .calibration import check_calibration
-from .quantize import effective_weight, register_method, target_layers
+from .quantize import effective_weight, target_layers
 from .uniform import UniformConfig, quantize_uniform
 
 STATISTICS = ("median", "mean", "max", "l1", "l2")
@@ -136,9 +136,9 @@ def size_model(upstream: nn.Module, layers: dict[str, nn.Module], convention: st
     unused = tuple(getattr(upstream, "unused_at_inference", ()))
     per_param = 4 if convention == "myqasr" else 2
     target_params = {f"{n}.{p}" for n in layers for p in ("weight", "weight_v", "weight_g")}
+    params = {n for n, _ in upstream.named_parameters()}
     fixed = sum(t.numel() * per_param for n, t in upstream.state_dict().items()
-                if n not in target_params and not under_any(n, unused) and t.is_floating_point()
-                and n in dict(upstream.named_parameters()))
+                if n in params and n not in target_params and not under_any(n, unused) and t.is_floating_point())
     info = {}
     for name, layer in layers.items():
         w = effective_weight(layer)
@@ -206,13 +206,6 @@ class MixedPrecisionConfig:
         convolutions keep min-max scales."""
         clip = self.clip if isinstance(layer, nn.Linear) else "minmax"
         return UniformConfig(bits=self.layers[name], clip=clip, act_bits=self.act_bits)
-
-
-def _quantize_mixed(weight, config, stats):  # dispatched per layer through config.per_layer
-    raise RuntimeError("MixedPrecisionConfig is applied per layer by quantize()")
-
-
-register_method(MixedPrecisionConfig, _quantize_mixed)
 
 
 def coverage(upstream: nn.Module, which: str = "myqasr") -> dict[str, nn.Module]:

@@ -71,7 +71,7 @@ def quantize(
     (GPTQ, cosine clipping); `module` must then be an upstream (forward(wavs, wavs_len)).
     Every layer is quantized before any is replaced, so an error leaves the module unchanged.
     """
-    if type(config) not in METHODS:
+    if type(config) not in METHODS and not hasattr(config, "per_layer"):
         raise TypeError(f"unknown quantization config {type(config).__name__}; known: {[c.__name__ for c in METHODS]}")
     layers = target_layers(module, config.targets)
     if hasattr(config, "per_layer"):  # a config that sets each layer's own parameters (mixed precision)

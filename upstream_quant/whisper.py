@@ -73,12 +73,14 @@ class LogMel(nn.Module):
         self.register_buffer("window", torch.hann_window(N_FFT), persistent=False)
         self.register_buffer("filters", slaney_mel_filters(), persistent=False)
 
+    def mel_power(self, wav: torch.Tensor) -> torch.Tensor:
+        """Mel-filtered power spectrum (..., 80, samples // 160), before any log."""
+        stft = torch.stft(wav.float(), N_FFT, HOP, window=self.window, return_complex=True)
+        return self.filters @ (stft[..., :-1].abs() ** 2)
+
     def forward(self, wav: torch.Tensor) -> torch.Tensor:
         """(samples,) or (batch, samples) -> (..., 80, frames); the max is per utterance."""
-        stft = torch.stft(wav.float(), N_FFT, HOP, window=self.window, return_complex=True)
-        power = stft[..., :-1].abs() ** 2
-        mel = self.filters @ power
-        log_spec = torch.clamp(mel, min=1e-10).log10()
+        log_spec = torch.clamp(self.mel_power(wav), min=1e-10).log10()
         peak = log_spec.amax(dim=(-2, -1), keepdim=True)
         log_spec = torch.maximum(log_spec, peak - 8.0)
         return (log_spec + 4.0) / 4.0
