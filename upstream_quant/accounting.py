@@ -304,6 +304,19 @@ def shape_model(name: str) -> Upstream:
         return load_upstream(name, random_init=True, device="cpu")
 
 
+def shape_of(architecture: dict, name: str) -> Upstream:
+    """The full-precision architecture an ``architecture()`` dict describes, for accounting
+    (meta device when its code allows it, else random weights on the CPU)."""
+    from .loading import build_architecture
+
+    try:
+        with torch.device("meta"):
+            model = build_architecture(architecture, name)
+        return model.to("meta").eval()
+    except (RuntimeError, NotImplementedError):
+        return build_architecture(architecture, name).eval()
+
+
 _REFERENCE_COST: dict[tuple[float, str], float] = {}
 
 
@@ -338,28 +351,33 @@ class CostReport:
         }
 
 
-def _cache_file(name: str, seconds: float) -> Path:
+def _cache_file(key: str, seconds: float) -> Path:
     """Inventories depend only on the architecture code and the utterance length: key on both."""
     import s3prl
-
-    from .loading import REGISTRY
 
     digest = hashlib.sha256()
     for module in ("accounting", "upstream", "hubert", "distiller", "whisper", "fbank", "loading"):
         digest.update((Path(__file__).parent / f"{module}.py").read_bytes())
-    digest.update(f"{torch.__version__}|{s3prl.__version__}|{name}|{seconds}".encode())
-    REGISTRY[name]  # unknown names fail here, before any work
-    return cache_dir("accounting") / f"{name}-{digest.hexdigest()[:16]}.json"
+    digest.update(f"{torch.__version__}|{s3prl.__version__}|{key}|{seconds}".encode())
+    return cache_dir("accounting") / f"{key[:40]}-{digest.hexdigest()[:16]}.json"
 
 
-def inventories(name: str, seconds: float = DEFAULT_SECONDS) -> tuple[list[ParamEntry], list[OpEntry], tuple[str, ...]]:
-    """Parameter and MAC inventories of upstream `name` (and its unused-at-inference prefixes).
+def inventories(name: str, seconds: float = DEFAULT_SECONDS, architecture: dict | None = None,
+                ) -> tuple[list[ParamEntry], list[OpEntry], tuple[str, ...]]:
+    """Parameter and MAC inventories of upstream `name` (and its unused-at-inference prefixes):
+    of its registry architecture, or of `architecture` (an ``Upstream.architecture()`` dict, e.g.
+    of a checkpoint with another configuration).
 
     Computed from the module once per architecture and length, then read from a JSON cache
     (BENCH_CACHE, default ~/.cache/lowbit-bench): building the model and the forward pass cost
     seconds, mostly importing torch's compiler stack for the meta device.
     """
-    path = _cache_file(name, seconds)
+    from .loading import REGISTRY
+
+    REGISTRY[name]  # unknown names fail here, before any work
+    key = name if architecture is None else f"{name}-" + hashlib.sha256(
+        json.dumps(architecture, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    path = _cache_file(key, seconds)
     if path.is_file():
         try:
             data = json.loads(path.read_text())
@@ -370,7 +388,7 @@ def inventories(name: str, seconds: float = DEFAULT_SECONDS) -> tuple[list[Param
             )
         except (ValueError, KeyError, TypeError):
             pass  # unreadable cache: recompute below
-    model = shape_model(name)
+    model = shape_model(name) if architecture is None else shape_of(architecture, name)
     entries, ops = param_inventory(model), mac_inventory(model, seconds)
     unused = tuple(getattr(model, "unused_at_inference", ()))
     data = {"params": [asdict(e) for e in entries], "ops": [asdict(o) for o in ops], "unused": list(unused)}
@@ -412,3 +430,122 @@ def cost_report(
     for op in ops:
         macs[op.op] += op.macs
     return CostReport(name, bits, seconds, inventory_summary(entries), storage, runtime, dict(macs))
+
+
+# ---------------------------------------------------------------- cost of a model as it is
+
+
+@dataclass(frozen=True)
+class StoredWeight:
+    """How one quantized weight is stored: what `save_packed` writes for it."""
+
+    shape: tuple[int, ...]
+    bits: int
+    group_size: int | None
+    zero_stored: bool  # zero-points written (not constant over the layer, e.g. asymmetric codes)
+    act_bits: int | None = None
+
+    @property
+    def scales(self) -> int:
+        return scale_count(self.shape, self.group_size)
+
+
+def weight_bytes(weight: StoredWeight, scale_bits: int = 16) -> float:
+    """Bytes of one quantized weight: bit-packed codes (whole bytes, as packed files hold them),
+    one scale per row or group, and zero-points when stored. ``scale_bits=16`` is our packed
+    format; the paper's convention counts 8-bit scales."""
+    codes = math.ceil(math.prod(weight.shape) * weight.bits / 8)
+    return codes + weight.scales * scale_bits / 8 * (2 if weight.zero_stored else 1)
+
+
+def stored_weights(model: nn.Module) -> dict[str, StoredWeight]:
+    """Module path -> how it is stored, for every quantized layer of `model`."""
+    from .qweight import QuantizedLayer
+
+    out = {}
+    for name, module in model.named_modules():
+        if isinstance(module, QuantizedLayer):
+            zero = module.zero.detach().flatten()
+            out[name] = StoredWeight(tuple(module.codes.shape), int(module.bits), module.group_size,
+                                     bool(zero.numel() and not (zero == zero[0]).all()),
+                                     module.act.bits if module.act is not None else None)
+    return out
+
+
+def _layer_of(name: str, layers: Mapping[str, object]) -> str | None:
+    owner = name.rsplit(".", 1)[0] if "." in name else ""
+    return owner if owner in layers else None
+
+
+def stored_bytes(model: nn.Module) -> float:
+    """Bytes of tensors in `model`'s packed file (`save_packed`): quantized layers as
+    `weight_bytes`, every other state-dict tensor at 16 bits (integers at their own width),
+    parameters unused at inference left out. The file adds only its JSON header."""
+    layers = stored_weights(model)
+    unused = tuple(getattr(model, "unused_at_inference", ()))
+    total = sum(weight_bytes(w) for w in layers.values())
+    for name, t in model.state_dict().items():
+        layer = _layer_of(name, layers)
+        if (layer is not None and name.rsplit(".", 1)[1] in ("codes", "scale", "zero")) or under_any(name, unused):
+            continue
+        total += t.numel() * (2 if t.is_floating_point() else t.element_size())
+    return total
+
+
+@dataclass
+class ModelCost:
+    """Storage and estimated runtime of a model as it is (each quantized layer's own bits,
+    groups, zero-points and activation bits), for results rows."""
+
+    storage_mb: dict[str, float]  # stored (our packed file), paper (its convention), fp16
+    est_runtime: dict[str, float]  # encoder / full, relative to full-precision HuBERT Base
+    bit_map: dict[str, int]  # quantized layer -> weight bits
+    act_bits: dict[str, int]  # quantized layer -> activation bits, where quantized
+
+    def as_row(self) -> dict:
+        return {"storage_mb": round(self.storage_mb["paper"], 3), "stored_mb": round(self.storage_mb["stored"], 3),
+                "fp16_mb": round(self.storage_mb["fp16"], 3), "est_runtime": round(self.est_runtime["encoder"], 4),
+                "est_runtime_full": round(self.est_runtime["full"], 4), "bit_map": self.bit_map,
+                "bit_widths": sorted(set(self.bit_map.values()))}
+
+
+def model_cost(model: nn.Module, seconds: float = DEFAULT_SECONDS) -> ModelCost:
+    """Cost of `model` read from its modules: which layers are quantized and how.
+
+    The MACs come from the full-precision architecture the model was built from
+    (``model.architecture()``), so a checkpoint with a non-default configuration is costed as
+    what it is. Paper convention per weight: quantized layers at their bits plus an 8-bit scale
+    (and zero-point, when stored) per row or group; the rest as `paper_policy(16)`. Runtime: a
+    MAC with b-bit weights and a-bit activations costs (b / 32) x (a / 32) of a full-precision one.
+    """
+    layers = stored_weights(model)
+    name = getattr(model, "name", None)
+    arch = model.architecture() if hasattr(model, "architecture") else None
+    if name is None or arch is None:
+        raise TypeError("model_cost needs an upstream from load_upstream (name and architecture())")
+    entries, ops, unused = inventories(name, seconds, architecture=arch)
+    fp16, paper = fp16_policy(), paper_policy(16)
+    mb = {"fp16": 0.0, "paper": 0.0}
+    for e in entries:
+        layer = _layer_of(e.name, layers)
+        if layer is not None and e.kind in ("weight", "norm") and e.name.rsplit(".", 1)[1] in ("weight", "weight_v", "weight_g"):
+            continue  # counted from the quantized layer below
+        if not fp16.excluded(e):
+            mb["fp16"] += e.numel * 2
+        if not paper.excluded(e):
+            mb["paper"] += e.numel * paper.bits_for(e) / 8
+    for layer, w in layers.items():
+        mb["paper"] += weight_bytes(w, scale_bits=8)
+        mb["fp16"] += math.prod(w.shape) * 2
+    storage = {"stored": megabytes(stored_bytes(model)), "paper": megabytes(mb["paper"]), "fp16": megabytes(mb["fp16"])}
+
+    def cost(op: OpEntry) -> float:
+        w = layers.get(op.module)
+        if w is None:
+            return op.macs
+        return op.macs * min(w.bits, 32) / 32 * min(w.act_bits or 32, 32) / 32
+
+    runtime = {scope: sum(cost(op) for op in ops if scope == "full" or op.group == "transformer")
+               / reference_cost(seconds, scope) for scope in ("encoder", "full")}
+    return ModelCost(storage, runtime, {n: w.bits for n, w in layers.items()},
+                     {n: w.act_bits for n, w in layers.items() if w.act_bits})

@@ -27,7 +27,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .accounting import under_any
+from .accounting import StoredWeight, stored_bytes, under_any, weight_bytes
 from .calibration import check_calibration
 from .quantize import effective_weight, target_layers
 from .uniform import UniformConfig, quantize_uniform
@@ -123,7 +123,7 @@ class SizeModel:
         weights, rows = self.layers[name]
         if self.convention == "myqasr":
             return weights * bits / 8
-        return math.ceil(weights * bits / 8) + 2 * rows
+        return weight_bytes(StoredWeight((rows, weights // rows), bits, None, False))
 
     def total_mb(self, bits: dict[str, int]) -> float:
         total = self.fixed_bytes + sum(self.layer_bytes(n, b) for n, b in bits.items())
@@ -131,14 +131,19 @@ class SizeModel:
 
 
 def size_model(upstream: nn.Module, layers: dict[str, nn.Module], convention: str = "stored") -> SizeModel:
+    """``stored``: what `save_packed` writes (accounting's `stored_bytes`, the one implementation of
+    that convention) with the allocated layers taken out; ``myqasr``: the reference code's count."""
     if convention not in CONVENTIONS:
         raise ValueError(f"size convention must be one of {CONVENTIONS}, got {convention!r}")
-    unused = tuple(getattr(upstream, "unused_at_inference", ()))
-    per_param = 4 if convention == "myqasr" else 2
-    target_params = {f"{n}.{p}" for n in layers for p in ("weight", "weight_v", "weight_g")}
-    params = {n for n, _ in upstream.named_parameters()}
-    fixed = sum(t.numel() * per_param for n, t in upstream.state_dict().items()
-                if n in params and n not in target_params and not under_any(n, unused) and t.is_floating_point())
+    target = {f"{n}.{p}" for n in layers for p in ("weight", "weight_v", "weight_g")}
+    state = upstream.state_dict()
+    if convention == "stored":
+        fixed = stored_bytes(upstream) - sum(2 * t.numel() for n, t in state.items() if n in target)
+    else:
+        unused = tuple(getattr(upstream, "unused_at_inference", ()))
+        params = {n for n, _ in upstream.named_parameters()}
+        fixed = sum(t.numel() * 4 for n, t in state.items()
+                    if n in params and n not in target and not under_any(n, unused) and t.is_floating_point())
     info = {}
     for name, layer in layers.items():
         w = effective_weight(layer)
