@@ -41,12 +41,11 @@ def _cmd_cost(args: argparse.Namespace) -> int:
 
 
 def _cmd_table(args: argparse.Namespace) -> int:
-    from .results import RESULTS_DIR
     from .tables import PAPER_NOTES, SUITE_NOTES, paper_table, suite_table, write_table
 
-    root = Path(args.store) if args.store else RESULTS_DIR
+    root = default_store(args.suite, args.store)
     if args.suite == "paper":
-        df, notes = paper_table(root), PAPER_NOTES
+        df, notes = paper_table(root), PAPER_NOTES.format(store=root)
     else:
         from .suites import load_suite
 
@@ -64,6 +63,18 @@ def _cmd_table(args: argparse.Namespace) -> int:
     return 0
 
 
+def default_store(suite: str, store: str | None) -> Path:
+    """``--store`` if given; else the user's own store (runs/) when it holds the suite, else the
+    committed reference (results/)."""
+    from .results import RESULTS_DIR, runs_path
+    from .runner import DEFAULT_STORE
+
+    if store:
+        return Path(store)
+    name = Path(suite).stem if suite.endswith(".toml") else suite
+    return DEFAULT_STORE if runs_path(name, DEFAULT_STORE).is_file() else RESULTS_DIR
+
+
 def plot_dir(store: Path, suite: str) -> Path:
     """plots/<suite> for the committed reference store (results/), else STORE/<suite>/plots."""
     return Path("plots") / suite if store.resolve() == Path("results").resolve() else store / suite / "plots"
@@ -71,10 +82,10 @@ def plot_dir(store: Path, suite: str) -> Path:
 
 def _cmd_plot(args: argparse.Namespace) -> int:
     from .plots import plot_suite
-    from .results import RESULTS_DIR, runs_frame
+    from .results import runs_frame
     from .suites import load_suite
 
-    root = Path(args.store) if args.store else RESULTS_DIR
+    root = default_store(args.suite, args.store)
     suite = load_suite(args.suite)
     frame = runs_frame(suite.name, root)
     if frame.empty:
@@ -84,12 +95,30 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_devices(devices: int, device: str | None) -> None:
+    """``--devices N``: at most the GPUs present (on CPU: DDP processes, at most the cores)."""
+    import torch
+
+    from upstream_quant.upstream import pick_device
+
+    if devices == 1:
+        return
+    if pick_device(device).type == "cuda":
+        present = torch.cuda.device_count()
+        if devices > present:
+            raise ValueError(f"--devices {devices}: this machine has {present} GPU(s)")
+    elif devices > (os.cpu_count() or 1):
+        raise ValueError(f"--devices {devices} on CPU: this machine has {os.cpu_count()} core(s) for DDP processes")
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     import logging
+    import shlex
+    import signal
 
     from .results import load_runs
-    from .runner import ensure_data, run_suite
-    from .suites import load_suite, select
+    from .runner import RunInterrupted, ensure_data, run_suite
+    from .suites import Overrides, load_suite, select
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     import lightning  # noqa: F401  (it sets its loggers' levels on import; quieten them after)
@@ -97,7 +126,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     for noisy in ("lightning.pytorch", "lightning.fabric", "lightning"):  # per-run GPU/TPU banners and tips
         logging.getLogger(noisy).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*treespec.*")
-    suite = load_suite(args.suite)
+    overrides = Overrides.parse(args.data, args.checkpoint, args.set, args.devices)
+    suite = load_suite(args.suite, overrides)
+    check_devices(args.devices, args.device)
     runs = select(suite.runs, args.only, args.shard)
     store = Path(args.store)
     done = {r.get("config_hash"): r for r in load_runs(suite.name, store)}
@@ -118,8 +149,29 @@ def _cmd_run(args: argparse.Namespace) -> int:
             print(f"estimated wall time for {todo} run(s) to do: ~{todo * sum(walls) / len(walls) / 60:.1f} min "
                   f"(mean of {len(walls)} finished)")
         return 0
-    ensure_data(suite, progress=not args.no_progress)
-    summary = run_suite(suite, runs, store, force=args.force, device=args.device, progress=not args.no_progress)
+    if args.launcher != "none":
+        from .launch import launch
+
+        return launch(args, suite, runs, store)
+
+    def interrupted(signum, _frame):
+        raise RunInterrupted(signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, interrupted)
+    try:
+        ensure_data(suite, progress=not args.no_progress)
+        summary = run_suite(suite, runs, store, force=args.force, device=args.device, progress=not args.no_progress)
+    except RunInterrupted as exc:
+        where = f"during run {exc.run}" if exc.run else "before the first run started"
+        print(f"\nbench: interrupted by {signal.Signals(exc.signum).name} {where}; no row was written for it. "
+              f"Resume with: bench {shlex.join(['run', *_argv_tail(args)])}",
+              file=sys.stderr)
+        return 128 + exc.signum
+    from .runner import is_rank_zero
+
+    if not is_rank_zero():
+        return 1 if summary["failed"] else 0
     print(f"\nsuite {suite.name}: {summary['finished']} finished, {summary['skipped']} already in the store, "
           f"{len(summary['failed'])} failed, {summary['seconds'] / 60:.1f} min")
     for name, err in summary["failed"]:
@@ -127,25 +179,23 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if load_runs(suite.name, store):
         args.store, args.json = str(store), False
         _cmd_table(args)
-        _cmd_plot(args)
+        if suite.name != "paper":
+            _cmd_plot(args)
     return 1 if summary["failed"] else 0
 
 
-def make_config(method: str, bits: int, group_size: int | None, clip: str, act_bits: int | None, targets: tuple[str, ...]):
-    """A quantization config from CLI arguments (errors name the bad value)."""
-    from upstream_quant.binary import BinaryConfig
-    from upstream_quant.gptq import GPTQConfig
-    from upstream_quant.uniform import UniformConfig
-
-    if method == "binary":
-        if bits != 1:
-            raise ValueError(f"--method binary is 1 bit; got --bits {bits}")
-        return BinaryConfig(group_size=group_size, act_bits=act_bits, targets=targets)
-    if method == "uniform":
-        return UniformConfig(bits=bits, group_size=group_size, clip=clip, act_bits=act_bits, targets=targets)
-    if method == "gptq":
-        return GPTQConfig(bits=bits, group_size=group_size, act_bits=act_bits, targets=targets)
-    raise ValueError(f"unknown method {method!r}; known: binary, uniform, gptq")
+def _argv_tail(args: argparse.Namespace) -> list[str]:
+    """The `bench run` arguments that reproduce this invocation (for the resume hint)."""
+    out = [args.suite, "--store", str(args.store)]
+    for flag, values in (("--data", args.data), ("--checkpoint", args.checkpoint), ("--set", args.set)):
+        for value in values:
+            out += [flag, value]
+    if args.devices != 1:
+        out += ["--devices", str(args.devices)]
+    for flag in ("only", "shard", "device"):
+        if getattr(args, flag):
+            out += [f"--{flag}", getattr(args, flag)]
+    return out
 
 
 def _cmd_quantize(args: argparse.Namespace) -> int:
@@ -153,6 +203,8 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     from upstream_quant.calibration import load_calibration_dir
     from upstream_quant.packed import save_packed
     from upstream_quant.quantize import quantize
+
+    from .suites import make_config
 
     try:
         config = make_config(args.method, args.bits, args.group_size, args.clip, args.act_bits, tuple(args.targets.split(",")))
@@ -250,7 +302,8 @@ def _cmd_mixed(args: argparse.Namespace) -> int:
 
 def _cmd_qat(args: argparse.Namespace) -> int:
     from upstream_quant import load_upstream
-    from upstream_quant.calibration import load_calibration_dir
+    from upstream_quant.calibration import audio_files
+    from upstream_quant.distill import cap_hours, file_durations
     from upstream_quant.io import write_atomic
     from upstream_quant.packed import save_packed
     from upstream_quant.qat import QATConfig, train_qat
@@ -260,12 +313,15 @@ def _cmd_qat(args: argparse.Namespace) -> int:
         raise ValueError(f"--method {args.method} --bits {args.bits}: binary is 1 bit, uniform 2..8 bits")
     device = pick_device(args.device)
     upstream = load_upstream(args.upstream, checkpoint=args.checkpoint, device="cpu")
-    wavs = [w for folder in args.audio.split(",") for w in load_calibration_dir(folder, count=None)]
+    files = [p for folder in args.audio.split(",") for p in audio_files(folder)]  # streamed from disk
+    if args.max_hours is not None:
+        files = cap_hours(file_durations(files), args.max_hours, args.seed)
     config = QATConfig(method=args.method, bits=args.bits, steps=args.steps, batch_size=args.batch_size,
                        lr=args.lr, scale_lr=args.scale_lr, crop_seconds=args.crop_seconds, seed=args.seed)
     out = Path(args.out)
     work = Path(args.work_dir) if args.work_dir else out.with_suffix(".work")
-    model, summary = train_qat(upstream, wavs, config, work, accelerator="gpu" if device.type == "cuda" else "cpu", devices=1)
+    model, summary = train_qat(upstream, files, config, work, accelerator="gpu" if device.type == "cuda" else "cpu", devices=1,
+                               num_workers=args.workers)
     save_packed(model, out)
     write_atomic(out.with_suffix(".qat.json"), json.dumps({"upstream": args.upstream, "config": config.__dict__,
                                                            "audio": args.audio, **summary}, indent=1, default=str))
@@ -369,6 +425,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crop-seconds", type=float, default=4.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work-dir", default=None, help="checkpoints for resuming (default: OUT.work/)")
+    p.add_argument("--max-hours", type=float, default=None, help="train on a seeded random subset of at most this much audio")
+    p.add_argument("--workers", type=int, default=None, help="audio-loading processes (default: 8 beside a GPU, 1 on CPU)")
     p.add_argument("--device", default=None)
     p.add_argument("--out", required=True, help="packed .safetensors (a .qat.json summary goes beside it)")
     p.set_defaults(func=_cmd_qat)
@@ -384,6 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crop-seconds", type=float, default=6.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--name", default="distil_whisper_tiny_en", help="upstream name recorded in the file")
+    p.add_argument("--max-hours", type=float, default=None, help="train on a seeded random subset of at most this much audio")
     p.add_argument("--work-dir", default=None, help="checkpoints for resuming (default: OUT.work/)")
     p.add_argument("--device", default=None, help="cpu, cuda, or auto")
     p.add_argument("--out", required=True, help="student weights (.safetensors, fp16); a .json manifest goes beside it")
@@ -397,12 +456,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard", default=None, help="I/N: this machine runs the I-th of N shards (0-based)")
     p.add_argument("--force", action="store_true", help="rerun runs already in the store (their rows are replaced)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 or auto (default: $BENCH_DEVICE, else auto)")
+    p.add_argument("--devices", type=int, default=1, help="DDP processes per training run (GPUs; on CPU, processes)")
+    p.add_argument("--data", action="append", default=[], metavar="NAME=ROOT",
+                   help="data table NAME reads from ROOT, e.g. librispeech=/data/LibriSpeech (repeatable)")
+    p.add_argument("--checkpoint", action="append", default=[], metavar="UPSTREAM=PATH",
+                   help="local weights for an upstream, e.g. hubert_base=/ckpt/hubert_base_ls960.pt (repeatable)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="override a schedule field (asr.max_steps=200000, ks.batch_size=32), QAT (qat.steps, "
+                        "qat.batch_size, qat.crop_seconds, qat.max_hours, ...) or calibration.count (repeatable)")
+    p.add_argument("--launcher", default="none", choices=["none", "local", "slurm"],
+                   help="submit one job per run through submitit (slurm: a cluster; local: this machine)")
+    p.add_argument("--slurm-partition", default=None)
+    p.add_argument("--slurm-hours", type=float, default=72.0, help="time limit per job")
+    p.add_argument("--slurm-gpus", type=int, default=None, help="GPUs per job (default: --devices)")
+    p.add_argument("--slurm-cpus", type=int, default=10, help="CPU cores per job (data-loading workers)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("table", help="generate a results table (paper: the 1-bit/2-bit comparison; or a suite)")
     p.add_argument("suite", nargs="?", default="paper")
-    p.add_argument("--store", "--results", dest="store", default=None, help="results store root (default ./results)")
+    p.add_argument("--store", "--results", dest="store", default=None,
+                   help="results store root (default: runs/ when it holds the suite, else the committed results/)")
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
     p.set_defaults(func=_cmd_table)
 
@@ -420,7 +494,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+    except (FileNotFoundError, ValueError, RuntimeError, KeyError) as exc:
         # User-facing failures (bad paths, arguments, missing engines) carry their own message;
         # BENCH_DEBUG=1 shows the traceback.
         if os.environ.get("BENCH_DEBUG"):

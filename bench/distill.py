@@ -20,8 +20,8 @@ def _corpus_args(folder: Path) -> dict | None:
 def run_distill(args: argparse.Namespace) -> int:
     import torch
 
-    from upstream_quant.calibration import load_calibration_dir
-    from upstream_quant.distill import DistillConfig, distill, whisper_student
+    from upstream_quant.calibration import audio_files
+    from upstream_quant.distill import DistillConfig, cap_hours, distill, file_durations, whisper_student
     from upstream_quant.io import write_atomic
     from upstream_quant.loading import load_upstream
     from upstream_quant.upstream import pick_device
@@ -32,7 +32,9 @@ def run_distill(args: argparse.Namespace) -> int:
     if teacher.architecture().get("family") != "whisper":
         raise ValueError(f"bench distill builds Whisper-family students; teacher {args.teacher!r} is not one")
     folders = [Path(f) for f in args.audio.split(",")]
-    wavs = [w for f in folders for w in load_calibration_dir(str(f), count=None)]
+    files = [p for f in folders for p in audio_files(str(f))]
+    if args.max_hours is not None:
+        files = cap_hours(file_durations(files), args.max_hours, args.seed)
     config = DistillConfig(
         student_layers=args.student_layers, teacher_layers=tuple(int(x) for x in args.teacher_layers.split(",")),
         lr=args.lr, steps=args.steps, batch_size=args.batch_size, crop_seconds=args.crop_seconds, seed=args.seed,
@@ -45,9 +47,9 @@ def run_distill(args: argparse.Namespace) -> int:
     out = Path(args.out)
     work = Path(args.work_dir) if args.work_dir else out.with_suffix(".work")
     print(f"distilling {args.name}: {sum(p.numel() for p in student.parameters()):,} parameters "
-          f"(teacher {sum(p.numel() for p in teacher.parameters()):,}), {len(wavs)} utterances, "
-          f"{sum(w.numel() for w in wavs) / 16000 / 60:.1f} min, {config.steps} steps on {device}", file=sys.stderr)
-    result = distill(student, teacher, wavs, config, work, accelerator="gpu" if device.type == "cuda" else "cpu", devices=1)
+          f"(teacher {sum(p.numel() for p in teacher.parameters()):,}), {len(files)} files streamed from disk, "
+          f"{config.steps} steps on {device}", file=sys.stderr)
+    result = distill(student, teacher, files, config, work, accelerator="gpu" if device.type == "cuda" else "cpu", devices=1)
     save_whisper(result.student, out, metadata={"teacher": args.teacher})
     manifest = {
         "name": args.name,
@@ -56,7 +58,7 @@ def run_distill(args: argparse.Namespace) -> int:
         "config": config.__dict__ | {"teacher_layers": list(config.teacher_layers)},
         "audio": [str(f) for f in folders],
         "corpus_args": {str(f): _corpus_args(f) for f in folders},
-        "utterances": len(wavs),
+        "utterances": len(files),
         "steps": result.steps,
         "final_loss": round(result.final_loss, 4),
         "loss_curve": [round(x, 4) for x in result.losses[:: max(1, len(result.losses) // 50)]],

@@ -1,6 +1,7 @@
 """Reading finished runs from the results store (`results/<suite>/runs.jsonl`, one JSON row per run)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import warnings
 from pathlib import Path
@@ -12,9 +13,33 @@ def runs_path(suite: str, root: Path | None = None) -> Path:
     return (root or RESULTS_DIR) / suite / "runs.jsonl"
 
 
+@contextlib.contextmanager
+def store_lock(path: Path):
+    """An exclusive lock on a store file (``.runs.jsonl.lock`` beside it) for read-modify-write:
+    rows of concurrent writers are never lost. fcntl locks also hold on NFS with lockd; without
+    fcntl (Windows) there is no lock and one writer per store is assumed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = path.with_name(f".{path.name}.lock")
+    with open(lock, "a") as fh:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover (Windows)
+            yield
+            return
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def load_runs(suite: str, root: Path | None = None) -> list[dict]:
-    """All complete rows of a suite; a torn last line (interrupted write) is reported and skipped."""
-    path = runs_path(suite, root)
+    """All complete rows of a suite."""
+    return load_rows(runs_path(suite, root))
+
+
+def load_rows(path: Path) -> list[dict]:
+    """Rows of one store file; a torn last line (interrupted write) is reported and skipped."""
     if not path.is_file():
         return []
     rows = []
@@ -29,21 +54,14 @@ def load_runs(suite: str, root: Path | None = None) -> list[dict]:
 
 
 def paper_config(row: dict) -> str | None:
-    """The paper table's row name for a results row (``hubert_base/2bit``), for retrain ASR rows only."""
-    if row.get("protocol") != "retrain" or row.get("task") != "asr" or "upstream" not in row:
+    """The paper table's row a results row corresponds to (``hubert_base/2bit``): ASR rows of a
+    fixed bit width (full precision is ``fp16``), any method and protocol; None for others
+    (mixed precision has no single width)."""
+    if row.get("task") != "asr" or "upstream" not in row or row.get("method") == "mixed":
         return None
-    return f"{row['upstream']}/{'fp16' if row.get('method') == 'fp' else str(row.get('bits')) + 'bit'}"
-
-
-def metric_by_config(suite: str, metric: str, root: Path | None = None) -> dict[str, float]:
-    """Mean of `metric` over the finished runs of each paper-table config in `suite`."""
-    values: dict[str, list[float]] = {}
-    for row in load_runs(suite, root):
-        value = row.get("metrics", {}).get(metric)
-        key = paper_config(row)
-        if key and value is not None:
-            values.setdefault(key, []).append(float(value))
-    return {config: sum(v) / len(v) for config, v in values.items()}
+    if row.get("method") == "fp":
+        return f"{row['upstream']}/fp16"
+    return f"{row['upstream']}/{int(row['bits'])}bit"  # int(): a DataFrame holds bits as floats
 
 
 def runs_frame(suite: str, root: Path | None = None):
@@ -52,8 +70,9 @@ def runs_frame(suite: str, root: Path | None = None):
 
     flat = []
     for row in load_runs(suite, root):
-        base = {k: row.get(k) for k in ("config", "upstream", "method", "bits", "quant", "protocol", "task", "data", "seed",
-                                        "storage_mb", "stored_mb", "est_runtime", "wall_seconds", "git_commit")}
+        base = {k: row.get(k) for k in ("config", "upstream", "method", "bits", "group_size", "quant", "protocol", "task",
+                                        "data", "seed", "storage_mb", "stored_mb", "fp16_mb", "packed_mb", "est_runtime",
+                                        "est_runtime_full", "wall_seconds", "git_commit")}
         base["featurizer_weights"] = row.get("featurizer_weights")
         flat.append(base | {k: v for k, v in row.get("metrics", {}).items()})
     return pd.DataFrame(flat)

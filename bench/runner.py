@@ -9,9 +9,12 @@ resumes from its last epoch checkpoint under ``STORE/<suite>/work/``.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -20,8 +23,8 @@ from pathlib import Path
 
 from upstream_quant.io import write_atomic
 
-from .results import load_runs, runs_path
-from .suites import RunSpec, Suite
+from .results import load_rows, load_runs, runs_path, store_lock
+from .suites import LOCATION_FIELDS, RunSpec, Suite
 
 DEFAULT_STORE = Path("runs")
 # What can change a result: code, suites, packaging, shipped data and weights (not docs or outputs).
@@ -53,21 +56,57 @@ def code_version() -> dict:
 
 
 def append_row(path: Path, row: dict) -> None:
-    """Add one row by rewriting the whole file atomically (never a torn line)."""
-    existing = path.read_text() if path.is_file() else ""
-    if existing and not existing.endswith("\n"):
-        existing += "\n"
-    write_atomic(path, existing + json.dumps(row, sort_keys=True) + "\n")
+    """Add one row by rewriting the whole file atomically (never a torn line), under the store's
+    lock so that concurrent writers (two `bench run`s, shards on a shared disk) lose nothing."""
+    with store_lock(path):
+        existing = path.read_text() if path.is_file() else ""
+        if existing and not existing.endswith("\n"):
+            existing += "\n"
+        write_atomic(path, existing + json.dumps(row, sort_keys=True) + "\n")
+
+
+def replace_rows(path: Path, config_hash: str, row: dict) -> None:
+    """``--force``: drop the rows of `config_hash`, then append `row`, under one lock."""
+    with store_lock(path):
+        rows = [r for r in load_rows(path) if r.get("config_hash") != config_hash] + [row]
+        write_atomic(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+
+
+def is_rank_zero() -> bool:
+    """False in the extra processes Lightning's DDP launcher starts (they rerun the command)."""
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0
+
+
+class RunInterrupted(BaseException):
+    """SIGTERM or SIGINT during a suite; a BaseException so that no per-run handler swallows it."""
+
+    def __init__(self, signum: int, run: str | None = None):
+        super().__init__(signum, run)
+        self.signum, self.run = signum, run
+
+
+def _model_key(run: RunSpec) -> str:
+    """What determines a quantized model: upstream and its weights, method, the data its
+    calibration or training audio comes from, method options and, where audio is drawn at
+    random, the seed."""
+    body = {"upstream": run.upstream, "checkpoint": Path(run.checkpoint).name if run.checkpoint else None,
+            "quant": dataclasses.asdict(run.quant), "options": run.options}
+    if run.quant.method in ("gptq", "mixed", "qat") or run.quant.clip == "cosine":
+        table = {k: v for k, v in run.data_config.items() if k not in LOCATION_FIELDS}
+        body |= {"audio": table, "head_data": run.head_data, "seed": run.seed}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 class Runner:
-    """Caches loaded and quantized upstreams and trained heads across the runs of one invocation."""
+    """Caches loaded and quantized upstreams and trained heads across the runs of one invocation;
+    quantized models are also kept as packed files under ``work/models/`` so that a later
+    invocation (a resume, another protocol) reloads them instead of recomputing (QAT: hours)."""
 
     def __init__(self, suite: Suite, store: Path, device: str | None = None, progress: bool = True):
         self.suite, self.store, self.device, self.progress = suite, Path(store), device, progress
         self.work = self.store / suite.name / "work"
-        self._upstreams: dict[str, object] = {}
-        self._quantized: dict[tuple, object] = {}
+        self._upstreams: dict[tuple, object] = {}
+        self._quantized: dict[str, object] = {}
 
     # ---------------------------------------------------------------- pieces
 
@@ -96,64 +135,95 @@ class Runner:
         except TypeError as exc:
             raise ValueError(f"{self.suite.path}: [schedule.{run.task}] has an unknown field ({exc})") from exc
 
-    def upstream(self, name: str):
+    def upstream(self, run: RunSpec):
         from upstream_quant.loading import load_upstream
 
-        if name not in self._upstreams:
-            self._upstreams[name] = load_upstream(name, device=self.device)
-        return self._upstreams[name]
+        key = (run.upstream, run.checkpoint)
+        if key not in self._upstreams:
+            self._upstreams[key] = load_upstream(run.upstream, checkpoint=run.checkpoint, device=self.device)
+        return self._upstreams[key]
 
-    def calibration(self, run: RunSpec, count: int = 32, group: str = "all"):
-        """Unlabelled calibration audio from the training split of the head's data: ``count``
-        utterances drawn at random (seeded by the run), of one gender (F/M) or speaker when
-        ``group`` says so."""
-        import dataclasses
-
-        import torch
-
-        from downstream import audio
-
+    def _train_corpus(self, run: RunSpec, group: str = "all"):
         data = self.data_config(run, self.suite.data_tables[run.head_data])
         if group in ("F", "M"):
             data = dataclasses.replace(data, gender=group)
         elif group != "all":
             data = dataclasses.replace(data, speakers=(group,))
-        corpus = data.load("train")
-        return [torch.from_numpy(audio.read(u.path)) for u in corpus.sample(count, seed=run.seed)]
+        return data.load("train")
 
-    def quantized(self, run: RunSpec):
-        key = (run.upstream, run.quant, run.head_data)
-        if run.quant.method == "fp":
-            return self.upstream(run.upstream)
-        if run.quant.method == "mixed" and key not in self._quantized:
+    def calibration(self, run: RunSpec, group: str = "all"):
+        """Unlabelled calibration audio from the training split of the head's data: ``count``
+        utterances (32, or ``--set calibration.count=N``) drawn at random (seeded by the run), of
+        one gender (F/M) or speaker when ``group`` says so."""
+        import torch
+
+        from downstream import audio
+
+        count = int(run.options.get("calibration", {}).get("count", 32))
+        return [torch.from_numpy(audio.read(u.path)) for u in self._train_corpus(run, group).sample(count, seed=run.seed)]
+
+    def unlabelled_files(self, run: RunSpec, max_hours: float | None) -> list[str]:
+        """Paths of the training split's audio (streamed from disk by QAT), at most ``max_hours``
+        of it (a seeded random subset)."""
+        from upstream_quant.distill import cap_hours
+
+        corpus = self._train_corpus(run)
+        return cap_hours([(u.path, u.duration) for u in corpus.utterances], max_hours, run.seed)
+
+    def _build_quantized(self, run: RunSpec):
+        q = run.quant
+        base = self.upstream(run)
+        if q.method == "mixed":
             from upstream_quant.mixed import mixed_precision
 
-            q = run.quant
-            model, report = mixed_precision(self.upstream(run.upstream), self.calibration(run, group=q.calib), q.budget_mb,
-                                            order=q.order, clip=q.clip, act_bits=q.act_bits, seed=run.seed)
-            model.mixed_report = report
-            self._quantized[key] = model
-        if run.quant.method == "qat" and key not in self._quantized:
+            model, report = mixed_precision(base, self.calibration(run, group=q.calib), q.budget_mb, order=q.order,
+                                            clip=q.clip, act_bits=q.act_bits, seed=run.seed)
+            return model, {"mixed": report}
+        if q.method == "qat":
             from upstream_quant.qat import QATConfig, train_qat
             from upstream_quant.upstream import pick_device
 
-            q = run.quant
-            config = QATConfig(method="binary" if q.bits == 1 else "uniform", bits=q.bits, steps=q.qat_steps, seed=run.seed)
-            spec = RunSpec(run.suite, run.upstream, q, "qat", run.head_data, "qat", run.seed)
+            opts = dict(run.options.get("qat", {}))
+            max_hours = opts.pop("max_hours", None)
+            workers = opts.pop("num_workers", None)
+            opts.setdefault("steps", q.qat_steps)
+            config = QATConfig(method="binary" if q.bits == 1 else "uniform", bits=q.bits, seed=run.seed,
+                               **{k: (int(v) if k in ("steps", "batch_size") else float(v)) for k, v in opts.items()})
             device = pick_device(self.device)
-            model, summary = train_qat(self.upstream(run.upstream), self.calibration(run, count=10**9), config,
-                                       self.work / f"qat-{spec.config_hash}", accelerator="gpu" if device.type == "cuda" else "cpu",
-                                       devices=1, progress=self.progress)
-            model.qat_summary = summary
-            self._quantized[key] = model
-        if key not in self._quantized:
-            from upstream_quant.quantize import quantize
+            model, summary = train_qat(base, self.unlabelled_files(run, max_hours), config,
+                                       self.work / f"qat-{_model_key(run)}", accelerator="gpu" if device.type == "cuda" else "cpu",
+                                       devices=run.devices, progress=self.progress, num_workers=workers)
+            return model, {"qat": summary}
+        from upstream_quant.quantize import quantize
 
-            config = run.quant.config()
-            needs_calib = run.quant.method == "gptq" or run.quant.clip == "cosine"
-            calib = self.calibration(run) if needs_calib else None
-            base = self.upstream(run.upstream)
-            self._quantized[key] = quantize(base, config, calibration=calib, progress=False)
+        needs_calib = q.method == "gptq" or q.clip == "cosine"
+        calib = self.calibration(run) if needs_calib else None
+        return quantize(base, q.config(), calibration=calib, progress=False), {}
+
+    def quantized(self, run: RunSpec):
+        """The run's upstream, quantized as its spec says; ``.packed_file`` names its packed file."""
+        if run.quant.method == "fp":
+            return self.upstream(run)
+        key = _model_key(run)
+        if key not in self._quantized:
+            from upstream_quant.packed import PackedFileError, load_packed, save_packed
+
+            path = self.work / "models" / f"{run.upstream}-{run.quant.label}-{key}.safetensors"
+            side = path.with_suffix(".json")
+            model = None
+            if path.is_file() and side.is_file():
+                try:
+                    model, info = load_packed(path, device=self.device), json.loads(side.read_text())
+                except (PackedFileError, ValueError) as exc:  # damaged: rebuild it
+                    print(f"bench: rebuilding {path} ({exc})", file=sys.stderr)
+                    model = None
+            if model is None:
+                model, info = self._build_quantized(run)
+                if is_rank_zero():
+                    save_packed(model, path)
+                    write_atomic(side, json.dumps(info, default=str))
+            model.packed_file, model.build_info = path, info
+            self._quantized[key] = model
         return self._quantized[key]
 
     def head(self, run: RunSpec) -> tuple[str, dict]:
@@ -161,25 +231,24 @@ class Runner:
         from downstream.train import train_and_evaluate
 
         table = self.suite.data_tables[run.head_data]
-        fp = RunSpec(run.suite, run.upstream, type(run.quant)(), run.task, run.head_data, "retrain", run.seed,
-                     run.schedule, table)
+        fp = dataclasses.replace(run, quant=type(run.quant)(), data=run.head_data, protocol="retrain", data_config=table,
+                                 options={})
         work = self.work / fp.config_hash
-        result = train_and_evaluate(self.upstream(run.upstream), self.task_config(fp), self.data_config(fp), work,
-                                    device=self.device, progress=self.progress)
+        result = train_and_evaluate(self.upstream(fp), self.task_config(fp), self.data_config(fp), work,
+                                    device=self.device, devices=run.devices, progress=self.progress)
         return result["checkpoint"], result
 
-    def cost(self, run: RunSpec, model=None) -> dict:
-        from upstream_quant.accounting import cost_report
+    @staticmethod
+    def cost(model) -> dict:
+        """Storage and estimated runtime of the model that ran (accounting.model_cost), and the size
+        of its packed file where it has one."""
+        from upstream_quant.accounting import model_cost
 
-        report = getattr(model, "mixed_report", None)
-        if report is not None:  # per-layer widths: sizes from the allocation (est_runtime not modelled)
-            full = cost_report(run.upstream, 16)
-            return {"storage_mb": None, "stored_mb": round(report["size_mb"], 3), "fp16_mb": round(full.storage_mb["fp16"], 3),
-                    "est_runtime": None, "bit_widths": report["widths"]}
-
-        report = cost_report(run.upstream, run.quant.bits if run.quant.method != "fp" else 16)
-        return {"storage_mb": round(report.storage_mb["paper"], 3), "stored_mb": round(report.storage_mb["stored"], 3),
-                "fp16_mb": round(report.storage_mb["fp16"], 3), "est_runtime": round(report.est_runtime["encoder"], 4)}
+        row = model_cost(model).as_row()
+        packed = getattr(model, "packed_file", None)
+        if packed is not None and Path(packed).is_file():
+            row |= {"packed_file": str(packed), "packed_mb": round(Path(packed).stat().st_size / 1e6, 3)}
+        return row
 
     # ---------------------------------------------------------------- one run
 
@@ -190,30 +259,40 @@ class Runner:
         upstream = self.quantized(run)
         if run.protocol == "retrain":
             result = train_and_evaluate(upstream, self.task_config(run), self.data_config(run), self.work / run.config_hash,
-                                        device=self.device, progress=self.progress)
+                                        device=self.device, devices=run.devices, progress=self.progress)
         else:
             checkpoint, head = self.head(run)
             result = evaluate(upstream, checkpoint, self.data_config(run), device=self.device)
             result["head"] = {"dev_curve": head["dev_curve"], "steps": head["steps"], "best": head["metrics"]}
+        info = getattr(upstream, "build_info", {})
+        q = run.quant
         return {
             "suite": run.suite,
             "config_hash": run.config_hash,
             "name": run.name,
             "config": run.config_name,
             "upstream": run.upstream,
-            "method": run.quant.method,
-            "bits": run.quant.bits,
-            "quant": run.quant.label,
+            "method": q.method,
+            "bits": q.bits if q.method != "mixed" else None,
+            "group_size": q.group_size,
+            "clip": q.clip,
+            "act_bits": q.act_bits,
+            "budget_mb": q.budget_mb,
+            "quant": q.label,
             "protocol": run.protocol,
             "task": run.task,
             "data": run.data,
             "seed": run.seed,
+            "checkpoint": run.checkpoint,
+            "upstream_source": getattr(self.upstream(run), "source", None),
+            "devices": run.devices,
             "spec": run.as_dict(),
-            **self.cost(run, upstream),
+            **self.cost(upstream),
             "metrics": result["metrics"],
             "featurizer_weights": result["featurizer_weights"],
             "dev_curve": result.get("dev_curve"),
-            "qat": getattr(upstream, "qat_summary", None),
+            "qat": info.get("qat"),
+            "mixed": info.get("mixed"),
             "train": {k: result.get(k) for k in ("steps", "epochs", "train_seconds", "train_utterances_per_second",
                                                  "upstream_seconds", "head_seconds", "feature_cache")},
             "wall_seconds": round(time.time() - started, 2),
@@ -240,7 +319,8 @@ def ensure_data(suite: Suite, progress: bool = True) -> None:
 
 def run_suite(suite: Suite, runs: list[RunSpec], store: Path = DEFAULT_STORE, force: bool = False,
               device: str | None = None, progress: bool = True) -> dict:
-    """Run what is not in the store yet; returns counts and failures (other runs go on after a failure)."""
+    """Run what is not in the store yet; returns counts and failures (other runs go on after a
+    failure). SIGTERM/SIGINT raise `RunInterrupted` naming the unfinished run (no row for it)."""
     from tqdm import tqdm
 
     path = runs_path(suite.name, store)
@@ -254,17 +334,23 @@ def run_suite(suite: Suite, runs: list[RunSpec], store: Path = DEFAULT_STORE, fo
         bar.set_postfix_str(run.name)
         try:
             row = runner.execute(run)
-        except (KeyboardInterrupt, SystemExit):
+        except RunInterrupted as exc:
+            exc.run = run.name
             raise
+        except SystemExit as exc:  # Lightning's SIGTERMException, or its exit after Ctrl+C
+            raise RunInterrupted(signal.SIGTERM if "SIGTERM" in type(exc).__name__ else signal.SIGINT, run.name) from exc
+        except KeyboardInterrupt as exc:
+            raise RunInterrupted(signal.SIGINT, run.name) from exc
         except Exception as exc:  # one bad run must not cost the others; reported at the end
             if os.environ.get("BENCH_DEBUG"):
                 raise
             summary["failed"].append((run.name, f"{type(exc).__name__}: {exc}"))
             continue
-        if force:
-            rows = [r for r in load_runs(suite.name, store) if r.get("config_hash") != run.config_hash]
-            write_atomic(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
-        append_row(path, row)
+        if is_rank_zero():
+            if force:
+                replace_rows(path, run.config_hash, row)
+            else:
+                append_row(path, row)
         summary["finished"] += 1
     summary["seconds"] = round(time.time() - started, 1)
     return summary

@@ -112,14 +112,37 @@ class QuantSpec:
         allocated per run from calibration audio)."""
         if self.method in ("fp", "mixed", "qat"):
             return None
-        from bench.cli import make_config
-
         return make_config(self.method, self.bits, self.group_size, self.clip, self.act_bits, ("transformer",))
+
+
+def make_config(method: str, bits: int, group_size: int | None, clip: str, act_bits: int | None, targets: tuple[str, ...]):
+    """A post-training quantization config from its parts (suite tokens, CLI flags); errors name the bad value."""
+    from upstream_quant.binary import BinaryConfig
+    from upstream_quant.gptq import GPTQConfig
+    from upstream_quant.uniform import UniformConfig
+
+    if method == "binary":
+        if bits != 1:
+            raise ValueError(f"--method binary is 1 bit; got --bits {bits}")
+        return BinaryConfig(group_size=group_size, act_bits=act_bits, targets=targets)
+    if method == "uniform":
+        return UniformConfig(bits=bits, group_size=group_size, clip=clip, act_bits=act_bits, targets=targets)
+    if method == "gptq":
+        return GPTQConfig(bits=bits, group_size=group_size, act_bits=act_bits, targets=targets)
+    raise ValueError(f"unknown method {method!r}; known: binary, uniform, gptq")
+
+
+# Where data lives on this machine does not change a result: left out of the config hash.
+LOCATION_FIELDS = ("root", "test_root")
 
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One run: everything that determines its result (hence its hash)."""
+    """One run: everything that determines its result (hence its hash).
+
+    ``checkpoint``: a local weights file for the upstream (``--checkpoint``; hashed by file name,
+    not folder); ``options``: method settings from ``--set qat.*`` / ``--set calibration.*``;
+    ``devices``: DDP processes (hashed when above 1: the batches differ)."""
 
     suite: str
     upstream: str
@@ -130,6 +153,9 @@ class RunSpec:
     seed: int
     schedule: dict = field(default_factory=dict, hash=False, compare=False)
     data_config: dict = field(default_factory=dict, hash=False, compare=False)
+    checkpoint: str | None = field(default=None, hash=False, compare=False)
+    options: dict = field(default_factory=dict, hash=False, compare=False)
+    devices: int = field(default=1, hash=False, compare=False)
 
     @property
     def name(self) -> str:
@@ -148,12 +174,22 @@ class RunSpec:
     def as_dict(self) -> dict:
         return {"suite": self.suite, "upstream": self.upstream, "quant": asdict(self.quant), "task": self.task,
                 "data": self.data, "protocol": self.protocol, "seed": self.seed, "schedule": self.schedule,
-                "data_config": self.data_config}
+                "data_config": self.data_config, "checkpoint": self.checkpoint, "options": self.options,
+                "devices": self.devices}
 
     @property
     def config_hash(self) -> str:
-        """Stable over dict ordering; the suite name is left out so identical runs match across suites."""
-        body = {k: v for k, v in self.as_dict().items() if k != "suite"}
+        """Stable over dict ordering. Left out: the suite name (identical runs match across
+        suites), data locations, the checkpoint's folder; absent when unset: checkpoint, options,
+        devices (so hashes of runs without overrides stay as they were)."""
+        body = {k: v for k, v in self.as_dict().items() if k not in ("suite", "checkpoint", "options", "devices")}
+        body["data_config"] = {k: v for k, v in self.data_config.items() if k not in LOCATION_FIELDS}
+        if self.checkpoint:
+            body["checkpoint"] = Path(self.checkpoint).name
+        if self.options:
+            body["options"] = self.options
+        if self.devices > 1:
+            body["devices"] = self.devices
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -191,8 +227,148 @@ def _field(table: dict, key: str, where: str, kind=None, default=...):
     return value
 
 
-def load_suite(name_or_path: str) -> Suite:
-    """Parse and expand a suite file; every error names the file and the offending field."""
+# Sections of ``--set SECTION.FIELD=VALUE`` beyond the suite's tasks (whose fields are TaskConfig's).
+OPTION_SECTIONS = {
+    "qat": ("steps", "batch_size", "lr", "scale_lr", "crop_seconds", "max_hours", "num_workers"),
+    "calibration": ("count",),
+}
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """What ``bench run`` changes in a committed suite so that it serves this machine.
+
+    ``data``: data table -> root folder; ``checkpoints``: upstream -> local weights file;
+    ``settings``: section -> field -> value, sections being the suite's tasks (TaskConfig fields,
+    e.g. ``asr.max_steps``) or `OPTION_SECTIONS`; ``devices``: DDP processes per training run."""
+
+    data: dict = field(default_factory=dict)
+    checkpoints: dict = field(default_factory=dict)
+    settings: dict = field(default_factory=dict)
+    devices: int = 1
+
+    @classmethod
+    def parse(cls, data: list[str] = (), checkpoints: list[str] = (), settings: list[str] = (), devices: int = 1) -> "Overrides":
+        """From ``NAME=VALUE`` strings; values of ``--set`` are TOML literals (``3``, ``1e-4``, ``true``,
+        ``"x"``), a bare word being a string. Errors name the flag and the value."""
+        def pairs(flag, items):
+            out = {}
+            for item in items:
+                key, sep, value = item.partition("=")
+                if not sep or not key or not value:
+                    raise SuiteError(f"{flag} {item!r}: expected NAME=VALUE")
+                out[key.strip()] = value.strip()
+            return out
+
+        parsed: dict[str, dict] = {}
+        for key, value in pairs("--set", settings).items():
+            section, dot, name = key.partition(".")
+            if not dot or not name:
+                raise SuiteError(f"--set {key}={value}: expected SECTION.FIELD=VALUE, e.g. asr.max_steps=200")
+            try:
+                literal = tomllib.loads(f"v = {value}")["v"]
+            except tomllib.TOMLDecodeError:
+                literal = value
+            parsed.setdefault(section, {})[name] = literal
+        if not isinstance(devices, int) or devices < 1:
+            raise SuiteError(f"--devices {devices!r}: expected a whole number >= 1")
+        return cls(pairs("--data", data), pairs("--checkpoint", checkpoints), parsed, devices)
+
+    def check(self, suite: "Suite") -> None:
+        """Every name must exist in the suite, every path on disk, every field and type in its config."""
+        import dataclasses
+        import typing
+
+        from downstream.tasks import TaskConfig
+
+        for name, root in self.data.items():
+            if name not in suite.data:
+                raise SuiteError(f"--data {name}={root}: the suite has no data table {name!r}; defined: {sorted(suite.data)}")
+            table = suite.data[name]
+            folder = Path(root)
+            if not folder.is_dir():
+                raise SuiteError(f"--data {name}={root}: no such folder")
+            if table.get("layout", "librispeech") == "librispeech":
+                missing = [s for k in ("train", "dev", "test") for s in table.get(k, []) if not (folder / s).is_dir()]
+                if missing:
+                    present = sorted(p.name for p in folder.iterdir() if p.is_dir())
+                    raise SuiteError(f"--data {name}={root}: split folder(s) {missing} not found; it holds {present}")
+        upstreams = {r.upstream for r in suite.runs}
+        for name, path in self.checkpoints.items():
+            if name not in upstreams:
+                raise SuiteError(f"--checkpoint {name}={path}: the suite runs no upstream {name!r}; it runs {sorted(upstreams)}")
+            if not Path(path).is_file():
+                raise SuiteError(f"--checkpoint {name}={path}: no such file")
+        hints = typing.get_type_hints(TaskConfig)
+        fields = {f.name for f in dataclasses.fields(TaskConfig)}
+        for section, values in self.settings.items():
+            if section in OPTION_SECTIONS:
+                allowed = OPTION_SECTIONS[section]
+                for key, value in values.items():
+                    if key not in allowed:
+                        raise SuiteError(f"--set {section}.{key}: unknown field; {section} has {', '.join(allowed)}")
+                    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                        raise SuiteError(f"--set {section}.{key}={value!r}: expected a positive number")
+                continue
+            if section not in suite.schedules:
+                raise SuiteError(f"--set {section}.*: the suite has no task {section!r} "
+                                 f"(tasks: {sorted(suite.schedules)}; also {sorted(OPTION_SECTIONS)})")
+            for key, value in values.items():
+                if key not in fields or key in ("task", "seed"):
+                    raise SuiteError(f"--set {section}.{key}: unknown field; TaskConfig fields: "
+                                     f"{', '.join(sorted(fields - {'task', 'seed'}))}")
+                if not _fits(value, hints[key]):
+                    raise SuiteError(f"--set {section}.{key}={value!r}: expected {hints[key]}, got {type(value).__name__}")
+
+
+def _fits(value, hint) -> bool:
+    """Whether a TOML value suits a TaskConfig field's annotation (ints pass for floats)."""
+    import types
+    import typing
+
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union else (hint,)
+    for option in options:
+        if option is type(None) and value is None:
+            return True
+        if option is bool and isinstance(value, bool):
+            return True
+        if option is int and isinstance(value, int) and not isinstance(value, bool):
+            return True
+        if option is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True
+        if option is str and isinstance(value, str):
+            return True
+    return False
+
+
+def apply_overrides(suite: "Suite", overrides: Overrides) -> "Suite":
+    """The suite with data roots, checkpoints, settings and devices replaced (validated first)."""
+    import dataclasses
+
+    overrides.check(suite)
+    data = {k: (v | {"root": overrides.data[k]} if k in overrides.data else v) for k, v in suite.data.items()}
+    tables = {k: (v | {"root": overrides.data[k]} if k in overrides.data else v) for k, v in suite.data_tables.items()}
+    options = {k: v for k, v in overrides.settings.items() if k in OPTION_SECTIONS}
+    runs = []
+    for run in suite.runs:
+        dcfg = run.data_config | ({"root": overrides.data[run.data]} if run.data in overrides.data else {})
+        uses = {"qat": run.quant.method == "qat",
+                "calibration": run.quant.method in ("gptq", "mixed") or run.quant.clip == "cosine"}
+        runs.append(dataclasses.replace(
+            run, schedule=run.schedule | overrides.settings.get(run.task, {}), data_config=dcfg,
+            checkpoint=overrides.checkpoints.get(run.upstream, run.checkpoint),
+            options={k: v for k, v in options.items() if uses[k]}, devices=overrides.devices))
+    return dataclasses.replace(suite, data=data, data_tables=tables, runs=runs)
+
+
+def load_suite(name_or_path: str, overrides: Overrides | None = None) -> Suite:
+    """Parse and expand a suite file; every error names the file and the offending field.
+    ``overrides`` (from ``bench run``'s flags) are applied and validated last."""
+    suite = _load_suite(name_or_path)
+    return apply_overrides(suite, overrides) if overrides is not None else suite
+
+
+def _load_suite(name_or_path: str) -> Suite:
     path = suite_path(name_or_path)
     try:
         raw = tomllib.loads(path.read_text())

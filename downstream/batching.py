@@ -112,13 +112,23 @@ class LengthBucketSampler(Sampler[list[int]]):
 
 
 class BalancedSampler(WeightedRandomSampler):
-    """Class-balanced sampling with replacement (SUPERB's KS), reseeded per epoch for exact resumes."""
+    """Class-balanced sampling with replacement (SUPERB's KS), reseeded per epoch for exact resumes.
 
-    def __init__(self, labels: Sequence[str], seed: int = 0):
+    ``num_replicas``/``rank`` shard it for DDP: every rank draws the same seeded sequence and
+    keeps every ``num_replicas``-th item from ``rank``, so ranks see different batches."""
+
+    def __init__(self, labels: Sequence[str], seed: int = 0, num_replicas: int = 1, rank: int = 0):
         counts = {c: list(labels).count(c) for c in set(labels)}
         weights = torch.tensor([1.0 / counts[c] for c in labels], dtype=torch.double)
-        self.seed = seed
+        self.seed, self.num_replicas, self.rank = seed, num_replicas, rank
         super().__init__(weights, len(labels), generator=torch.Generator().manual_seed(seed))
 
     def set_epoch(self, epoch: int) -> None:
         self.generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+
+    def __iter__(self) -> Iterator[int]:
+        drawn = list(super().__iter__())
+        return iter(drawn[self.rank : len(self) * self.num_replicas : self.num_replicas])
+
+    def __len__(self) -> int:  # equal on every rank (DDP steps in lockstep): the tail is dropped
+        return self.num_samples // self.num_replicas if self.num_replicas > 1 else self.num_samples

@@ -35,14 +35,27 @@ class DataConfig:
         raise ValueError(f"data layout must be 'librispeech' or 'speech_commands', got {self.layout!r}")
 
 
+def loader_workers(requested: int | None) -> int:
+    """Data-loading processes: as requested, else up to 8 beside a GPU (decoding FLAC in the
+    training process would starve it) and none on a CPU-only machine, where the cores are
+    busy with the model and features are usually cached."""
+    import os
+
+    import torch
+
+    if requested is not None:
+        return requested
+    return min(8, (os.cpu_count() or 1) - 1) if torch.cuda.is_available() else 0
+
+
 class SpeechDataModule(L.LightningDataModule):
     """Length-bucketed batches (ASR) or class-balanced batches (KS, as SUPERB samples them)."""
 
     def __init__(self, data: DataConfig, batch_size: int, max_batch_seconds: float, seed: int = 0,
-                 balanced: bool = False, num_workers: int = 0):
+                 balanced: bool = False, num_workers: int | None = None):
         super().__init__()
         self.data, self.batch_size, self.max_batch_seconds = data, batch_size, max_batch_seconds
-        self.seed, self.balanced, self.num_workers = seed, balanced, num_workers
+        self.seed, self.balanced, self.num_workers = seed, balanced, loader_workers(num_workers)
         self.corpora: dict[str, Corpus] = {}
 
     def setup(self, stage: str | None = None) -> None:
@@ -56,14 +69,14 @@ class SpeechDataModule(L.LightningDataModule):
         world = self.trainer.world_size if self.trainer is not None else 1
         rank = self.trainer.global_rank if self.trainer is not None else 0
         if self.balanced and shuffle:
-            sampler = BalancedSampler([u.label for u in corpus.utterances], self.seed)
+            sampler = BalancedSampler([u.label for u in corpus.utterances], self.seed, num_replicas=world, rank=rank)
             batches = BatchSampler(sampler, self.batch_size, drop_last=False)
         else:
             batches = LengthBucketSampler([u.duration for u in corpus.utterances], self.max_batch_seconds, self.batch_size,
                                           shuffle=shuffle, seed=self.seed, num_replicas=world if shuffle else 1,
                                           rank=rank if shuffle else 0)
         return DataLoader(SpeechDataset(corpus.utterances), batch_sampler=batches, collate_fn=collate,
-                          num_workers=self.num_workers)
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0 and shuffle)
 
     def train_dataloader(self):
         return self._loader("train", shuffle=True)

@@ -70,6 +70,16 @@ class FrozenUpstream:
     def hidden_size(self) -> int:
         return self.upstream.hidden_size
 
+    def layer_index(self, layer: int | str | None) -> int | None:
+        """A featurizer layer: an index, None (weighted sum), or ``"last_transformer"``: the
+        upstream's last transformer layer (DistilHuBERT's hidden states end with its prediction
+        heads, so -1 is not that layer)."""
+        if layer == "last_transformer":
+            return getattr(self.upstream, "last_transformer_state", self.num_hidden_states - 1)
+        if isinstance(layer, str):
+            raise ValueError(f"featurizer layer {layer!r}: expected an index, none (weighted sum) or 'last_transformer'")
+        return layer
+
     def to(self, device: torch.device) -> "FrozenUpstream":
         self.upstream.to(device)
         return self

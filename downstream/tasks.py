@@ -22,8 +22,10 @@ class TaskConfig:
     """Head sizes and schedule. Defaults are SUPERB's full ASR recipe; ``mini_asr()`` is the CPU scale model."""
 
     task: str = "asr"  # "asr" or "ks"
-    layer: int | None = None  # featurizer: None = weighted sum, else one hidden state (-1: last)
-    normalize: bool = True
+    # featurizer: None = weighted sum, else one hidden state (an index, -1 the last state, or
+    # "last_transformer": the upstream's last transformer layer, SUPERB's DistilHuBERT protocol)
+    layer: int | str | None = None
+    normalize: bool = False  # layer-norm each state before the weighted sum; s3prl's default is off
     proj: int = 1024
     hidden: int = 1024
     lstm_layers: int = 2
@@ -38,7 +40,7 @@ class TaskConfig:
     val_every_epochs: int = 1
     cache_features: bool = False
     cache_mb: float = 2048
-    num_workers: int = 0
+    num_workers: int | None = None  # data-loading processes; None: 8 beside a GPU, 0 on CPU (see datamodule)
 
     def __post_init__(self):
         if self.task not in ("asr", "ks"):
@@ -64,7 +66,7 @@ def mini_asr() -> TaskConfig:
     measurement on the synthetic digits corpus: Whisper tiny.en features leave CTC's all-blank
     phase by step ~150 and reach a few % WER in about a minute on 2 CPU cores."""
     return TaskConfig(proj=192, hidden=192, lstm_layers=1, lr=3e-3, max_steps=250, batch_size=16,
-                      max_batch_seconds=120.0, val_every_epochs=4, cache_features=True, cache_mb=1024)
+                      max_batch_seconds=120.0, val_every_epochs=4, cache_features=True, cache_mb=1024, normalize=True)
 
 
 class DownstreamTask(L.LightningModule):
@@ -78,7 +80,7 @@ class DownstreamTask(L.LightningModule):
         super().__init__()
         self.config = config
         self.upstream = upstream
-        self.featurizer = Featurizer(upstream.num_hidden_states, config.layer, config.normalize)
+        self.featurizer = Featurizer(upstream.num_hidden_states, upstream.layer_index(config.layer), config.normalize)
         self.dev_curve: list[tuple[int, float]] = []
         self._outputs: list = []
         self.head_seconds = 0.0

@@ -83,7 +83,7 @@ def test_shipped_suites_parse_and_expand():
     assert {r.upstream for r in mini.runs} >= {"whisper_tiny_en", "distil_whisper_tiny_en", "fbank"}
     paper = load_suite("paper")
     assert {r.upstream for r in paper.runs} == {"hubert_base", "distilhubert"}
-    assert [r.schedule.get("layer") for r in paper.runs if r.upstream == "distilhubert"] == [-1]
+    assert [r.schedule.get("layer") for r in paper.runs if r.upstream == "distilhubert"] == ["last_transformer"]
     load_suite("paper-ks")
     hashes = [r.config_hash for r in mini.runs]
     shards = [select(mini.runs, shard=f"{i}/3") for i in range(3)]

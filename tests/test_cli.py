@@ -20,30 +20,41 @@ def test_bench_cost_text_and_unknown_upstream(capsys):
         main(["cost", "--upstream", "wav2vec3"])
 
 
-def test_bench_table_paper_writes_files_and_fills_wer_from_results(tmp_path, capsys):
+def _paper_row(method, bits, protocol="retrain", **extra):
+    label = "fp" if method == "fp" else f"{method}{bits}"
+    return {"upstream": "hubert_base", "method": method, "bits": bits, "protocol": protocol, "task": "asr",
+            "config": f"hubert_base/{label}/{protocol}", "seed": 0, "stored_mb": 40.0, "storage_mb": 35.9,
+            "packed_mb": 40.1, "est_runtime": 0.154} | extra
+
+
+def test_bench_table_paper_keeps_methods_apart_and_averages_only_seeds(tmp_path, capsys):
     runs = tmp_path / "paper" / "runs.jsonl"
     runs.parent.mkdir(parents=True)
-    row = {"upstream": "hubert_base", "method": "uniform", "bits": 2, "protocol": "retrain", "task": "asr"}
-    runs.write_text(
-        json.dumps(row | {"seed": 0, "metrics": {"test_wer": 12.0}}) + "\n"
-        + json.dumps(row | {"seed": 1, "metrics": {"test_wer": 14.0}}) + "\n"
-        + json.dumps(row | {"protocol": "reuse", "metrics": {"test_wer": 99.0}}) + "\n"  # not the paper's protocol
-        + '{"config": "hubert_base/1bit", "metr'  # torn last line from an interrupted writer
-    )
+    runs.write_text("".join(json.dumps(r) + "\n" for r in [
+        _paper_row("uniform", 2, metrics={"test_wer": 95.0}),
+        _paper_row("uniform", 2, seed=1, metrics={"test_wer": 97.0}),
+        _paper_row("qat", 2, metrics={"test_wer": 13.0}),
+        _paper_row("gptq", 2, "reuse", metrics={"test_wer": 60.0}),
+        _paper_row("mixed", None, config="hubert_base/mixed30MB-all/retrain", metrics={"test_wer": 20.0}),
+    ]) + '{"config": "hubert_base/1bit", "metr')  # torn last line from an interrupted writer
     with pytest.warns(UserWarning, match="unreadable row"):
-        assert main(["table", "paper", "--results", str(tmp_path), "--json"]) == 0
+        assert main(["table", "paper", "--store", str(tmp_path), "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert [r["config"] for r in rows] == [
-        "hubert_base/fp16", "hubert_base/8bit", "hubert_base/4bit", "hubert_base/2bit", "hubert_base/1bit", "distilhubert/fp16",
+    assert [r["paper_row"] for r in rows] == [
+        "hubert_base/fp16", "hubert_base/8bit", "hubert_base/4bit", "hubert_base/2bit", "hubert_base/2bit",
+        "hubert_base/2bit", "hubert_base/1bit", "distilhubert/fp16",
     ]
-    keys = {"config", "storage_mb", "est_runtime", "wer", "paper_storage_mb", "paper_est_runtime", "paper_wer"}
-    assert all(keys <= set(r) for r in rows)
-    by = {r["config"]: r for r in rows}
-    assert by["hubert_base/2bit"]["wer"] == 13.0 and by["hubert_base/1bit"]["wer"] is None
-    assert by["hubert_base/1bit"]["paper_wer"] == 15.96 and by["hubert_base/8bit"]["paper_wer"] is None
+    two = {r["config"]: r for r in rows if r["paper_row"] == "hubert_base/2bit"}
+    assert list(two) == ["hubert_base/qat2/retrain", "hubert_base/uniform2/retrain", "hubert_base/gptq2/reuse"]
+    assert two["hubert_base/uniform2/retrain"]["wer"] == 96.0 and two["hubert_base/uniform2/retrain"]["seeds"] == 2
+    assert two["hubert_base/qat2/retrain"]["wer"] == 13.0 and two["hubert_base/gptq2/reuse"]["wer"] == 60.0
+    assert all(r["paper_wer"] == 12.68 and r["packed_mb"] == 40.1 for r in two.values())
+    one = next(r for r in rows if r["paper_row"] == "hubert_base/1bit")
+    assert one["config"] is None and one["wer"] is None and one["paper_wer"] == 15.96 and one["storage_mb"] == 25.24
+    assert next(r for r in rows if r["paper_row"] == "hubert_base/8bit")["paper_wer"] is None
     md = (tmp_path / "paper" / "table.md").read_text()
-    assert "paper_storage_mb" in md and "nan" not in md
-    assert (tmp_path / "paper" / "table.csv").read_text().startswith("config,storage_mb")
+    assert "paper_storage_mb" in md and "nan" not in md and "qat` (quantization-aware" in md
+    assert (tmp_path / "paper" / "table.csv").read_text().startswith("paper_row,config,method")
 
 
 def test_reference_file_is_labelled_as_the_papers():

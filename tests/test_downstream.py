@@ -121,7 +121,7 @@ def tones(tmp_path_factory):
 
 def test_keyword_spotting_beats_chance(tones, tmp_path):
     fbank = load_upstream("fbank", device="cpu")
-    cfg = TaskConfig(task="ks", lr=1e-2, max_steps=60, batch_size=16, cache_features=True)
+    cfg = TaskConfig(task="ks", lr=1e-2, max_steps=60, batch_size=16, cache_features=True, normalize=True)
     result = train_and_evaluate(fbank, cfg, tones, tmp_path / "ks", device="cpu", progress=False)
     assert result["metrics"]["test_acc"] > 3 * 100 / len(CLASSES)
 

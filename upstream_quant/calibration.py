@@ -104,3 +104,31 @@ def load_calibration_dir(directory: str, count: int | None = 32, sample_rate: in
         wavs.append(torch.from_numpy(data.mean(axis=1)))
     check_calibration(wavs)
     return wavs
+
+
+def read_crop(path, crop: int, rng, sample_rate: int = 16_000) -> torch.Tensor:
+    """A random window of at most `crop` samples of an audio file, reading only that window."""
+    import soundfile as sf
+
+    try:
+        info = sf.info(str(path))
+        start = rng.randrange(info.frames - crop) if info.frames > crop else 0
+        data, sr = sf.read(str(path), start=start, frames=min(crop, info.frames), dtype="float32", always_2d=True)
+    except Exception as err:  # soundfile raises LibsndfileError/RuntimeError on corrupt files
+        raise CalibrationError(f"cannot read audio file {path}: {err}") from err
+    if sr != sample_rate:
+        raise CalibrationError(f"{path}: sample rate {sr} Hz, expected {sample_rate} Hz (resample it first)")
+    return torch.from_numpy(data.mean(axis=1))
+
+
+def audio_files(directory: str) -> list[str]:
+    """Every .wav/.flac under `directory` (sorted, recursive), for streaming."""
+    from pathlib import Path
+
+    root = Path(directory)
+    if not root.is_dir():
+        raise CalibrationError(f"audio directory not found: {root}")
+    files = sorted(str(p) for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+    if not files:
+        raise CalibrationError(f"no .wav/.flac files under {root}")
+    return files

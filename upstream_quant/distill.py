@@ -11,6 +11,7 @@ import json
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import lightning as L
 import torch
@@ -95,20 +96,62 @@ class DistillModule(L.LightningModule):
 
 
 class CropDataset(torch.utils.data.Dataset):
-    """Unlabelled waveforms, randomly cropped to at most ``crop`` samples (seeded per item and epoch)."""
+    """Unlabelled audio, randomly cropped to at most ``crop`` samples (seeded per item and epoch).
 
-    def __init__(self, wavs: list[torch.Tensor], crop: int, seed: int):
-        self.wavs, self.crop, self.seed, self.epoch = wavs, crop, seed, 0
+    Items are waveforms or paths of audio files; a path is read at each access, only its crop
+    (soundfile seeks), so memory stays bounded whatever the corpus size."""
+
+    def __init__(self, items: Sequence[torch.Tensor | str | Path], crop: int, seed: int):
+        self.items, self.crop, self.seed, self.epoch = list(items), crop, seed, 0
 
     def __len__(self) -> int:
-        return len(self.wavs)
+        return len(self.items)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        wav = self.wavs[i]
-        if wav.numel() <= self.crop:
-            return wav
-        start = random.Random(self.seed * 1_000_003 + self.epoch * 7919 + i).randrange(wav.numel() - self.crop)
-        return wav[start : start + self.crop]
+        item = self.items[i]
+        rng = random.Random(self.seed * 1_000_003 + self.epoch * 7919 + i)
+        if isinstance(item, torch.Tensor):
+            if item.numel() <= self.crop:
+                return item
+            start = rng.randrange(item.numel() - self.crop)
+            return item[start : start + self.crop]
+        from .calibration import read_crop
+
+        return read_crop(item, self.crop, rng)
+
+
+def cap_hours(files: Sequence[tuple[str, float]], max_hours: float | None, seed: int) -> list[str]:
+    """Paths of (path, seconds) pairs, all of them or a seeded random subset of at most
+    ``max_hours`` (the corpus order otherwise)."""
+    if max_hours is None:
+        return [p for p, _ in files]
+    if max_hours <= 0:
+        raise ValueError(f"max_hours must be > 0, got {max_hours}")
+    order = list(range(len(files)))
+    random.Random(seed).shuffle(order)
+    keep, total = set(), 0.0
+    for i in order:
+        if total + files[i][1] > max_hours * 3600 and keep:
+            continue
+        keep.add(i)
+        total += files[i][1]
+    return [files[i][0] for i in sorted(keep)]
+
+
+def file_durations(files: Sequence[str]) -> list[tuple[str, float]]:
+    """(path, seconds) of audio files, from their headers."""
+    import soundfile as sf
+
+    return [(f, sf.info(f).duration) for f in files]
+
+
+def default_workers() -> int:
+    """DataLoader workers for streamed audio: up to 8 beside a GPU, one on a CPU-only machine
+    (there the cores are busy with the model)."""
+    import os
+
+    cores = os.cpu_count() or 1
+    return min(8, cores - 1) if torch.cuda.is_available() else min(1, cores - 1)
 
 
 def collate_wavs(items: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -133,18 +176,24 @@ class _LossTrace(L.Callback):
         self.losses.append(float(outputs["loss"]))
 
 
-def fit_unlabelled(module: L.LightningModule, wavs: list[torch.Tensor], steps: int, batch_size: int,
+def fit_unlabelled(module: L.LightningModule, audio: Sequence[torch.Tensor | str | Path], steps: int, batch_size: int,
                    crop_seconds: float, seed: int, work_dir: str | Path, accelerator: str = "auto",
-                   devices: int | str = "auto", progress: bool = True, callbacks: list | None = None) -> tuple[L.Trainer, list[float], float]:
-    """Lightning fit on unlabelled random crops, checkpointing every 100 steps to
-    ``work_dir/last.ckpt`` and resuming from it; returns the trainer, the loss trace and seconds."""
+                   devices: int | str = "auto", progress: bool = True, callbacks: list | None = None,
+                   num_workers: int | None = None) -> tuple[L.Trainer, list[float], float]:
+    """Lightning fit on unlabelled random crops of ``audio`` (waveforms, or file paths streamed
+    from disk by ``num_workers`` loader processes, default `default_workers`), checkpointing
+    every 100 steps to ``work_dir/last.ckpt`` and resuming from it; returns the trainer, the loss
+    trace and seconds."""
     import time
 
+    if not audio:
+        raise ValueError("no unlabelled audio to train on")
     L.seed_everything(seed, workers=True, verbose=False)
+    workers = default_workers() if num_workers is None else int(num_workers)
     loader = torch.utils.data.DataLoader(
-        CropDataset(wavs, int(crop_seconds * 16000), seed), batch_size=batch_size,
-        shuffle=True, collate_fn=collate_wavs, drop_last=len(wavs) > batch_size,
-        generator=torch.Generator().manual_seed(seed),
+        CropDataset(audio, int(crop_seconds * 16000), seed), batch_size=batch_size,
+        shuffle=True, collate_fn=collate_wavs, drop_last=len(audio) > batch_size,
+        generator=torch.Generator().manual_seed(seed), num_workers=workers, persistent_workers=workers > 0,
     )
     work_dir = Path(work_dir)
     ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=work_dir, save_last=True, every_n_train_steps=100, save_top_k=0)
@@ -162,14 +211,15 @@ def fit_unlabelled(module: L.LightningModule, wavs: list[torch.Tensor], steps: i
     return trainer, trace.losses, time.time() - started
 
 
-def distill(student: Upstream, teacher: Upstream, wavs: list[torch.Tensor], config: DistillConfig,
+def distill(student: Upstream, teacher: Upstream, audio: list, config: DistillConfig,
             work_dir: str | Path, accelerator: str = "auto", devices: int | str = "auto",
             progress: bool = True) -> DistillResult:
-    """Train ``student`` to predict ``teacher``'s layers on unlabelled ``wavs``; resumes from
+    """Train ``student`` to predict ``teacher``'s layers on unlabelled ``audio`` (waveforms, or
+    file paths streamed from disk); resumes from
     ``work_dir/last.ckpt`` when a previous run was interrupted."""
     L.seed_everything(config.seed, workers=True, verbose=False)
     module = DistillModule(student.train(), teacher, config)
-    trainer, losses, seconds = fit_unlabelled(module, wavs, config.steps, config.batch_size, config.crop_seconds,
+    trainer, losses, seconds = fit_unlabelled(module, audio, config.steps, config.batch_size, config.crop_seconds,
                                               config.seed, work_dir, accelerator, devices, progress)
     tail = losses[-50:] or [float("nan")]
     return DistillResult(module.student.eval(), sum(tail) / len(tail), int(trainer.global_step), seconds, losses)

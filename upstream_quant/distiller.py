@@ -65,6 +65,7 @@ class DistillerUpstream(Upstream):
         self.hidden_size = model.config.encoder_embed_dim
         self.num_encoder_layers = model.config.encoder_layers
         self.num_hidden_states = 1 + self.num_encoder_layers + model.n_tasks
+        self.last_transformer_state = self.num_encoder_layers  # states: front end, layers, then heads
 
     def forward(self, wavs: torch.Tensor, wavs_len: torch.Tensor):
         check_batch(wavs, wavs_len)

@@ -157,18 +157,18 @@ def _lightning_module():
     return QATLightning
 
 
-def train_qat(upstream: nn.Module, wavs: list[torch.Tensor], config: QATConfig, work_dir,
+def train_qat(upstream: nn.Module, audio: list, config: QATConfig, work_dir,
               accelerator: str = "auto", devices: int | str = "auto", progress: bool = True,
-              callbacks: list | None = None) -> tuple[nn.Module, dict]:
-    """QAT of ``upstream`` on unlabelled ``wavs``; returns the exported quantized model and a summary.
-    Resumes from ``work_dir/last.ckpt``."""
+              callbacks: list | None = None, num_workers: int | None = None) -> tuple[nn.Module, dict]:
+    """QAT of ``upstream`` on unlabelled ``audio`` (waveforms, or file paths streamed from disk);
+    returns the exported quantized model and a summary. Resumes from ``work_dir/last.ckpt``."""
     from .distill import fit_unlabelled
 
     torch.manual_seed(config.seed)
     student = prepare_qat(upstream, config).train()
     module = _lightning_module()(student, upstream, config)
-    trainer, losses, seconds = fit_unlabelled(module, wavs, config.steps, config.batch_size, config.crop_seconds,
-                                              config.seed, work_dir, accelerator, devices, progress, callbacks)
+    trainer, losses, seconds = fit_unlabelled(module, audio, config.steps, config.batch_size, config.crop_seconds,
+                                              config.seed, work_dir, accelerator, devices, progress, callbacks, num_workers)
     model = export(module.student, config)
     tail = losses[-20:] or [float("nan")]
     return model, {"steps": int(trainer.global_step), "seconds": round(seconds, 1), "first_loss": losses[0] if losses else None,
