@@ -240,7 +240,7 @@ def _cmd_data(args: argparse.Namespace) -> int:
             synth_args = SynthArgs(
                 kind=kind, minutes=args.minutes, voices=voices,
                 heldout_voice=None if args.heldout_voice == "none" else (args.heldout_voice or DEFAULT_HELDOUT),
-                seed=args.seed, perturb=args.perturb,
+                seed=args.seed, perturb=args.perturb, split_names=args.split_names,
             )
             manifest = build(args.out, synth_args, workers=args.workers, force=args.force)
             print(f"{Path(args.out) / kind}: {manifest['minutes']} min " + ", ".join(
@@ -382,6 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--heldout-voice", default=None, help="voice kept out of train/dev/test, reading the test prompts into test-voice ('none' for no such split)")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--perturb", type=float, default=0.1, help="random speed change per utterance, +/- this fraction")
+    q.add_argument("--split-names", default="plain", choices=["plain", "librispeech"],
+                   help="split folders: train/dev/test, or LibriSpeech's train-clean-100/dev-clean/test-clean")
     q.add_argument("--workers", type=int, default=None, help="parallel processes (default: all cores)")
     q.add_argument("--force", action="store_true", help="rebuild even if the folder holds a finished or different corpus")
     q.set_defaults(func=_cmd_data)

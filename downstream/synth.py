@@ -34,6 +34,11 @@ KINDS = ("sentences", "digits", "commands", "keywords")
 ASR_SPLITS = ("train", "dev", "test", "test-voice")
 SPLIT_SHARE = {"train": 0.8, "dev": 0.1, "test": 0.1}
 CHAPTER = {"train": 1, "dev": 2, "test": 3, "test-voice": 4}
+# Split folder names: ours, or LibriSpeech's (a corpus the committed `paper` suite reads as is).
+SPLIT_NAMES = {
+    "plain": {s: s for s in ASR_SPLITS},
+    "librispeech": {"train": "train-clean-100", "dev": "dev-clean", "test": "test-clean", "test-voice": "test-voice"},
+}
 SENTENCES_FILE = Path(__file__).parent / "data" / "sentences.txt"
 # Words of Speech Commands v0.01 outside the 10 commands (its "unknown" class).
 UNKNOWN_WORDS = ("bed", "bird", "cat", "dog", "happy", "house", "marvin", "sheila", "tree", "wow")
@@ -232,7 +237,8 @@ def _speed(rng: random.Random, perturb: float) -> float:
 
 
 def plan_asr(kind: str, root: Path, minutes: float, voices: Sequence[Voice], heldout: Voice | None,
-             seed: int, perturb: float) -> tuple[list[Job], dict[tuple[str, str, str], str]]:
+             seed: int, perturb: float, folders: dict[str, str] = SPLIT_NAMES["plain"],
+             ) -> tuple[list[Job], dict[tuple[str, str, str], str]]:
     """Jobs and transcripts (keyed by split, speaker, utterance id) for one LibriSpeech-layout kind.
 
     Each split's prompts go round-robin over the voices, so every voice reads a share of every
@@ -246,9 +252,9 @@ def plan_asr(kind: str, root: Path, minutes: float, voices: Sequence[Voice], hel
     def add(split: str, voice: Voice, prompt: str, idx: int) -> None:
         spk, ch = voice.speaker_id, CHAPTER[split]
         utt = f"{spk}-{ch}-{idx:04d}"
-        out = root / split / str(spk) / str(ch) / f"{utt}.flac"
+        out = root / folders[split] / str(spk) / str(ch) / f"{utt}.flac"
         jobs.append(Job(str(out), voice.name, prompt, _speed(rng, perturb)))
-        trans[(split, str(spk), utt)] = text.normalize(prompt)
+        trans[(folders[split], str(spk), utt)] = text.normalize(prompt)
 
     test_used: list[str] = []
     for split in ("train", "dev", "test"):
@@ -323,6 +329,7 @@ class SynthArgs:
     seed: int
     perturb: float
     version: int = FORMAT_VERSION
+    split_names: str = "plain"  # or "librispeech": train-clean-100, dev-clean, test-clean
 
 
 def _check_args(args: SynthArgs) -> list[Voice]:
@@ -333,6 +340,8 @@ def _check_args(args: SynthArgs) -> list[Voice]:
         raise SynthError(f"unknown voice(s) {unknown}; available: {sorted(VOICES)}")
     if args.minutes <= 0:
         raise SynthError(f"--minutes must be positive, got {args.minutes}")
+    if args.split_names not in SPLIT_NAMES:
+        raise SynthError(f"--split-names {args.split_names!r} unknown; choose from {sorted(SPLIT_NAMES)}")
     if not 0 <= args.perturb < 0.5:
         raise SynthError(f"--perturb must be in [0, 0.5), got {args.perturb}")
     readers = [VOICES[v] for v in args.voices if v != args.heldout_voice]
@@ -353,6 +362,8 @@ def build(out: str | Path, args: SynthArgs, workers: int | None = None, force: b
     root = Path(out) / args.kind
     args_file, manifest_file = root / "args.json", root / "manifest.json"
     wanted = asdict(args) | {"voices": list(args.voices)}
+    if args.split_names == "plain":
+        wanted.pop("split_names")  # corpora built before the option existed keep their arguments
     if args_file.is_file():
         old = json.loads(args_file.read_text())
         if old != wanted and not force:
@@ -372,7 +383,8 @@ def build(out: str | Path, args: SynthArgs, workers: int | None = None, force: b
         jobs, dev, test = plan_keywords(root, args.minutes, everyone, args.seed, args.perturb)
         trans = {}
     else:
-        jobs, trans = plan_asr(args.kind, root, args.minutes, readers, heldout, args.seed, args.perturb)
+        jobs, trans = plan_asr(args.kind, root, args.minutes, readers, heldout, args.seed, args.perturb,
+                               SPLIT_NAMES[args.split_names])
     workers = workers or os.cpu_count() or 1
     seconds: dict[str, float] = {}
     with get_context("fork").Pool(workers) as pool:
@@ -397,7 +409,7 @@ def build(out: str | Path, args: SynthArgs, workers: int | None = None, force: b
             mins = sum(s for o, s in seconds.items() if f"/{v.speaker_id}/" in o) / 60
             lines.append(f"{v.speaker_id} | {v.gender} | synthetic | {mins:.2f} | {v.name}\n")
         write_atomic(root / "SPEAKERS.TXT", "".join(lines))
-        for split in ASR_SPLITS:
+        for split in SPLIT_NAMES[args.split_names].values():
             secs = [s for o, s in seconds.items() if f"/{split}/" in o]
             if secs:
                 summary[split] = {"utterances": len(secs), "minutes": round(sum(secs) / 60, 2)}
