@@ -327,6 +327,8 @@ def run_suite(suite: Suite, runs: list[RunSpec], store: Path = DEFAULT_STORE, fo
     done = {row.get("config_hash") for row in load_runs(suite.name, store)}
     todo = [r for r in runs if force or r.config_hash not in done]
     runner = Runner(suite, store, device, progress)
+    for run in {(r.upstream, r.checkpoint): r for r in todo}.values():
+        runner.upstream(run)  # a missing download or a checkpoint of the wrong family fails here, before any run
     summary = {"total": len(runs), "skipped": len(runs) - len(todo), "finished": 0, "failed": []}
     started = time.time()
     bar = tqdm(todo, desc=f"suite {suite.name}", unit="run", disable=not progress, file=sys.stderr)
