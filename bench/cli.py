@@ -130,6 +130,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     suite = load_suite(args.suite, overrides)
     check_devices(args.devices, args.device)
     runs = select(suite.runs, args.only, args.shard)
+    if args.config_hash:
+        wanted = set(args.config_hash.split(","))
+        runs = [r for r in runs if r.config_hash in wanted]
+        if not runs:
+            raise ValueError(f"--config-hash {args.config_hash}: no run of suite {suite.name} has that hash")
     store = Path(args.store)
     done = {r.get("config_hash"): r for r in load_runs(suite.name, store)}
     if args.dry_run:
@@ -466,6 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="override a schedule field (asr.max_steps=200000, ks.batch_size=32), QAT (qat.steps, "
                         "qat.batch_size, qat.crop_seconds, qat.max_hours, ...) or calibration.count (repeatable)")
+    p.add_argument("--config-hash", default=None, help="run only the runs with these config hashes (comma-separated; what launcher jobs use)")
     p.add_argument("--launcher", default="none", choices=["none", "local", "slurm"],
                    help="submit one job per run through submitit (slurm: a cluster; local: this machine)")
     p.add_argument("--slurm-partition", default=None)

@@ -73,8 +73,12 @@ def replace_rows(path: Path, config_hash: str, row: dict) -> None:
 
 
 def is_rank_zero() -> bool:
-    """False in the extra processes Lightning's DDP launcher starts (they rerun the command)."""
-    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0
+    """False in the extra processes of a DDP run: those Lightning's launcher starts (they rerun
+    the command) and the extra tasks of a SLURM job."""
+    for var in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        if var in os.environ:
+            return int(os.environ[var]) == 0
+    return True
 
 
 class RunInterrupted(BaseException):

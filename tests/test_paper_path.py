@@ -262,3 +262,20 @@ def test_an_interrupted_suite_exits_non_zero_naming_the_run_and_the_resume_comma
     assert f"interrupted by {signal.Signals(signum).name} during run fbank/fp/retrain/asr-chirps/seed0" in err
     assert f"Resume with: bench run {suite} --store {store}" in err
     assert not (store / "tiny" / "runs.jsonl").exists()  # no row for an unfinished run
+
+
+@pytest.mark.slow
+def test_local_launcher_runs_one_job_per_run_into_the_store(tmp_path):
+    suite = tmp_path / "tiny.toml"
+    suite.write_text(TINY.format(root=tiny_corpus(tmp_path)).replace("max_steps = 4000", "max_steps = 4")
+                     + '\n[[runs]]\nupstreams = ["fbank"]\nquant = ["fp"]\ndata = ["chirps"]\nseeds = [1]\n')
+    store = tmp_path / "store"
+    done = subprocess.run([sys.executable, "-m", "bench.cli", "run", str(suite), "--store", str(store), "--launcher", "local",
+                           "--device", "cpu"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert "2 job(s) submitted (local)" in done.stdout and "2 job(s) finished, 0 failed" in done.stdout
+    rows = [json.loads(line) for line in (store / "tiny" / "runs.jsonl").read_text().splitlines()]
+    assert sorted(r["seed"] for r in rows) == [0, 1]
+    again = subprocess.run([sys.executable, "-m", "bench.cli", "run", str(suite), "--store", str(store), "--launcher", "local"],
+                           cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert "already in the store" in again.stdout

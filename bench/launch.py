@@ -1,0 +1,73 @@
+"""`bench run --launcher slurm|local`: one job per run through submitit (the scheduler library
+fairseq and hydra use), results landing in the same store.
+
+Each job is ``bench run SUITE --config-hash HASH`` with this invocation's overrides, so a job
+is exactly a shard of one run: it resumes from the run's checkpoints if it was preempted and
+appends its row under the store's lock. ``local`` runs the jobs as processes on this machine,
+one after the other, waiting for each (what the tests use); ``slurm`` submits them and returns with their ids.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .results import load_runs
+from .suites import RunSpec, Suite
+
+
+def job_argv(args: argparse.Namespace, run: RunSpec) -> list[str]:
+    """The `bench run` arguments of the job for one run."""
+    from .cli import _argv_tail
+
+    tail = _argv_tail(argparse.Namespace(**{**vars(args), "only": None, "shard": None}))
+    return ["run", *tail, "--config-hash", run.config_hash, "--no-progress"]
+
+
+def run_job(argv: list[str]) -> int:
+    """What a job executes (module level: submitit pickles it by reference)."""
+    from .cli import main
+
+    code = main(argv)
+    if code:
+        raise RuntimeError(f"bench {' '.join(argv)} exited with {code}")
+    return code
+
+
+def launch(args: argparse.Namespace, suite: Suite, runs: list[RunSpec], store: Path) -> int:
+    import submitit
+
+    done = {r.get("config_hash") for r in load_runs(suite.name, store)}
+    todo = [r for r in runs if args.force or r.config_hash not in done]
+    if not todo:
+        print(f"suite {suite.name}: all {len(runs)} run(s) already in the store")
+        return 0
+    folder = store / suite.name / "jobs"
+    executor = submitit.AutoExecutor(folder=str(folder), cluster=args.launcher)
+    gpus = args.slurm_gpus if args.slurm_gpus is not None else args.devices
+    params = {"timeout_min": int(args.slurm_hours * 60), "cpus_per_task": args.slurm_cpus, "name": f"bench-{suite.name}"}
+    if args.launcher == "slurm":
+        params |= {"slurm_gpus_per_node": gpus, "slurm_ntasks_per_node": args.devices}
+        if args.slurm_partition:
+            params["slurm_partition"] = args.slurm_partition
+    executor.update_parameters(**params)
+    if args.launcher == "slurm":
+        jobs = [(run, executor.submit(run_job, job_argv(args, run))) for run in todo]
+        print(f"suite {suite.name}: {len(jobs)} job(s) submitted (slurm), logs in {folder}")
+        for run, job in jobs:
+            print(f"  job {job.job_id}: {run.name}")
+        print(f"rows land in {store / suite.name / 'runs.jsonl'}; `bench run {suite.name} --dry-run` shows what is done")
+        return 0
+    # local: one job at a time (runs on one machine would otherwise compete for it), waiting for each
+    print(f"suite {suite.name}: {len(todo)} job(s) submitted (local), logs in {folder}")
+    failed = 0
+    for run in todo:
+        job = executor.submit(run_job, job_argv(args, run))
+        print(f"  job {job.job_id}: {run.name}", flush=True)
+        try:
+            job.result()
+        except Exception as exc:  # submitit re-raises the job's error with its traceback
+            failed += 1
+            print(f"  FAILED {run.name}: {str(exc).strip().splitlines()[-1]}", file=sys.stderr)
+    print(f"suite {suite.name}: {len(todo) - failed} job(s) finished, {failed} failed")
+    return 1 if failed else 0
