@@ -224,8 +224,12 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
 
 
 def _cmd_perf(args: argparse.Namespace) -> int:
-    from .perf import perf_qat, perf_quantize, perf_upstream
+    from .perf import perf_qat, perf_quantize, perf_step, perf_stream, perf_upstream
 
+    if args.what == "step":
+        return perf_step()
+    if args.what == "stream":
+        return perf_stream(tuple(float(h) for h in args.hours.split(",")))
     if args.what == "upstream":
         return perf_upstream(args.batch, args.seconds, args.reps)
     if args.what == "qat":
@@ -369,8 +373,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.set_defaults(func=_cmd_quantize)
 
-    p = sub.add_parser("perf", help="benchmarks: quantize (timings, peak memory), upstream (our forward vs s3prl's), qat (cosine to fp at 1-2 bits)")
-    p.add_argument("what", choices=["quantize", "upstream", "qat"])
+    p = sub.add_parser("perf", help="benchmarks: quantize (timings, peak memory), upstream (our forward vs s3prl's), "
+                                    "qat (cosine to fp at 1-2 bits), stream (QAT memory vs corpus size), "
+                                    "step (SUPERB ASR step: time here, FLOPs, GPU projection)")
+    p.add_argument("what", choices=["quantize", "upstream", "qat", "stream", "step"])
+    p.add_argument("--hours", default="1,10", help="stream: corpus sizes in hours (comma-separated)")
     p.add_argument("--batch", type=int, default=4, help="upstream: utterances per batch")
     p.add_argument("--reps", type=int, default=5, help="upstream: timed repetitions")
     p.add_argument("--calib-count", type=int, default=32)

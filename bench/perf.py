@@ -103,7 +103,8 @@ def perf_qat(corpus: str = "data/synth/digits", steps: int = 150, count: int = 6
 
     fp = load_upstream("whisper_tiny_en", device="cpu")
     load = lambda split, n: [torch.from_numpy(audio.read(u.path)) for u in load_librispeech(corpus, [split]).sample(n)]  # noqa: E731
-    train, test = load("train", 10**9), load("test", count)
+    train_files = [u.path for u in load_librispeech(corpus, ["train"]).utterances]  # QAT streams them from disk
+    calib, test = load("train", 32), load("test", count)
 
     def cosine(model) -> list[float]:
         sims = []
@@ -116,7 +117,7 @@ def perf_qat(corpus: str = "data/synth/digits", steps: int = 150, count: int = 6
 
     models = {
         "uniform2 (RTN)": lambda: quantize(fp, UniformConfig(bits=2), progress=False),
-        "gptq2": lambda: quantize(fp, GPTQConfig(bits=2), calibration=train[:32], progress=False),
+        "gptq2": lambda: quantize(fp, GPTQConfig(bits=2), calibration=calib, progress=False),
         "binary1 (RTN)": lambda: quantize(fp, BinaryConfig(), progress=False),
     }
     print(f"Whisper tiny.en, mean frame cosine to full precision per hidden state (front end, layers 1-4), "
@@ -127,7 +128,131 @@ def perf_qat(corpus: str = "data/synth/digits", steps: int = 150, count: int = 6
         config = QATConfig(method="binary" if bits == 1 else "uniform", bits=bits, steps=steps)
         started = time.time()
         with tempfile.TemporaryDirectory() as work:
-            model, summary = train_qat(fp, train, config, work, accelerator="cpu", devices=1, progress=False)
+            model, summary = train_qat(fp, train_files, config, work, accelerator="cpu", devices=1, progress=False)
         print(f"  {'qat' + str(bits) + f' ({steps} steps)':<16} " + "  ".join(f"{c:.3f}" for c in cosine(model))
               + f"   (training {time.time() - started:.0f} s, loss {summary['first_loss']:.3f} -> {summary['final_loss']:.3f})")
+    return 0
+
+
+_STREAM_CHILD = """
+import json, resource, sys, tempfile
+from upstream_quant import load_upstream
+from upstream_quant.calibration import audio_files
+from upstream_quant.qat import QATConfig, train_qat
+files = audio_files(sys.argv[1])
+up = load_upstream("distil_whisper_tiny_en", device="cpu")
+with tempfile.TemporaryDirectory() as work:
+    train_qat(up, files, QATConfig(method="uniform", bits=2, steps=int(sys.argv[2]), batch_size=4, crop_seconds=4.0),
+              work, accelerator="cpu", devices=1, progress=False, num_workers=1)
+print(json.dumps({"files": len(files), "self_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3,
+                  "workers_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1e3}))
+"""
+
+
+def write_tone_corpus(folder, hours: float, seconds: float = 10.0, seed: int = 0) -> int:
+    """Files of `seconds` of quiet tones (FLAC compresses them well) adding up to `hours`."""
+    import numpy as np
+    import soundfile as sf
+    from pathlib import Path
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * 16000)) / 16000
+    n = int(round(hours * 3600 / seconds))
+    for i in range(n):
+        path = folder / f"{i:06d}.flac"
+        if not path.is_file():
+            sf.write(path, (0.1 * np.sin(2 * np.pi * rng.uniform(100, 2000) * t)).astype(np.float32), 16000)
+    return n
+
+
+def perf_stream(hours: tuple[float, ...] = (1.0, 10.0), steps: int = 30) -> int:
+    """Peak resident memory of QAT (distil_whisper_tiny_en, 2 bits, streamed audio, one loader
+    worker) over synthetic corpora of each size: it should not grow with the corpus."""
+    import json
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        results = {}
+        for h in hours:
+            started = time.time()
+            n = write_tone_corpus(Path(tmp) / f"{h:g}h", h)
+            made = time.time() - started
+            started = time.time()
+            out = subprocess.run([sys.executable, "-c", _STREAM_CHILD, str(Path(tmp) / f"{h:g}h"), str(steps)],
+                                 capture_output=True, text=True, check=True)
+            results[h] = json.loads(out.stdout.strip().splitlines()[-1])
+            in_ram = h * 3600 * 16000 * 4 / 1e9
+            print(f"{h:g} h ({n} files of 10 s, written in {made:.0f} s): QAT {steps} steps in {time.time() - started:.0f} s, "
+                  f"peak RSS main {results[h]['self_mb']:.0f} MB, loader worker {results[h]['workers_mb']:.0f} MB "
+                  f"(the whole corpus as float32 would be {in_ram:.2f} GB)")
+        small, large = results[min(hours)], results[max(hours)]
+        print(f"peak RSS ratio {max(hours):g} h / {min(hours):g} h: main {large['self_mb'] / small['self_mb']:.3f}, "
+              f"worker {large['workers_mb'] / small['workers_mb']:.3f} (target <= 1.2)")
+    return 0
+
+
+def superb_asr_step_flops(upstream: str = "hubert_base", batch: int = 16, seconds: float = 12.7) -> dict[str, float]:
+    """FLOPs of one SUPERB ASR training step: the frozen upstream's forward (2 x its MACs, from the
+    accounting's hooks) and the head's forward and backward (3 x forward: Linear(D->1024), 2 BiLSTM
+    layers of 1024, the CTC layer). ``seconds``: mean utterance length (train-clean-100: 12.7 s)."""
+    from upstream_quant.accounting import inventories
+
+    _, ops, _ = inventories(upstream, seconds)
+    up = 2 * batch * sum(op.macs for op in ops)
+    frames = batch * seconds * 50
+    proj, hidden, dim = 1024, 1024, 768
+    lstm = sum(2 * 4 * ((proj if layer == 0 else 2 * hidden) + hidden) * hidden for layer in range(2))  # both directions
+    head = 3 * 2 * frames * (dim * proj + lstm + 2 * hidden * 29)
+    return {"upstream": up, "head": head, "total": up + head}
+
+
+def perf_step(batch: int = 2, seconds: float = 4.0, reps: int = 2) -> int:
+    """A SUPERB-size ASR step (HuBERT Base forward, full SUPERB head forward and backward) timed on
+    this machine at a small batch, its FLOP rate, and what 200k steps of SUPERB's batch would take
+    at stated sustained GPU throughputs."""
+    from downstream.heads import ASRHead
+    from downstream import text
+    from upstream_quant import load_upstream
+
+    torch.manual_seed(0)
+    up = load_upstream("hubert_base", random_init=True, device="cpu")
+    head = ASRHead(768, len(text.VOCAB))
+    opt = torch.optim.Adam(head.parameters(), lr=1e-4)
+    wavs = 0.1 * torch.randn(batch, int(seconds * 16000))
+    lengths = torch.full((batch,), wavs.shape[1])
+    times = {"upstream": [], "head": []}
+    for _ in range(reps + 1):  # the first is warm-up
+        started = time.perf_counter()
+        with torch.no_grad():
+            states, lens = up(wavs, lengths)
+        mid = time.perf_counter()
+        x = states[-1]
+        loss = head(x, lens[-1]).mean()
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        end = time.perf_counter()
+        times["upstream"].append(mid - started)
+        times["head"].append(end - mid)
+    measured = {k: min(v[1:]) for k, v in times.items()}
+    small = superb_asr_step_flops(batch=batch, seconds=seconds)
+    print(f"this machine ({torch.get_num_threads()} threads): HuBERT Base forward {measured['upstream']:.2f} s "
+          f"({small['upstream'] / measured['upstream'] / 1e9:.0f} GFLOP/s), SUPERB head forward+backward "
+          f"{measured['head']:.2f} s ({small['head'] / measured['head'] / 1e9:.0f} GFLOP/s), batch {batch} x {seconds:g} s")
+    step = superb_asr_step_flops()
+    print(f"SUPERB step (batch 16 x 12.7 s): {step['upstream'] / 1e12:.2f} TFLOP upstream + {step['head'] / 1e12:.2f} TFLOP head")
+    cpu_step = step["upstream"] / (small["upstream"] / measured["upstream"]) + step["head"] / (small["head"] / measured["head"])
+    print(f"  on this machine: {cpu_step:.0f} s per step, {cpu_step * 200_000 / 86400:.0f} days for 200k steps")
+    # QAT (paper suite: 20k steps, batch 8 x 4 s crops): teacher forward + student forward and backward
+    qat = 4 * superb_asr_step_flops(batch=8, seconds=4.0)["upstream"]
+    for tflops in (25, 50, 100):
+        hours = step["total"] / (tflops * 1e12) * 200_000 / 3600
+        print(f"  at a sustained {tflops} TFLOP/s (bf16): {step['total'] / (tflops * 1e12) * 1000:.0f} ms per step, "
+              f"{hours:.1f} h for 200k steps; a QAT step {qat / (tflops * 1e12) * 1000:.0f} ms, "
+              f"{qat / (tflops * 1e12) * 20_000 / 3600:.1f} h for 20k steps")
     return 0
