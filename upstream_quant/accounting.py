@@ -126,6 +126,7 @@ class StoragePolicy:
     vector_bits: int = 16  # biases, norms, other
     scale_bits: int = 0  # per output row (or group) of each weight stored below 16 bits
     group_size: int | None = None  # inputs per scale; None: one scale per output row
+    zero_point: bool = False  # a zero-point (at scale_bits) beside each scale
     exclude_groups: tuple[str, ...] = ()
     exclude_params: tuple[str, ...] = ()  # name prefixes not stored
 
@@ -145,16 +146,17 @@ def scale_count(shape: tuple[int, ...], group_size: int | None) -> int:
 
 
 def storage_bytes(entries: Iterable[ParamEntry], policy: StoragePolicy) -> dict[str, float]:
-    """Bytes per group under `policy`, plus 'total'."""
+    """Bytes per group under `policy`, plus 'total'; weights below 16 bits as `weight_bytes`
+    (the one rule for quantized weights, also used for models as they are)."""
     out: dict[str, float] = defaultdict(float)
     for e in entries:
         if policy.excluded(e):
             continue
         bits = policy.bits_for(e)
-        nbytes = e.numel * bits / 8
         if e.kind == "weight" and bits < 16:
-            nbytes += scale_count(e.shape, policy.group_size) * policy.scale_bits / 8
-        out[e.group] += nbytes
+            out[e.group] += weight_bytes(StoredWeight(e.shape, bits, policy.group_size, policy.zero_point), policy.scale_bits)
+        else:
+            out[e.group] += e.numel * bits / 8
     out["total"] = sum(out.values())
     return dict(out)
 
@@ -186,8 +188,9 @@ def stored_policy(
     return StoragePolicy(
         "stored",
         weight_bits={g: bits for g in groups},
-        scale_bits=(32 if zero_point else 16) if bits < 16 else 0,
+        scale_bits=16 if bits < 16 else 0,
         group_size=group_size,
+        zero_point=zero_point,
         exclude_params=unused,
     )
 
