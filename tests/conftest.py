@@ -1,5 +1,6 @@
 import os
 import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -49,3 +50,19 @@ def batch():
     lens = torch.tensor([16000, 11000])
     wavs[1, 11000:] = 0
     return wavs, lens
+
+
+def tiny_corpus(tmp_path: Path) -> Path:
+    """Three 0.75 s tones with one-word transcripts, LibriSpeech layout (split ``train``)."""
+    import numpy as np
+    import soundfile as sf
+
+    d = tmp_path / "corpus" / "train" / "1" / "1"
+    d.mkdir(parents=True)
+    t = np.arange(12000) / 16000
+    lines = []
+    for i, (words, f0) in enumerate((("GO", 200.0), ("STOP", 500.0), ("UP", 800.0))):
+        sf.write(d / f"1-1-{i:04d}.flac", (0.3 * np.sin(2 * np.pi * f0 * t)).astype(np.float32), 16000)
+        lines.append(f"1-1-{i:04d} {words}\n")
+    (d / "1-1.trans.txt").write_text("".join(lines))
+    return tmp_path / "corpus"

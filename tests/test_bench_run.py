@@ -8,11 +8,10 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-import soundfile as sf
 
 from bench.suites import QuantSpec, SuiteError, load_suite, select
+from conftest import tiny_corpus
 
 SUITE = """
 name = "tiny"
@@ -49,17 +48,8 @@ protocol = "reuse"
 
 @pytest.fixture
 def tiny_suite(tmp_path):
-    root = tmp_path / "corpus"
-    d = root / "train" / "1" / "1"
-    d.mkdir(parents=True)
-    t = np.arange(12000) / 16000
-    lines = []
-    for i, (words, f0) in enumerate((("GO", 200.0), ("STOP", 500.0), ("UP", 800.0))):
-        sf.write(d / f"1-1-{i:04d}.flac", (0.3 * np.sin(2 * np.pi * f0 * t)).astype(np.float32), 16000)
-        lines.append(f"1-1-{i:04d} {words}\n")
-    (d / "1-1.trans.txt").write_text("".join(lines))
     path = tmp_path / "tiny.toml"
-    path.write_text(SUITE.format(root=root))
+    path.write_text(SUITE.format(root=tiny_corpus(tmp_path)))
     return path
 
 

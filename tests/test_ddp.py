@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from test_paper_path import TINY, tiny_corpus
+from conftest import tiny_corpus
+from test_paper_path import TINY
 
 ROOT = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve().parent

@@ -3,7 +3,6 @@ errors, streamed unlabelled audio, sharded KS sampling, interrupts."""
 
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -22,6 +21,8 @@ from upstream_quant.mixed import MixedPrecisionConfig
 from upstream_quant.packed import save_packed
 from upstream_quant.quantize import quantize, target_layers
 from upstream_quant.uniform import UniformConfig
+
+from conftest import tiny_corpus
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -229,18 +230,6 @@ upstreams = ["fbank"]
 quant = ["fp"]
 data = ["chirps"]
 """
-
-
-def tiny_corpus(tmp_path: Path) -> Path:
-    d = tmp_path / "corpus" / "train" / "1" / "1"
-    d.mkdir(parents=True)
-    t = np.arange(12000) / 16000
-    lines = []
-    for i, (words, f0) in enumerate((("GO", 200.0), ("STOP", 500.0), ("UP", 800.0))):
-        sf.write(d / f"1-1-{i:04d}.flac", (0.3 * np.sin(2 * np.pi * f0 * t)).astype(np.float32), 16000)
-        lines.append(f"1-1-{i:04d} {words}\n")
-    (d / "1-1.trans.txt").write_text("".join(lines))
-    return tmp_path / "corpus"
 
 
 @pytest.mark.slow
