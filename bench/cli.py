@@ -75,6 +75,24 @@ def default_store(suite: str, store: str | None) -> Path:
     return DEFAULT_STORE if runs_path(name, DEFAULT_STORE).is_file() else RESULTS_DIR
 
 
+def _cmd_readme(args: argparse.Namespace) -> int:
+    from upstream_quant.io import write_atomic
+
+    from .tables import render_readme
+
+    path = Path(args.file)
+    text = path.read_text()
+    new = render_readme(text, path.parent)
+    if args.check:
+        if new != text:
+            raise ValueError(f"{path}: its tables differ from the stores; run `bench readme` to regenerate them")
+        print(f"{path}: tables match the stores")
+        return 0
+    write_atomic(path, new)
+    print(f"{path}: tables regenerated" if new != text else f"{path}: tables already match the stores")
+    return 0
+
+
 def plot_dir(store: Path, suite: str) -> Path:
     """plots/<suite> for the committed reference store (results/), else STORE/<suite>/plots."""
     return Path("plots") / suite if store.resolve() == Path("results").resolve() else store / suite / "plots"
@@ -494,6 +512,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="results store root (default: runs/ when it holds the suite, else the committed results/)")
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
     p.set_defaults(func=_cmd_table)
+
+    p = sub.add_parser("readme", help="regenerate the README's result tables from their stores (marked blocks)")
+    p.add_argument("file", nargs="?", default="README.md")
+    p.add_argument("--check", action="store_true", help="only check that they match (exit 2 if not)")
+    p.set_defaults(func=_cmd_readme)
 
     p = sub.add_parser("plot", help="plots of a suite's results (PNG)")
     p.add_argument("suite")

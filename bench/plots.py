@@ -40,7 +40,8 @@ def plot_suite(rows: pd.DataFrame, out_dir: Path, metric: str = "test_wer") -> l
     written = []
     for (task, data), group in rows.groupby(["task", "data"]):
         metric_col = metric if task == "asr" else "test_acc"
-        g = group.dropna(subset=[metric_col]).groupby(["config", "upstream", "method", "bits", "protocol"], as_index=False).agg(
+        g = group.dropna(subset=[metric_col]).groupby(["config", "upstream", "method", "bits", "protocol"], as_index=False,
+                                                      dropna=False).agg(  # mixed precision has no single width
             value=(metric_col, "mean"), storage=("stored_mb", "mean"), runtime=("est_runtime", "mean"))
         if g.empty:
             continue
@@ -49,7 +50,7 @@ def plot_suite(rows: pd.DataFrame, out_dir: Path, metric: str = "test_wer") -> l
             sub = g[g.protocol == protocol]
             ax.scatter(sub.storage, sub.value, marker=marker, label=f"ours ({protocol})")
             for _, r in sub.iterrows():
-                ax.annotate(f"{r.upstream.replace('_tiny_en', '')} {r.method}{'' if r.method == 'fp' else r.bits}",
+                ax.annotate(f"{r.upstream.replace('_tiny_en', '')} {r.method}{'' if r.method == 'fp' or pd.isna(r.bits) else int(r.bits)}",
                             (r.storage, r.value), fontsize=7, xytext=(3, 3), textcoords="offset points")
         if task == "asr" and len(g) > 1:
             front = pareto(g, "storage", "value")
@@ -65,7 +66,7 @@ def plot_suite(rows: pd.DataFrame, out_dir: Path, metric: str = "test_wer") -> l
         written.append(_save(fig, out_dir / f"{task}_{data}_vs_storage.png"))
 
         fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
-        for (upstream, method, protocol), sub in g[g.method != "fp"].groupby(["upstream", "method", "protocol"]):
+        for (upstream, method, protocol), sub in g[~g.method.isin(["fp", "mixed"])].groupby(["upstream", "method", "protocol"]):
             sub = sub.sort_values("bits")
             a1.plot(sub.bits, sub.value, marker="o", label=f"{upstream} {method} ({protocol})")
             a2.plot(sub.bits, sub.runtime, marker="o", label=f"{upstream} {method}")
