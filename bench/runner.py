@@ -89,18 +89,6 @@ class RunInterrupted(BaseException):
         self.signum, self.run = signum, run
 
 
-def _model_key(run: RunSpec) -> str:
-    """What determines a quantized model: upstream and its weights, method, the data its
-    calibration or training audio comes from, method options and, where audio is drawn at
-    random, the seed."""
-    body = {"upstream": run.upstream, "checkpoint": Path(run.checkpoint).name if run.checkpoint else None,
-            "quant": dataclasses.asdict(run.quant), "options": run.options}
-    if run.quant.method in ("gptq", "mixed", "qat") or run.quant.clip == "cosine":
-        table = {k: v for k, v in run.data_config.items() if k not in LOCATION_FIELDS}
-        body |= {"audio": table, "head_data": run.head_data, "seed": run.seed}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 class Runner:
     """Caches loaded and quantized upstreams and trained heads across the runs of one invocation;
     quantized models are also kept as packed files under ``work/models/`` so that a later
@@ -195,7 +183,7 @@ class Runner:
                                **{k: (int(v) if k in ("steps", "batch_size") else float(v)) for k, v in opts.items()})
             device = pick_device(self.device)
             model, summary = train_qat(base, self.unlabelled_files(run, max_hours), config,
-                                       self.work / f"qat-{_model_key(run)}", accelerator="gpu" if device.type == "cuda" else "cpu",
+                                       self.work / f"qat-{self.model_key(run)}", accelerator="gpu" if device.type == "cuda" else "cpu",
                                        devices=run.devices, progress=self.progress, num_workers=workers)
             return model, {"qat": summary}
         from upstream_quant.quantize import quantize
@@ -208,7 +196,7 @@ class Runner:
         """The run's upstream, quantized as its spec says; ``.packed_file`` names its packed file."""
         if run.quant.method == "fp":
             return self.upstream(run)
-        key = _model_key(run)
+        key = self.model_key(run)
         if key not in self._quantized:
             from upstream_quant.packed import PackedFileError, load_packed, save_packed
 
@@ -241,6 +229,18 @@ class Runner:
         result = train_and_evaluate(self.upstream(fp), self.task_config(fp), self.data_config(fp), work,
                                     device=self.device, devices=run.devices, progress=self.progress)
         return result["checkpoint"], result
+
+    def model_key(self, run: RunSpec) -> str:
+        """What determines a quantized model: upstream and its weights, method, method options
+        and, where audio is used, the data table it comes from (the head's: where calibration
+        and QAT audio are drawn) and the seed that draws it. The runs that evaluate one model on
+        several test sets share it."""
+        body = {"upstream": run.upstream, "checkpoint": Path(run.checkpoint).name if run.checkpoint else None,
+                "quant": dataclasses.asdict(run.quant), "options": run.options}
+        if run.quant.method in ("gptq", "mixed", "qat") or run.quant.clip == "cosine":
+            table = self.suite.data_tables[run.head_data]
+            body |= {"audio": {k: v for k, v in table.items() if k not in LOCATION_FIELDS}, "seed": run.seed}
+        return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     @staticmethod
     def cost(model) -> dict:
