@@ -105,3 +105,15 @@ def test_calibration_dir_errors(tmp_path):
     (tmp_path / "c.flac").write_bytes(b"garbage")
     with pytest.raises(CalibrationError, match="c.flac"):
         load_calibration_dir(str(tmp_path))
+
+
+def test_readme_tables_are_generated_from_the_committed_stores():
+    from pathlib import Path
+
+    from bench.tables import render_readme
+
+    root = Path(__file__).resolve().parent.parent
+    text = (root / "README.md").read_text()
+    for suite in ("mini", "mini-personal", "paper"):
+        assert f"<!-- bench table {suite} --store results -->" in text
+    assert render_readme(text, root) == text, "README tables differ from results/: run `bench readme`"

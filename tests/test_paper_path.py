@@ -268,3 +268,15 @@ def test_local_launcher_runs_one_job_per_run_into_the_store(tmp_path):
     again = subprocess.run([sys.executable, "-m", "bench.cli", "run", str(suite), "--store", str(store), "--launcher", "local"],
                            cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert "already in the store" in again.stdout
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4, 8])
+def test_model_cost_of_a_uniformly_quantized_model_is_the_named_cost(tiny_hubert, bits):
+    from upstream_quant.accounting import cost_report
+
+    config = BinaryConfig() if bits == 1 else UniformConfig(bits=bits)
+    model, named = model_cost(quantize(tiny_hubert, config, progress=False)), cost_report(tiny_hubert, bits)
+    assert model.storage_mb["paper"] == pytest.approx(named.storage_mb["paper"], abs=1e-9)
+    assert model.storage_mb["stored"] == pytest.approx(named.storage_mb["stored"], abs=1e-9)
+    assert model.est_runtime == pytest.approx(named.est_runtime)
+    assert model_cost(tiny_hubert).storage_mb == pytest.approx(cost_report(tiny_hubert, 16).storage_mb)

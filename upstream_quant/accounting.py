@@ -25,6 +25,7 @@ Runtimes are relative to full-precision HuBERT Base on an utterance of the same 
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -518,7 +519,8 @@ def model_cost(model: nn.Module, seconds: float = DEFAULT_SECONDS) -> ModelCost:
     The MACs come from the full-precision architecture the model was built from
     (``model.architecture()``), so a checkpoint with a non-default configuration is costed as
     what it is. Paper convention per weight: quantized layers at their bits plus an 8-bit scale
-    (and zero-point, when stored) per row or group; the rest as `paper_policy(16)`. Runtime: a
+    (and zero-point, when stored) per row or group; the rest as `paper_policy` (a uniformly
+    quantized model costs what `cost_report` gives its bit width: tested). Runtime: a
     MAC with b-bit weights and a-bit activations costs (b / 32) x (a / 32) of a full-precision one.
     """
     layers = stored_weights(model)
@@ -526,20 +528,14 @@ def model_cost(model: nn.Module, seconds: float = DEFAULT_SECONDS) -> ModelCost:
     arch = model.architecture() if hasattr(model, "architecture") else None
     if name is None or arch is None:
         raise TypeError("model_cost needs an upstream from load_upstream (name and architecture())")
-    entries, ops, unused = inventories(name, seconds, architecture=arch)
-    fp16, paper = fp16_policy(), paper_policy(16)
-    mb = {"fp16": 0.0, "paper": 0.0}
-    for e in entries:
-        layer = _layer_of(e.name, layers)
-        if layer is not None and e.kind in ("weight", "norm") and e.name.rsplit(".", 1)[1] in ("weight", "weight_v", "weight_g"):
-            continue  # counted from the quantized layer below
-        if not fp16.excluded(e):
-            mb["fp16"] += e.numel * 2
-        if not paper.excluded(e):
-            mb["paper"] += e.numel * paper.bits_for(e) / 8
-    for layer, w in layers.items():
-        mb["paper"] += weight_bytes(w, scale_bits=8)
-        mb["fp16"] += math.prod(w.shape) * 2
+    entries, ops, _ = inventories(name, seconds, architecture=arch)
+    # the paper rule as cost_report applies it: a quantized model's 8-bit CNN and projection
+    # weights carry an 8-bit scale per row too (paper_policy(b < 16)); a full-precision one's do not
+    fp16, paper = fp16_policy(), dataclasses.replace(paper_policy(16), scale_bits=8 if layers else 0)
+    rest = [e for e in entries if not (_layer_of(e.name, layers) is not None and e.kind in ("weight", "norm")
+                                       and e.name.rsplit(".", 1)[1] in ("weight", "weight_v", "weight_g"))]
+    mb = {"fp16": storage_bytes(rest, fp16)["total"] + sum(math.prod(w.shape) * 2 for w in layers.values()),
+          "paper": storage_bytes(rest, paper)["total"] + sum(weight_bytes(w, scale_bits=8) for w in layers.values())}
     storage = {"stored": megabytes(stored_bytes(model)), "paper": megabytes(mb["paper"]), "fp16": megabytes(mb["fp16"])}
 
     def cost(op: OpEntry) -> float:
