@@ -490,7 +490,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 or auto (default: $BENCH_DEVICE, else auto)")
     p.add_argument("--devices", type=int, default=1, help="DDP processes per training run (GPUs; on CPU, processes)")
     p.add_argument("--data", action="append", default=[], metavar="NAME=ROOT",
-                   help="data table NAME reads from ROOT, e.g. librispeech=/data/LibriSpeech (repeatable)")
+                   help="data table NAME reads from ROOT, e.g. librispeech=/data/LibriSpeech; NAME.test_root=PATH for "
+                        "Speech Commands' separate test set (repeatable)")
     p.add_argument("--checkpoint", action="append", default=[], metavar="UPSTREAM=PATH",
                    help="local weights for an upstream, e.g. hubert_base=/ckpt/hubert_base_ls960.pt (repeatable)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",

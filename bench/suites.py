@@ -238,7 +238,7 @@ OPTION_SECTIONS = {
 class Overrides:
     """What ``bench run`` changes in a committed suite so that it serves this machine.
 
-    ``data``: data table -> root folder; ``checkpoints``: upstream -> local weights file;
+    ``data``: data table -> root folder (``NAME.test_root``: its separate test set); ``checkpoints``: upstream -> local weights file;
     ``settings``: section -> field -> value, sections being the suite's tasks (TaskConfig fields,
     e.g. ``asr.max_steps``) or `OPTION_SECTIONS`; ``devices``: DDP processes per training run."""
 
@@ -281,18 +281,19 @@ class Overrides:
 
         from downstream.tasks import TaskConfig
 
-        for name, root in self.data.items():
+        for key, root in self.data.items():
+            name, field_name = _location(key)
             if name not in suite.data:
-                raise SuiteError(f"--data {name}={root}: the suite has no data table {name!r}; defined: {sorted(suite.data)}")
+                raise SuiteError(f"--data {key}={root}: the suite has no data table {name!r}; defined: {sorted(suite.data)}")
             table = suite.data[name]
             folder = Path(root)
             if not folder.is_dir():
-                raise SuiteError(f"--data {name}={root}: no such folder")
-            if table.get("layout", "librispeech") == "librispeech":
+                raise SuiteError(f"--data {key}={root}: no such folder")
+            if field_name == "root" and table.get("layout", "librispeech") == "librispeech":
                 missing = [s for k in ("train", "dev", "test") for s in table.get(k, []) if not (folder / s).is_dir()]
                 if missing:
                     present = sorted(p.name for p in folder.iterdir() if p.is_dir())
-                    raise SuiteError(f"--data {name}={root}: split folder(s) {missing} not found; it holds {present}")
+                    raise SuiteError(f"--data {key}={root}: split folder(s) {missing} not found; it holds {present}")
         upstreams = {r.upstream for r in suite.runs}
         for name, path in self.checkpoints.items():
             if name not in upstreams:
@@ -321,6 +322,15 @@ class Overrides:
                     raise SuiteError(f"--set {section}.{key}={value!r}: expected {hints[key]}, got {type(value).__name__}")
 
 
+def _location(key: str) -> tuple[str, str]:
+    """``--data NAME=...`` sets NAME's root; ``--data NAME.test_root=...`` its separate test set."""
+    name, _, field_name = key.partition(".")
+    field_name = field_name or "root"
+    if field_name not in LOCATION_FIELDS:
+        raise SuiteError(f"--data {key}: expected NAME=ROOT or NAME.test_root=PATH")
+    return name, field_name
+
+
 def _fits(value, hint) -> bool:
     """Whether a TOML value suits a TaskConfig field's annotation (ints pass for floats)."""
     import types
@@ -346,12 +356,16 @@ def apply_overrides(suite: "Suite", overrides: Overrides) -> "Suite":
     import dataclasses
 
     overrides.check(suite)
-    data = {k: (v | {"root": overrides.data[k]} if k in overrides.data else v) for k, v in suite.data.items()}
-    tables = {k: (v | {"root": overrides.data[k]} if k in overrides.data else v) for k, v in suite.data_tables.items()}
+    places: dict[str, dict] = {}
+    for key, path in overrides.data.items():
+        name, field_name = _location(key)
+        places.setdefault(name, {})[field_name] = path
+    data = {k: v | places.get(k, {}) for k, v in suite.data.items()}
+    tables = {k: v | places.get(k, {}) for k, v in suite.data_tables.items()}
     options = {k: v for k, v in overrides.settings.items() if k in OPTION_SECTIONS}
     runs = []
     for run in suite.runs:
-        dcfg = run.data_config | ({"root": overrides.data[run.data]} if run.data in overrides.data else {})
+        dcfg = run.data_config | places.get(run.data, {})
         uses = {"qat": run.quant.method == "qat",
                 "calibration": run.quant.method in ("gptq", "mixed") or run.quant.clip == "cosine"}
         runs.append(dataclasses.replace(

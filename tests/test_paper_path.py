@@ -146,6 +146,17 @@ def test_bad_overrides_are_one_line_errors(libri, kwargs, message):
         load_suite("paper", Overrides.parse(**kwargs))
 
 
+def test_speech_commands_root_and_test_root_are_overridden(tmp_path):
+    (tmp_path / "sc").mkdir()
+    (tmp_path / "sc_test").mkdir()
+    suite = load_suite("paper-ks", Overrides.parse([f"speech_commands={tmp_path / 'sc'}",
+                                                   f"speech_commands.test_root={tmp_path / 'sc_test'}"]))
+    assert {(r.data_config["root"], r.data_config["test_root"]) for r in suite.runs} == {(str(tmp_path / "sc"), str(tmp_path / "sc_test"))}
+    assert suite.data_tables["speech_commands"]["test_root"] == str(tmp_path / "sc_test")
+    with pytest.raises(SuiteError, match="NAME.test_root=PATH"):
+        load_suite("paper-ks", Overrides.parse([f"speech_commands.dev={tmp_path}"]))
+
+
 def test_a_data_root_without_the_splits_names_what_it_holds(tmp_path):
     (tmp_path / "train").mkdir()
     with pytest.raises(SuiteError, match=r"split folder\(s\) \['train-clean-100', 'dev-clean', 'test-clean'\] not found; it holds \['train'\]"):
