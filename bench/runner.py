@@ -17,6 +17,7 @@ import platform
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -90,9 +91,10 @@ class RunInterrupted(BaseException):
 
 
 class Runner:
-    """Caches loaded and quantized upstreams and trained heads across the runs of one invocation;
-    quantized models are also kept as packed files under ``work/models/`` so that a later
-    invocation (a resume, another protocol) reloads them instead of recomputing (QAT: hours)."""
+    """Caches loaded and quantized upstreams and trained heads across the runs of one invocation.
+    Quantized models are kept as packed files under ``work/models/`` and every run evaluates the
+    model as reloaded from its file, so that a later invocation (a resume, another protocol)
+    reloads it instead of recomputing (QAT: hours) and gets the same results."""
 
     def __init__(self, suite: Suite, store: Path, device: str | None = None, progress: bool = True):
         self.suite, self.store, self.device, self.progress = suite, Path(store), device, progress
@@ -210,9 +212,14 @@ class Runner:
                     print(f"bench: rebuilding {path} ({exc})", file=sys.stderr)
                     model = None
             if model is None:
-                model, info = self._build_quantized(run)
+                built, info = self._build_quantized(run)
+                # What runs is the packed file, reloaded (its unquantized tensors are fp16), in this
+                # invocation as in any later one that finds it: a resumed suite evaluates the same
+                # model. Ranks other than 0 round-trip through a file of their own.
+                with tempfile.TemporaryDirectory() as tmp:
+                    target = path if is_rank_zero() else Path(tmp) / path.name
+                    model = load_packed(save_packed(built, target), device=self.device)
                 if is_rank_zero():
-                    save_packed(model, path)
                     write_atomic(side, json.dumps(info, default=str))
             model.packed_file, model.build_info = path, info
             self._quantized[key] = model

@@ -291,3 +291,25 @@ def test_model_cost_of_a_uniformly_quantized_model_is_the_named_cost(tiny_hubert
     assert model.storage_mb["stored"] == pytest.approx(named.storage_mb["stored"], abs=1e-9)
     assert model.est_runtime == pytest.approx(named.est_runtime)
     assert model_cost(tiny_hubert).storage_mb == pytest.approx(cost_report(tiny_hubert, 16).storage_mb)
+
+
+def test_runs_evaluate_the_packed_file_and_a_later_invocation_reloads_it(tmp_path, tiny_hubert):
+    from bench.runner import Runner
+    from bench.suites import RunSpec, Suite, QuantSpec
+    from upstream_quant.qweight import QuantizedLayer
+
+    suite = Suite("t", tmp_path / "t.toml", "", {"d": {}}, {"asr": {}}, [], {}, {"d": {}})
+    run = RunSpec("t", "hubert_base", QuantSpec.parse("uniform:3"), "asr", "d", "reuse", 0)
+    first = Runner(suite, tmp_path / "store")
+    first._upstreams[("hubert_base", None)] = tiny_hubert
+    model = first.quantized(run)
+    assert model.packed_file.is_file() and model.source == str(model.packed_file)
+    later = Runner(suite, tmp_path / "store")  # a new invocation: nothing in memory, no upstream loaded
+    again = later.quantized(run)
+    for name, m in model.named_modules():
+        if isinstance(m, QuantizedLayer):
+            assert torch.equal(again.get_submodule(name).weight, m.weight)
+    from upstream_quant.accounting import under_any
+
+    for (name, a), b in zip(model.state_dict().items(), again.state_dict().values()):
+        assert under_any(name, model.unused_at_inference) or torch.equal(a, b), name  # unused: not stored
