@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import warnings
@@ -17,6 +18,8 @@ def _cmd_cost(args: argparse.Namespace) -> int:
 
     if args.upstream not in known_upstreams():
         raise SystemExit(f"bench cost: unknown upstream {args.upstream!r}; known: {', '.join(known_upstreams())}")
+    if not (math.isfinite(args.seconds) and 0.1 <= args.seconds <= 3600):
+        raise SystemExit(f"bench cost: --seconds {args.seconds!r}: expected an utterance length from 0.1 to 3600 s")
     report = cost_report(args.upstream, args.bits, args.seconds)
     data = report.as_dict()
     if args.json:
@@ -280,9 +283,21 @@ def _cmd_data(args: argparse.Namespace) -> int:
         corpus = load_librispeech(args.root, args.splits.split(","))
     else:
         corpus = load_speech_commands(args.root, args.splits)
-    print(f"{args.root}: {len(corpus)} utterances, {corpus.hours:.2f} h")
+    from downstream import audio
+
+    unusable = []  # headers are fine; the samples are read here too (NaN/Inf, truncated data)
+    for utt in corpus.utterances:
+        try:
+            audio.read(utt.path, start=utt.offset, frames=utt.frames)
+        except audio.AudioError as exc:
+            unusable.append(str(exc))
+    print(f"{args.root}: {len(corpus) - len(unusable)} usable utterances of {len(corpus)}, {corpus.hours:.2f} h")
     print(corpus.dropped.summary())
-    return 0
+    for line in unusable[:20]:
+        print(f"  unusable: {line}")
+    if len(unusable) > 20:
+        print(f"  ... and {len(unusable) - 20} more")
+    return 1 if unusable else 0
 
 
 def calibration_audio(args: argparse.Namespace) -> list:

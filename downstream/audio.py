@@ -76,6 +76,9 @@ def read(path: str | Path, start: int = 0, frames: int = -1) -> np.ndarray:
         raise AudioError(f"{path}: cannot read audio ({exc}); re-extract or delete the file") from exc
     if wav.shape[0] == 0:
         raise AudioError(f"{path}: audio file is empty (0 samples); re-extract or delete the file")
+    if not np.isfinite(wav).all():  # one NaN/Inf sample would turn every frame of the utterance into NaN
+        bad = int((~np.isfinite(wav)).sum())
+        raise AudioError(f"{path}: {bad} sample(s) are NaN or infinite; re-extract or delete the file")
     if wav.shape[1] > 1:
         warn_once(f"channels{wav.shape[1]}", f"{path}: {wav.shape[1]} channels; downmixing to mono (said once)")
         wav = wav.mean(axis=1, keepdims=True)

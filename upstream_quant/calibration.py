@@ -1,6 +1,7 @@
 """Label-free calibration statistics: each target layer's inputs on a few unlabelled utterances."""
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -39,6 +40,7 @@ class LayerStats:
 
 
 MIN_SAMPLES = 400  # 25 ms at 16 kHz: the shortest input the HuBERT CNN turns into a frame
+SHORT_SAMPLES = 8000  # 0.5 s: below this a calibration utterance gives a handful of frames (warned)
 
 
 def check_calibration(wavs: list[torch.Tensor]) -> None:
@@ -50,6 +52,12 @@ def check_calibration(wavs: list[torch.Tensor]) -> None:
                 f"calibration utterance {i} is too short or not mono ({tuple(wav.shape)}); "
                 f"need a 1-D waveform of at least {MIN_SAMPLES} samples (25 ms at 16 kHz)"
             )
+        if not torch.isfinite(wav).all():
+            raise CalibrationError(f"calibration utterance {i} has NaN or infinite samples")
+    short = sum(1 for w in wavs if w.numel() < SHORT_SAMPLES)
+    if short:
+        warnings.warn(f"{short} of {len(wavs)} calibration utterance(s) are shorter than {SHORT_SAMPLES / 16000:g} s; "
+                      "statistics from a few frames are unreliable")
 
 
 @torch.no_grad()
@@ -118,7 +126,10 @@ def read_crop(path, crop: int, rng, sample_rate: int = 16_000) -> torch.Tensor:
         raise CalibrationError(f"cannot read audio file {path}: {err}") from err
     if sr != sample_rate:
         raise CalibrationError(f"{path}: sample rate {sr} Hz, expected {sample_rate} Hz (resample it first)")
-    return torch.from_numpy(data.mean(axis=1))
+    crop_wav = torch.from_numpy(data.mean(axis=1))
+    if not torch.isfinite(crop_wav).all():
+        raise CalibrationError(f"{path}: NaN or infinite samples; re-extract or delete the file")
+    return crop_wav
 
 
 def audio_files(directory: str) -> list[str]:

@@ -12,12 +12,21 @@ def cache_dir(*parts: str) -> Path:
     return root.joinpath(*parts)
 
 
+def umask_mode(mode: int = 0o666) -> int:
+    """`mode` as the process umask leaves it (what open() would give a new file)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mode & ~mask
+
+
 def write_atomic(path: str | Path, data: str | bytes) -> Path:
-    """Write `data` to `path` via a temporary file in the same directory and os.replace."""
+    """Write `data` to `path` via a temporary file in the same directory and os.replace. The
+    file gets the mode a plain open() would (mkstemp's 0600 would hide shared results)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, umask_mode())
         with os.fdopen(fd, "wb" if isinstance(data, bytes) else "w") as fh:
             fh.write(data)
             fh.flush()

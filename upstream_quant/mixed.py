@@ -159,6 +159,8 @@ def allocate_bits(scores: dict[str, float], sizes: SizeModel, budget_mb: float, 
     ``order`` of their scores, round-robin, until the model fits ``budget_mb``."""
     if order not in ORDERS:
         raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+    if not math.isfinite(budget_mb) or budget_mb <= 0:
+        raise BudgetError(f"budget must be a positive number of MB, got {budget_mb!r}")
     names = sorted(scores, key=lambda n: (-scores[n], n))
     if order == "ascending":
         names = names[::-1]

@@ -19,6 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .accounting import under_any
+from .io import umask_mode
 from .qweight import QuantizedLayer, QuantizedWeight
 from .quantize import effective_weight
 
@@ -104,8 +105,13 @@ def save_packed(upstream, path: str | Path) -> Path:
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata={"manifest": json.dumps(manifest)})
-    tmp.replace(path)
+    try:
+        save_file(tensors, str(tmp), metadata={"manifest": json.dumps(manifest)})
+        tmp.chmod(umask_mode())  # safetensors writes 0600; shared result folders need the umask's mode
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # no half-written file left behind
+        raise
     return path
 
 

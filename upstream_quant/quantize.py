@@ -15,7 +15,7 @@ from .accounting import group_of
 from .binary import BinaryConfig, binarize
 from .calibration import CalibrationError, collect_stats
 from .gptq import GPTQConfig, quantize_gptq
-from .qweight import QuantizedLayer, QuantizedWeight
+from .qweight import QuantizedLayer, QuantizedWeight, check_act_bits, check_group_size
 from .uniform import UniformConfig, quantize_uniform
 
 Method = Callable[..., QuantizedWeight]
@@ -73,6 +73,8 @@ def quantize(
     """
     if type(config) not in METHODS and not hasattr(config, "per_layer"):
         raise TypeError(f"unknown quantization config {type(config).__name__}; known: {[c.__name__ for c in METHODS]}")
+    check_act_bits(getattr(config, "act_bits", None))  # before any work
+    check_group_size(getattr(config, "group_size", None))
     layers = target_layers(module, config.targets)
     if hasattr(config, "per_layer"):  # a config that sets each layer's own parameters (mixed precision)
         missing = sorted(set(config.layers) - set(layers))

@@ -41,6 +41,7 @@ def dequantize(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, gro
 
 def grouped(weight: torch.Tensor, group_size: int | None) -> torch.Tensor:
     """(out, in...) -> (out, groups, group_size) view of the flattened rows."""
+    check_group_size(group_size)
     rows = weight.shape[0]
     flat = weight.reshape(rows, -1)
     cols = flat.shape[1]
@@ -50,11 +51,24 @@ def grouped(weight: torch.Tensor, group_size: int | None) -> torch.Tensor:
     return flat.reshape(rows, cols // size, size)
 
 
+def check_act_bits(bits: int | None) -> None:
+    """Activation bits: None (full precision) or 2..16; 1 bit has no symmetric level to scale to
+    (every input would become NaN) and 0 is not 'none'."""
+    if bits is not None and (isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 16):
+        raise ValueError(f"act_bits must be None or an integer in 2..16, got {bits!r}")
+
+
+def check_group_size(group_size: int | None) -> None:
+    if group_size is not None and (isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1):
+        raise ValueError(f"group_size must be None (one group per row) or an integer >= 1, got {group_size!r}")
+
+
 class ActivationQuant(nn.Module):
     """Optional fake quantization of a layer's input: symmetric, per tensor, dynamic scale."""
 
     def __init__(self, bits: int):
         super().__init__()
+        check_act_bits(bits)
         self.bits = bits
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,94 @@
+"""Bad numbers and bad files get clear errors instead of garbage (issue 14, items 4-6)."""
+
+import math
+import os
+import stat
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from bench.cli import main
+from upstream_quant.binary import BinaryConfig
+from upstream_quant.calibration import CalibrationError, check_calibration
+from upstream_quant.io import write_atomic
+from upstream_quant.mixed import BudgetError, SizeModel, allocate_bits
+from upstream_quant.packed import save_packed
+from upstream_quant.quantize import quantize
+from upstream_quant.uniform import UniformConfig
+
+
+@pytest.mark.parametrize("act_bits", [0, 1, 17, 99])
+def test_activation_bits_outside_2_to_16_are_refused_before_any_work(tiny_hubert, act_bits):
+    with pytest.raises(ValueError, match="act_bits must be None or an integer in 2..16"):
+        quantize(tiny_hubert, UniformConfig(bits=4, act_bits=act_bits), progress=False)
+
+
+def test_two_bit_activations_still_give_finite_states(tiny_hubert, batch):
+    q = quantize(tiny_hubert, UniformConfig(bits=4, act_bits=2), progress=False)
+    with torch.no_grad():
+        assert all(torch.isfinite(s).all() for s in q(*batch)[0])
+
+
+@pytest.mark.parametrize("group_size", [0, -8])
+def test_group_size_below_one_is_refused(tiny_hubert, group_size):
+    for config in (UniformConfig(bits=4, group_size=group_size), BinaryConfig(group_size=group_size)):
+        with pytest.raises(ValueError, match="group_size must be None"):
+            quantize(tiny_hubert, config, progress=False)
+
+
+@pytest.mark.parametrize("budget", [math.nan, math.inf, -1.0, 0.0])
+def test_budget_must_be_a_positive_number(budget):
+    with pytest.raises(BudgetError, match="positive number of MB"):
+        allocate_bits({"a": 1.0}, SizeModel(0, {"a": (8000, 10)}), budget)
+
+
+@pytest.mark.parametrize("seconds", ["inf", "nan", "-3", "0", "1e9"])
+def test_bench_cost_refuses_unusable_lengths(seconds):
+    with pytest.raises(SystemExit, match="--seconds"):
+        main(["cost", "--upstream", "distilhubert", "--seconds", seconds])
+
+
+def test_non_finite_audio_is_an_error_naming_the_file_and_data_check_reports_it(tmp_path, capsys):
+    from downstream import audio
+
+    d = tmp_path / "corpus" / "train" / "1" / "1"
+    d.mkdir(parents=True)
+    good = 0.1 * np.sin(np.arange(16000) / 10).astype(np.float32)
+    bad = good.copy()
+    bad[100] = np.nan
+    sf.write(d / "1-1-0000.wav", good, 16000, subtype="FLOAT")
+    sf.write(d / "1-1-0001.wav", bad, 16000, subtype="FLOAT")
+    (d / "1-1.trans.txt").write_text("1-1-0000 GO\n1-1-0001 STOP\n")
+    with pytest.raises(audio.AudioError, match=r"1-1-0001.wav: 1 sample\(s\) are NaN or infinite"):
+        audio.read(d / "1-1-0001.wav")
+    code = main(["data", "check", "librispeech", str(tmp_path / "corpus"), "--splits", "train"])
+    out = capsys.readouterr().out
+    assert code == 1 and "1 usable utterances of 2" in out and "1-1-0001.wav" in out
+    with pytest.raises(CalibrationError, match="NaN or infinite"):
+        check_calibration([torch.from_numpy(bad)])
+    with pytest.warns(UserWarning, match="shorter than 0.5 s"):
+        check_calibration([torch.ones(800)])
+
+
+def test_written_files_respect_the_umask(tmp_path, tiny_hubert):
+    old = os.umask(0o022)
+    try:
+        write_atomic(tmp_path / "rows.jsonl", "{}\n")
+        save_packed(quantize(tiny_hubert, UniformConfig(bits=4), progress=False), tmp_path / "m.safetensors")
+        os.umask(0o077)
+        write_atomic(tmp_path / "private.txt", "x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "rows.jsonl").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "m.safetensors").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "private.txt").stat().st_mode) == 0o600
+
+
+def test_a_failed_packed_write_leaves_no_temporary_file(tmp_path, tiny_hubert):
+    target = tmp_path / "out"
+    target.mkdir()  # --out an existing directory
+    with pytest.raises(OSError):
+        save_packed(quantize(tiny_hubert, UniformConfig(bits=4), progress=False), target)
+    assert list(tmp_path.iterdir()) == [target] and not list(target.iterdir())
