@@ -92,3 +92,60 @@ def test_a_failed_packed_write_leaves_no_temporary_file(tmp_path, tiny_hubert):
     with pytest.raises(OSError):
         save_packed(quantize(tiny_hubert, UniformConfig(bits=4), progress=False), target)
     assert list(tmp_path.iterdir()) == [target] and not list(target.iterdir())
+
+
+def _edit_manifest(path, out, edit):
+    """Rewrite a packed file with its manifest changed by `edit` and its tensors as they were."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), framework="pt") as fh:
+        manifest = json.loads(fh.metadata()["manifest"])
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    edit(manifest)
+    save_file(tensors, str(out), metadata={"manifest": json.dumps(manifest)})
+    return out
+
+
+@pytest.mark.parametrize("edit", [
+    lambda m: m.update(upstream="whirper_tiny_en"),
+    lambda m: next(iter(m["layers"].values())).update(bits=3),
+    lambda m: next(iter(m["layers"].values())).update(zero=1.0),
+    lambda m: m["architecture"]["model_cfg"].update(encoder_layers=1),
+])
+def test_an_edited_manifest_is_refused(tiny_hubert, tmp_path, edit):
+    from upstream_quant.packed import PackedFileError, load_packed
+
+    path = save_packed(quantize(tiny_hubert, UniformConfig(bits=4), progress=False), tmp_path / "m.safetensors")
+    with pytest.raises(PackedFileError, match="sha256 of the manifest and tensors"):
+        load_packed(_edit_manifest(path, tmp_path / "edited.safetensors", edit))
+
+
+def test_every_single_bit_flip_in_the_header_is_a_packed_file_error_or_harmless(tiny_hubert, tmp_path):
+    import random
+
+    from upstream_quant.packed import PackedFileError, load_packed
+    from upstream_quant.qweight import QuantizedLayer
+
+    model = quantize(tiny_hubert, UniformConfig(bits=3, symmetric=False, group_size=8), progress=False)
+    path = save_packed(model, tmp_path / "m.safetensors")
+    data = path.read_bytes()
+    header = 8 + int.from_bytes(data[:8], "little")
+    reference = {n: m.weight for n, m in load_packed(path, device="cpu").named_modules() if isinstance(m, QuantizedLayer)}
+    rng = random.Random(0)
+    loaded = 0
+    for _ in range(250):
+        flipped = bytearray(data)
+        flipped[rng.randrange(header)] ^= 1 << rng.randrange(8)
+        bad = tmp_path / "flip.safetensors"
+        bad.write_bytes(bytes(flipped))
+        try:
+            again = load_packed(bad, device="cpu")
+        except PackedFileError:
+            continue
+        loaded += 1  # a flip that changes nothing the file means (e.g. JSON key order) must load the same model
+        for name, weight in reference.items():
+            assert torch.equal(again.get_submodule(name).weight, weight)
+    assert loaded < 25

@@ -23,7 +23,8 @@ from .io import umask_mode
 from .qweight import QuantizedLayer, QuantizedWeight
 from .quantize import effective_weight
 
-FORMAT = "lowbit-packed/1"
+FORMAT = "lowbit-packed/2"  # /2: the sha256 covers the manifest as well as the tensors
+READABLE = ("lowbit-packed/1", FORMAT)
 
 
 class PackedFileError(ValueError):
@@ -50,8 +51,12 @@ def unpack_codes(packed: torch.Tensor, bits: int, shape: tuple[int, ...]) -> tor
     return torch.from_numpy(np.packbits(full, axis=1).reshape(-1)).reshape(shape)
 
 
-def _digest(tensors: dict[str, torch.Tensor]) -> str:
+def _digest(tensors: dict[str, torch.Tensor], manifest: dict | None = None) -> str:
+    """sha256 of the manifest (canonical JSON, its own sha256 field left out) and every tensor's
+    name, dtype and bytes: editing either is detected on load."""
     h = hashlib.sha256()
+    if manifest is not None:
+        h.update(json.dumps({k: v for k, v in manifest.items() if k != "sha256"}, sort_keys=True).encode())
     for name in sorted(tensors):
         t = tensors[name].contiguous()
         h.update(name.encode())
@@ -101,8 +106,8 @@ def save_packed(upstream, path: str | Path) -> Path:
         "architecture": upstream.architecture(),
         "quantization": getattr(upstream, "quantization", None),
         "layers": layers,
-        "sha256": _digest(tensors),
     }
+    manifest["sha256"] = _digest(tensors, manifest)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
@@ -125,15 +130,19 @@ def read_manifest(path: str | Path) -> dict:
         raise PackedFileError(f"{path}: not a readable packed file ({err})") from err
     if "manifest" not in meta:
         raise PackedFileError(f"{path}: no manifest in the file's metadata")
-    manifest = json.loads(meta["manifest"])
-    if manifest.get("format") != FORMAT:
-        raise PackedFileError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+    try:
+        manifest = json.loads(meta["manifest"])
+    except ValueError as err:
+        raise PackedFileError(f"{path}: the manifest is not valid JSON (corrupted file: {err})") from err
+    if not isinstance(manifest, dict) or manifest.get("format") not in READABLE:
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise PackedFileError(f"{path}: format {found!r}, expected one of {READABLE}")
     return manifest
 
 
 def load_packed(path: str | Path, device: str | torch.device | None = None):
-    """Rebuild the upstream a packed file describes, with the same dequantized weights."""
-    from .loading import build_architecture
+    """Rebuild the upstream a packed file describes, with the same dequantized weights; any
+    corruption or edit of the file is a `PackedFileError`."""
     from .upstream import pick_device
 
     path = Path(path)
@@ -144,8 +153,23 @@ def load_packed(path: str | Path, device: str | torch.device | None = None):
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as err:
         raise PackedFileError(f"{path}: cannot read tensors ({err})") from err
-    if _digest(tensors) != manifest["sha256"]:
-        raise PackedFileError(f"{path}: sha256 of the tensors does not match the manifest (corrupted or edited file)")
+    signed = manifest if manifest["format"] != "lowbit-packed/1" else None  # /1 signed its tensors only
+    if _digest(tensors, signed) != manifest.get("sha256"):
+        raise PackedFileError(f"{path}: sha256 of the manifest and tensors does not match (corrupted or edited file)")
+    try:
+        upstream = _rebuild(path, manifest, tensors)
+    except PackedFileError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as err:  # a signed but inconsistent file
+        raise PackedFileError(f"{path}: the manifest does not describe a model we can rebuild ({type(err).__name__}: {err})") from err
+    upstream.quantization = manifest.get("quantization")
+    upstream.source = str(path)
+    return upstream.to(pick_device(device)).eval()
+
+
+def _rebuild(path: Path, manifest: dict, tensors: dict[str, torch.Tensor]):
+    from .loading import build_architecture
+
     upstream = build_architecture(manifest["architecture"], manifest["upstream"])
     for name, spec in manifest["layers"].items():
         try:
@@ -167,6 +191,4 @@ def load_packed(path: str | Path, device: str | torch.device | None = None):
                and not under_any(k, unused)]
     if missing or unexpected:
         raise PackedFileError(f"{path}: tensors do not match the architecture (missing {missing[:5]}, unexpected {unexpected[:5]})")
-    upstream.quantization = manifest.get("quantization")
-    upstream.source = str(path)
-    return upstream.to(pick_device(device)).eval()
+    return upstream
