@@ -151,6 +151,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     suite = load_suite(args.suite, overrides)
     check_devices(args.devices, args.device)
     runs = select(suite.runs, args.only, args.shard)
+    if args.only and not runs:
+        names = [r.name for r in suite.runs]
+        raise ValueError(f"--only {args.only!r} matches no run of suite {suite.name}; its runs include "
+                         f"{', '.join(names[:5])}{' ...' if len(names) > 5 else ''}")
     if args.config_hash:
         wanted = set(args.config_hash.split(","))
         runs = [r for r in runs if r.config_hash in wanted]

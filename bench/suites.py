@@ -418,6 +418,11 @@ def _load_suite(name_or_path: str) -> Suite:
                                 raise SuiteError(f"{path}: [data.{data_name}] head_data {dcfg['head_data']!r} is not defined")
                             runs.append(RunSpec(name, upstream, quant, task, data_name, protocol, int(seed),
                                                 dict(schedules[task]) | overrides, dcfg))
+    from upstream_quant.loading import known_upstreams
+
+    unknown = sorted({r.upstream for r in runs} - set(known_upstreams()))
+    if unknown:
+        raise SuiteError(f"{path}: unknown upstream(s) {unknown}; known: {', '.join(known_upstreams())}")
     unique = list(dict.fromkeys(runs))  # the same run listed twice runs once
     tables = {k: {x: y for x, y in v.items() if x != "synth"} for k, v in data.items()}
     return Suite(name, path, raw.get("description", ""), data, schedules, unique, synth, tables)

@@ -149,3 +149,18 @@ def test_every_single_bit_flip_in_the_header_is_a_packed_file_error_or_harmless(
         for name, weight in reference.items():
             assert torch.equal(again.get_submodule(name).weight, weight)
     assert loaded < 25
+
+
+def test_unknown_upstreams_and_empty_selections_are_one_line_errors(tmp_path, capsys):
+    from bench.suites import SuiteError, load_suite
+
+    assert main(["quantize", "--upstream", "hubertt", "--method", "uniform", "--bits", "4", "--random-init",
+                 "--out", str(tmp_path / "x.safetensors")]) == 2
+    assert "bench: error: unknown upstream 'hubertt'; known:" in capsys.readouterr().err
+    suite = tmp_path / "s.toml"
+    suite.write_text('[data.d]\nlayout = "librispeech"\nroot = "x"\n[schedule.asr]\npreset = "mini_asr"\n'
+                     '[[runs]]\nupstreams = ["wav2vec3"]\ndata = ["d"]\n')
+    with pytest.raises(SuiteError, match=r"s.toml: unknown upstream\(s\) \['wav2vec3'\]"):
+        load_suite(str(suite))
+    assert main(["run", "mini", "--only", "*nothing-like-this*", "--dry-run"]) == 2
+    assert "matches no run of suite mini; its runs include whisper_tiny_en/fp/retrain" in capsys.readouterr().err

@@ -376,9 +376,9 @@ def inventories(name: str, seconds: float = DEFAULT_SECONDS, architecture: dict 
     (BENCH_CACHE, default ~/.cache/lowbit-bench): building the model and the forward pass cost
     seconds, mostly importing torch's compiler stack for the meta device.
     """
-    from .loading import REGISTRY
+    from .loading import _spec
 
-    REGISTRY[name]  # unknown names fail here, before any work
+    _spec(name)  # unknown names fail here, before any work
     key = name if architecture is None else f"{name}-" + hashlib.sha256(
         json.dumps(architecture, sort_keys=True, default=str).encode()).hexdigest()[:16]
     path = _cache_file(key, seconds)

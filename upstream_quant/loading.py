@@ -13,6 +13,13 @@ import torch
 from .upstream import Upstream, pick_device
 
 
+class UnknownUpstream(KeyError):
+    """An upstream name not in the registry; the message lists the known ones."""
+
+    def __str__(self) -> str:  # KeyError would quote the whole message
+        return str(self.args[0])
+
+
 class UpstreamUnavailable(RuntimeError):
     """Weights cannot be had (offline, no cached copy); the message names the alternatives."""
 
@@ -116,7 +123,7 @@ def known_upstreams() -> list[str]:
 
 def _spec(name: str) -> UpstreamSpec:
     if name not in REGISTRY:
-        raise KeyError(f"unknown upstream {name!r}; known: {', '.join(known_upstreams())}")
+        raise UnknownUpstream(f"unknown upstream {name!r}; known: {', '.join(known_upstreams())}")
     return REGISTRY[name]
 
 
