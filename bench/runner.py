@@ -268,11 +268,13 @@ class Runner:
 
         started = time.time()
         upstream = self.quantized(run)
+        head_result: dict = {}
         if run.protocol == "retrain":
             result = train_and_evaluate(upstream, self.task_config(run), self.data_config(run), self.work / run.config_hash,
                                         device=self.device, devices=run.devices, progress=self.progress)
         else:
             checkpoint, head = self.head(run)
+            head_result = head
             result = evaluate(upstream, checkpoint, self.data_config(run), device=self.device)
             result["head"] = {"dev_curve": head["dev_curve"], "steps": head["steps"], "best": head["metrics"]}
         info = getattr(upstream, "build_info", {})
@@ -302,6 +304,8 @@ class Runner:
             "metrics": result["metrics"],
             "featurizer_weights": result["featurizer_weights"],
             "dev_curve": result.get("dev_curve"),
+            "resumes": (result if run.protocol == "retrain" else head_result).get("resumes", 0),
+            "resumed": bool((result if run.protocol == "retrain" else head_result).get("resumes", 0)),
             "qat": info.get("qat"),
             "mixed": info.get("mixed"),
             "train": {k: result.get(k) for k in ("steps", "epochs", "train_seconds", "train_utterances_per_second",

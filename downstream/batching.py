@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -59,6 +59,7 @@ class LengthBucketSampler(Sampler[list[int]]):
         seed: int = 0,
         num_replicas: int = 1,
         rank: int = 0,
+        epoch_source: Callable[[], int] | None = None,
     ):
         if max_batch_size < 1 or max_batch_seconds <= 0:
             raise ValueError("max_batch_size must be >= 1 and max_batch_seconds > 0")
@@ -72,6 +73,7 @@ class LengthBucketSampler(Sampler[list[int]]):
         self.max_batch_seconds, self.max_batch_size = max_batch_seconds, max_batch_size
         self.shuffle, self.seed, self.epoch = shuffle, seed, 0
         self.num_replicas, self.rank = num_replicas, rank
+        self.epoch_source = epoch_source
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -102,6 +104,8 @@ class LengthBucketSampler(Sampler[list[int]]):
         return batches
 
     def __iter__(self) -> Iterator[list[int]]:
+        if self.epoch_source is not None:  # the trainer's epoch, also right on the first epoch of a resumed run
+            self.epoch = self.epoch_source()
         batches = self._batches()
         per_rank = math.ceil(len(batches) / self.num_replicas)
         batches = (batches * self.num_replicas)[: per_rank * self.num_replicas]  # pad by repeating
@@ -117,16 +121,19 @@ class BalancedSampler(WeightedRandomSampler):
     ``num_replicas``/``rank`` shard it for DDP: every rank draws the same seeded sequence and
     keeps every ``num_replicas``-th item from ``rank``, so ranks see different batches."""
 
-    def __init__(self, labels: Sequence[str], seed: int = 0, num_replicas: int = 1, rank: int = 0):
+    def __init__(self, labels: Sequence[str], seed: int = 0, num_replicas: int = 1, rank: int = 0,
+                 epoch_source: Callable[[], int] | None = None):
         counts = {c: list(labels).count(c) for c in set(labels)}
         weights = torch.tensor([1.0 / counts[c] for c in labels], dtype=torch.double)
-        self.seed, self.num_replicas, self.rank = seed, num_replicas, rank
+        self.seed, self.num_replicas, self.rank, self.epoch_source = seed, num_replicas, rank, epoch_source
         super().__init__(weights, len(labels), generator=torch.Generator().manual_seed(seed))
 
     def set_epoch(self, epoch: int) -> None:
         self.generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
 
     def __iter__(self) -> Iterator[int]:
+        if self.epoch_source is not None:
+            self.set_epoch(self.epoch_source())
         drawn = list(super().__iter__())
         return iter(drawn[self.rank : len(self) * self.num_replicas : self.num_replicas])
 

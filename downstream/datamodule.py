@@ -68,13 +68,18 @@ class SpeechDataModule(L.LightningDataModule):
         corpus = self.corpora[which]
         world = self.trainer.world_size if self.trainer is not None else 1
         rank = self.trainer.global_rank if self.trainer is not None else 0
+        # Lightning creates a resumed run's first iterator before it calls set_epoch (and before
+        # current_epoch is brought up to date): the samplers read the epoch about to be processed
+        # themselves when an epoch's iteration starts.
+        epoch = (lambda: self.trainer.fit_loop.epoch_progress.current.processed) if self.trainer is not None else None
         if self.balanced and shuffle:
-            sampler = BalancedSampler([u.label for u in corpus.utterances], self.seed, num_replicas=world, rank=rank)
+            sampler = BalancedSampler([u.label for u in corpus.utterances], self.seed, num_replicas=world, rank=rank,
+                                      epoch_source=epoch)
             batches = BatchSampler(sampler, self.batch_size, drop_last=False)
         else:
             batches = LengthBucketSampler([u.duration for u in corpus.utterances], self.max_batch_seconds, self.batch_size,
                                           shuffle=shuffle, seed=self.seed, num_replicas=world if shuffle else 1,
-                                          rank=rank if shuffle else 0)
+                                          rank=rank if shuffle else 0, epoch_source=epoch if shuffle else None)
         return DataLoader(SpeechDataset(corpus.utterances), batch_sampler=batches, collate_fn=collate,
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0 and shuffle)
 

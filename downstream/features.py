@@ -104,7 +104,9 @@ class FrozenUpstream:
                 sub_len = lengths[idx]
                 states, lens = self._forward(wavs[idx, : int(sub_len.max())], sub_len)
                 for j, i in enumerate(missing):
-                    found[i] = [s[j, : int(lens[j])] for s in states]
+                    # rounded as the cache keeps them, so a fresh process (a resumed run, whose cache
+                    # starts empty) computes with exactly the features an uninterrupted one reuses
+                    found[i] = [s[j, : int(lens[j])].to(torch.float16) for s in states]
                     self.cache.put(keys[i], found[i])
             n_states = len(found[0])
             frame_lens = torch.tensor([f[0].shape[0] for f in found], device=wavs.device)

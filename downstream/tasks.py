@@ -70,7 +70,7 @@ def mini_asr() -> TaskConfig:
 
 
 class DownstreamTask(L.LightningModule):
-    """Shared plumbing: frozen upstream -> featurizer -> head; per-epoch reseeding so a resumed
+    """Shared plumbing: frozen upstream -> featurizer -> head; per-step reseeding so a resumed
     run replays the same randomness as an uninterrupted one."""
 
     metric_name = "metric"
@@ -100,8 +100,11 @@ class DownstreamTask(L.LightningModule):
 
     on_test_start = on_validation_start = on_fit_start
 
-    def on_train_epoch_start(self):
-        torch.manual_seed(self.config.seed * 1_000_003 + self.current_epoch)
+    def on_train_batch_start(self, batch, batch_idx):
+        # Reseeded per step, not per epoch: Lightning creates a resumed run's first data iterator
+        # (which draws from the global generator) at another moment than an uninterrupted run's,
+        # so only a seed tied to the step makes dropout and SpecAugment replay exactly.
+        torch.manual_seed(self.config.seed * 1_000_003 + self.global_step)
 
     def on_save_checkpoint(self, checkpoint):
         checkpoint["dev_curve"] = self.dev_curve

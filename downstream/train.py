@@ -75,9 +75,12 @@ def train_and_evaluate(upstream: torch.nn.Module, task: TaskConfig, data: DataCo
     trainer = _trainer(task, dev, devices, work_dir, progress, [ckpt, resume, *(callbacks or [])], max_epochs=epochs,
                        check_val_every_n_epoch=task.val_every_epochs)
     last = work_dir / "last.ckpt"
+    resumes = _count_resume(work_dir) if last.is_file() and not _finished(work_dir) else _count_resume(work_dir, 0)
     started = time.time()
     trainer.fit(module, datamodule=dm, ckpt_path=str(last) if last.is_file() else None)
     train_seconds = time.time() - started
+    (work_dir / "finished").touch()
+    dev_curve = list(module.dev_curve)  # before test() loads the best checkpoint (and its shorter curve)
     best = ckpt.best_model_path or str(last)
     started = time.time()
     tested = trainer.test(module, datamodule=dm, ckpt_path=best, verbose=False)[0]
@@ -87,7 +90,8 @@ def train_and_evaluate(upstream: torch.nn.Module, task: TaskConfig, data: DataCo
         "config": asdict(task),
         "metrics": {k: round(float(v), 3) for k, v in tested.items()} | {
             f"best_{metric}": round(float(ckpt.best_model_score), 3) if ckpt.best_model_score is not None else None},
-        "dev_curve": module.dev_curve,
+        "dev_curve": dev_curve,
+        "resumes": resumes,
         "steps": int(trainer.global_step),
         "epochs": epochs,
         "train_seconds": round(train_seconds, 2),
@@ -100,6 +104,19 @@ def train_and_evaluate(upstream: torch.nn.Module, task: TaskConfig, data: DataCo
         "checkpoint": best,
         "device": str(dev),
     }
+
+
+def _finished(work_dir: Path) -> bool:
+    return (work_dir / "finished").is_file()
+
+
+def _count_resume(work_dir: Path, add: int = 1) -> int:
+    """How many times training in ``work_dir`` was resumed after an interruption (kept in the
+    work dir, so it survives the interrupted processes)."""
+    path = work_dir / "resumes"
+    count = (int(path.read_text() or 0) if path.is_file() else 0) + add
+    path.write_text(str(count))
+    return count
 
 
 def load_task(checkpoint: str | Path, upstream: torch.nn.Module, cache: FeatureCache | None = None):

@@ -313,3 +313,40 @@ def test_runs_evaluate_the_packed_file_and_a_later_invocation_reloads_it(tmp_pat
 
     for (name, a), b in zip(model.state_dict().items(), again.state_dict().values()):
         assert under_any(name, model.unused_at_inference) or torch.equal(a, b), name  # unused: not stored
+
+
+def _kill_when(proc, path: Path, changes: int, timeout: float = 120) -> None:
+    """SIGKILL `proc` once `path` has been (re)written `changes` times."""
+    seen, last, deadline = 0, None, time.time() + timeout
+    while seen < changes and time.time() < deadline and proc.poll() is None:
+        stamp = path.stat().st_mtime_ns if path.is_file() else None
+        if stamp is not None and stamp != last:
+            seen, last = seen + 1, stamp
+        time.sleep(0.01)
+    proc.kill()
+    proc.wait()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cache", ["true", "false"])
+def test_a_run_killed_twice_and_resumed_records_the_uninterrupted_result(tmp_path, cache):
+    suite = tmp_path / "tiny.toml"
+    suite.write_text(TINY.format(root=tiny_corpus(tmp_path)).replace("max_steps = 4000", "max_steps = 150")
+                     .replace("cache_features = false", f"cache_features = {cache}\nval_every_epochs = 4\ndropout = 0.1\nspecaug = true")
+                     .replace("specaug = false\n", ""))
+    cmd = [sys.executable, "-m", "bench.cli", "run", str(suite), "--no-progress", "--device", "cpu", "--store"]
+    whole = subprocess.run(cmd + [str(tmp_path / "whole")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    store = tmp_path / "killed"
+    for changes in (1, 4):  # killed after the first epoch checkpoint, then again a few epochs later
+        proc = subprocess.Popen(cmd + [str(store)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        ckpt = next(iter((store / "tiny" / "work").glob("*/last.ckpt")), None) if (store / "tiny" / "work").is_dir() else None
+        _kill_when(proc, ckpt or store / "tiny" / "work" / load_suite(str(suite)).runs[0].config_hash / "last.ckpt", changes)
+        assert not (store / "tiny" / "runs.jsonl").exists()
+    done = subprocess.run(cmd + [str(store)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    a, b = (json.loads((s / "tiny" / "runs.jsonl").read_text().splitlines()[0]) for s in (tmp_path / "whole", store))
+    assert b["resumed"] is True and b["resumes"] == 2 and a["resumed"] is False and a["resumes"] == 0
+    for key in ("metrics", "dev_curve", "featurizer_weights"):
+        assert a[key] == b[key], key
+    assert a["train"]["steps"] == b["train"]["steps"]
