@@ -348,8 +348,7 @@ def _cmd_mixed(args: argparse.Namespace) -> int:
 
 def _cmd_qat(args: argparse.Namespace) -> int:
     from upstream_quant import load_upstream
-    from upstream_quant.calibration import audio_files
-    from upstream_quant.distill import cap_hours, file_durations
+    from upstream_quant.distill import stream_files
     from upstream_quant.io import write_atomic
     from upstream_quant.packed import save_packed
     from upstream_quant.qat import QATConfig, train_qat
@@ -359,9 +358,7 @@ def _cmd_qat(args: argparse.Namespace) -> int:
         raise ValueError(f"--method {args.method} --bits {args.bits}: binary is 1 bit, uniform 2..8 bits")
     device = pick_device(args.device)
     upstream = load_upstream(args.upstream, checkpoint=args.checkpoint, device="cpu")
-    files = [p for folder in args.audio.split(",") for p in audio_files(folder)]  # streamed from disk
-    if args.max_hours is not None:
-        files = cap_hours(file_durations(files), args.max_hours, args.seed)
+    files = stream_files(args.audio, args.max_hours, args.seed)
     config = QATConfig(method=args.method, bits=args.bits, steps=args.steps, batch_size=args.batch_size,
                        lr=args.lr, scale_lr=args.scale_lr, crop_seconds=args.crop_seconds, seed=args.seed)
     out = Path(args.out)

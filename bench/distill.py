@@ -20,8 +20,7 @@ def _corpus_args(folder: Path) -> dict | None:
 def run_distill(args: argparse.Namespace) -> int:
     import torch
 
-    from upstream_quant.calibration import audio_files
-    from upstream_quant.distill import DistillConfig, cap_hours, distill, file_durations, whisper_student
+    from upstream_quant.distill import DistillConfig, distill, stream_files, whisper_student
     from upstream_quant.io import write_atomic
     from upstream_quant.loading import load_upstream
     from upstream_quant.upstream import pick_device
@@ -32,9 +31,7 @@ def run_distill(args: argparse.Namespace) -> int:
     if teacher.architecture().get("family") != "whisper":
         raise ValueError(f"bench distill builds Whisper-family students; teacher {args.teacher!r} is not one")
     folders = [Path(f) for f in args.audio.split(",")]
-    files = [p for f in folders for p in audio_files(str(f))]
-    if args.max_hours is not None:
-        files = cap_hours(file_durations(files), args.max_hours, args.seed)
+    files = stream_files(args.audio, args.max_hours, args.seed)
     config = DistillConfig(
         student_layers=args.student_layers, teacher_layers=tuple(int(x) for x in args.teacher_layers.split(",")),
         lr=args.lr, steps=args.steps, batch_size=args.batch_size, crop_seconds=args.crop_seconds, seed=args.seed,

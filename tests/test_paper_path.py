@@ -338,10 +338,10 @@ def test_a_run_killed_twice_and_resumed_records_the_uninterrupted_result(tmp_pat
     whole = subprocess.run(cmd + [str(tmp_path / "whole")], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert whole.returncode == 0, whole.stderr[-2000:]
     store = tmp_path / "killed"
+    ckpt = store / "tiny" / "work" / load_suite(str(suite)).runs[0].config_hash / "last.ckpt"
     for changes in (1, 4):  # killed after the first epoch checkpoint, then again a few epochs later
         proc = subprocess.Popen(cmd + [str(store)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        ckpt = next(iter((store / "tiny" / "work").glob("*/last.ckpt")), None) if (store / "tiny" / "work").is_dir() else None
-        _kill_when(proc, ckpt or store / "tiny" / "work" / load_suite(str(suite)).runs[0].config_hash / "last.ckpt", changes)
+        _kill_when(proc, ckpt, changes)
         assert not (store / "tiny" / "runs.jsonl").exists()
     done = subprocess.run(cmd + [str(store)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]

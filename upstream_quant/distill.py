@@ -145,6 +145,15 @@ def file_durations(files: Sequence[str]) -> list[tuple[str, float]]:
     return [(f, sf.info(f).duration) for f in files]
 
 
+def stream_files(folders: str, max_hours: float | None = None, seed: int = 0) -> list[str]:
+    """The audio files under comma-separated ``folders`` (to stream from disk), capped at
+    ``max_hours`` by `cap_hours` when given."""
+    from .calibration import audio_files
+
+    files = [path for folder in folders.split(",") for path in audio_files(folder)]
+    return files if max_hours is None else cap_hours(file_durations(files), max_hours, seed)
+
+
 def default_workers() -> int:
     """DataLoader workers for streamed audio: up to 8 beside a GPU, one on a CPU-only machine
     (there the cores are busy with the model)."""
