@@ -16,6 +16,10 @@ def _cmd_cost(args: argparse.Namespace) -> int:
     from upstream_quant import known_upstreams
     from upstream_quant.accounting import cost_report
 
+    if args.packed:
+        return _cost_packed(args)
+    if args.upstream is None:
+        raise SystemExit("bench cost: give --upstream NAME (the architecture at --bits) or --packed FILE (a model as it is)")
     if args.upstream not in known_upstreams():
         raise SystemExit(f"bench cost: unknown upstream {args.upstream!r}; known: {', '.join(known_upstreams())}")
     if not (math.isfinite(args.seconds) and 0.1 <= args.seconds <= 3600):
@@ -38,6 +42,44 @@ def _cmd_cost(args: argparse.Namespace) -> int:
         print(f"  {op:<10} {macs / 1e9:10.3f} G")
     print("\nestimated runtime (relative to full-precision HuBERT Base)")
     for scope, r in report.est_runtime.items():
+        print(f"  {scope:<8} {r:10.3f}")
+    print("\nconventions: see README 'Cost accounting'")
+    return 0
+
+
+def _cost_packed(args: argparse.Namespace) -> int:
+    """Cost of the model a packed file holds, read from its layers (accounting.model_cost)."""
+    from upstream_quant.accounting import model_cost
+    from upstream_quant.packed import load_packed
+
+    if args.upstream is not None:
+        raise SystemExit("bench cost: --packed FILE names its upstream itself; leave out --upstream")
+    if not (math.isfinite(args.seconds) and 0.1 <= args.seconds <= 3600):
+        raise SystemExit(f"bench cost: --seconds {args.seconds!r}: expected an utterance length from 0.1 to 3600 s")
+    model = load_packed(args.packed, device="cpu")
+    cost = model_cost(model, args.seconds)
+    size = Path(args.packed).stat().st_size
+    widths: dict[int, int] = {}
+    for bits in cost.bit_map.values():
+        widths[bits] = widths.get(bits, 0) + 1
+    data = {"file": str(args.packed), "upstream": model.name, "file_mb": round(size / 1e6, 4), "seconds": args.seconds,
+            "quantization": getattr(model, "quantization", None), "storage_mb": cost.storage_mb,
+            "est_runtime": cost.est_runtime, "layers_per_bits": {str(b): n for b, n in sorted(widths.items())},
+            "bit_map": cost.bit_map, "act_bits": cost.act_bits}
+    if args.json:
+        print(json.dumps(data, indent=2, default=str))
+        return 0
+    print(f"{args.packed}: {model.name}, {size / 1e6:.3f} MB file, {args.seconds:g} s utterance")
+    print("\nquantized layers per weight bits" if widths else "\nno quantized layers (full precision)")
+    for bits, n in sorted(widths.items()):
+        print(f"  {bits:>2} bits  {n:>4} layers")
+    if cost.act_bits:
+        print(f"  activations quantized in {len(cost.act_bits)} layers ({', '.join(map(str, sorted(set(cost.act_bits.values()))))} bits)")
+    print("\nstorage (MB, 1e6 bytes)")
+    for conv, mb in cost.storage_mb.items():
+        print(f"  {conv:<8} {mb:10.3f}")
+    print("\nestimated runtime (relative to full-precision HuBERT Base)")
+    for scope, r in cost.est_runtime.items():
         print(f"  {scope:<8} {r:10.3f}")
     print("\nconventions: see README 'Cost accounting'")
     return 0
@@ -170,6 +212,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
             state = "done" if run.config_hash in done and not args.force else "todo"
             if run.quant.method == "mixed":
                 print(f"  [{state}] {run.name:<60} budget {run.quant.budget_mb:g} MB (allocated at run time)")
+                continue
+            if run.quant.method == "packed":
+                print(f"  [{state}] {run.name:<60} packed file {run.quant.file} (bench cost --packed for its cost)")
                 continue
             report = cost_report(run.upstream, run.quant.bits if run.quant.method != "fp" else 16)
             print(f"  [{state}] {run.name:<60} stored {report.storage_mb['stored']:7.2f} MB  est_runtime {report.est_runtime['encoder']:.3f}")
@@ -383,8 +428,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bench", description="Low-bit quantization benchmark for speech SSL upstreams")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("cost", help="parameter/MAC inventory, storage and estimated runtime (no weights needed)")
-    p.add_argument("--upstream", required=True, help="upstream name (e.g. hubert_base, distilhubert)")
+    p = sub.add_parser("cost", help="parameter/MAC inventory, storage and estimated runtime (no weights needed), "
+                                    "or the cost of a packed model as it is (--packed)")
+    p.add_argument("--upstream", default=None, help="upstream name (e.g. hubert_base, distilhubert)")
+    p.add_argument("--packed", default=None, metavar="FILE", help="a packed file (bench quantize/mixed/qat): cost of its layers as stored")
     p.add_argument("--bits", type=int, default=16, choices=BITS_CHOICES, help="bits of the transformer linear weights (16: unquantized)")
     p.add_argument("--seconds", type=float, default=10.0, help="utterance length for MACs and runtime (default 10)")
     p.add_argument("--json", action="store_true", help="machine-readable output")

@@ -55,12 +55,17 @@ def load_rows(path: Path) -> list[dict]:
 
 def paper_config(row: dict) -> str | None:
     """The paper table's row a results row corresponds to (``hubert_base/2bit``): ASR rows of a
-    fixed bit width (full precision is ``fp16``), any method and protocol; None for others
-    (mixed precision has no single width)."""
+    fixed bit width (full precision is ``fp16``), any method and protocol, a packed file by the
+    one width its layers hold; None for others (mixed precision has no single width)."""
     if row.get("task") != "asr" or "upstream" not in row or row.get("method") == "mixed":
         return None
     if row.get("method") == "fp":
         return f"{row['upstream']}/fp16"
+    if row.get("method") == "packed":  # a file as it is: the widths its layers hold
+        widths = list(row.get("bit_widths") or [])
+        if len(widths) > 1:
+            return None
+        return f"{row['upstream']}/{int(widths[0])}bit" if widths else f"{row['upstream']}/fp16"
     return f"{row['upstream']}/{int(row['bits'])}bit"  # int(): a DataFrame holds bits as floats
 
 

@@ -198,6 +198,8 @@ class Runner:
         """The run's upstream, quantized as its spec says; ``.packed_file`` names its packed file."""
         if run.quant.method == "fp":
             return self.upstream(run)
+        if run.quant.method == "packed":
+            return self._packed(run)
         key = self.model_key(run)
         if key not in self._quantized:
             from upstream_quant.packed import PackedFileError, load_packed, save_packed
@@ -225,6 +227,23 @@ class Runner:
             self._quantized[key] = model
         return self._quantized[key]
 
+    def _packed(self, run: RunSpec):
+        """A ``packed:FILE`` run's model: the file as it is, checked to be the one the suite named."""
+        from upstream_quant.packed import load_packed, read_manifest
+
+        key = f"packed-{run.quant.file_sha256}"
+        if key not in self._quantized:
+            model = load_packed(run.quant.file, device=self.device)
+            manifest_sha = read_manifest(run.quant.file)["sha256"]
+            if manifest_sha != run.quant.file_sha256:
+                raise ValueError(f"{run.quant.file}: changed since the suite was loaded (sha256 {manifest_sha[:12]}, "
+                                 f"expected {run.quant.file_sha256[:12]})")
+            model.packed_file = Path(run.quant.file)
+            model.build_info = {"packed": {"file": run.quant.file, "sha256": manifest_sha,
+                                           "quantization": getattr(model, "quantization", None)}}
+            self._quantized[key] = model
+        return self._quantized[key]
+
     def head(self, run: RunSpec) -> tuple[str, dict]:
         """For ``reuse``: the head trained on the full-precision upstream (trained once, then shared)."""
         from downstream.train import train_and_evaluate
@@ -243,7 +262,7 @@ class Runner:
         and QAT audio are drawn) and the seed that draws it. The runs that evaluate one model on
         several test sets share it."""
         body = {"upstream": run.upstream, "checkpoint": Path(run.checkpoint).name if run.checkpoint else None,
-                "quant": dataclasses.asdict(run.quant), "options": run.options}
+                "quant": run.quant.as_dict(), "options": run.options}
         if run.quant.method in ("gptq", "mixed", "qat") or run.quant.clip == "cosine":
             table = self.suite.data_tables[run.head_data]
             body |= {"audio": {k: v for k, v in table.items() if k not in LOCATION_FIELDS}, "seed": run.seed}
@@ -286,7 +305,7 @@ class Runner:
             "config": run.config_name,
             "upstream": run.upstream,
             "method": q.method,
-            "bits": q.bits if q.method != "mixed" else None,
+            "bits": q.bits if q.method not in ("mixed", "packed") else None,
             "group_size": q.group_size,
             "clip": q.clip,
             "act_bits": q.act_bits,
@@ -297,7 +316,7 @@ class Runner:
             "data": run.data,
             "seed": run.seed,
             "checkpoint": run.checkpoint,
-            "upstream_source": getattr(self.upstream(run), "source", None),
+            "upstream_source": getattr(upstream if q.method == "packed" else self.upstream(run), "source", None),
             "devices": run.devices,
             "spec": run.as_dict(),
             **self.cost(upstream),
@@ -308,6 +327,7 @@ class Runner:
             "resumed": bool((result if run.protocol == "retrain" else head_result).get("resumes", 0)),
             "qat": info.get("qat"),
             "mixed": info.get("mixed"),
+            "packed": info.get("packed"),
             "train": {k: result.get(k) for k in ("steps", "epochs", "train_seconds", "train_utterances_per_second",
                                                  "upstream_seconds", "head_seconds", "feature_cache")},
             "wall_seconds": round(time.time() - started, 2),
@@ -342,8 +362,11 @@ def run_suite(suite: Suite, runs: list[RunSpec], store: Path = DEFAULT_STORE, fo
     done = {row.get("config_hash") for row in load_runs(suite.name, store)}
     todo = [r for r in runs if force or r.config_hash not in done]
     runner = Runner(suite, store, device, progress)
-    for run in {(r.upstream, r.checkpoint): r for r in todo}.values():
-        runner.upstream(run)  # a missing download or a checkpoint of the wrong family fails here, before any run
+    # a missing download or a checkpoint of the wrong family fails here, before any run (a
+    # packed:FILE run retrained on needs no full-precision upstream: its file is checked at load)
+    needs_fp = [r for r in todo if not (r.quant.method == "packed" and r.protocol == "retrain")]
+    for run in {(r.upstream, r.checkpoint): r for r in needs_fp}.values():
+        runner.upstream(run)
     summary = {"total": len(runs), "skipped": len(runs) - len(todo), "finished": 0, "failed": []}
     started = time.time()
     bar = tqdm(todo, desc=f"suite {suite.name}", unit="run", disable=not progress, file=sys.stderr)

@@ -38,12 +38,18 @@ class QuantSpec:
     order: str = "descending"
     # quantization-aware distillation: ``qat:BITS[:sSTEPS]`` (1 bit: binary, else uniform)
     qat_steps: int | None = None
+    # an existing model: ``packed:FILE`` (a packed file from bench quantize/mixed/qat), evaluated
+    # as it is; ``file_sha256`` (the manifest's) identifies it in hashes wherever the file lives
+    file: str | None = None
+    file_sha256: str | None = None
 
     @classmethod
     def parse(cls, text: str) -> "QuantSpec":
         parts = text.strip().split(":")
         if parts == ["fp"]:
             return cls()
+        if parts[0] == "packed":
+            return cls._parse_packed(text.strip().removeprefix("packed:"))
         if parts[0] == "mixed":
             return cls._parse_mixed(text, parts)
         if parts[0] == "qat":
@@ -91,10 +97,33 @@ class QuantSpec:
                 raise ValueError(f"quantization {text!r}: unknown option {opt!r} (calib=GROUP, descending|ascending|shuffled, minmax|cosine, aN)")
         return cls(**spec)
 
+    @classmethod
+    def _parse_packed(cls, file: str) -> "QuantSpec":
+        from upstream_quant.packed import read_manifest
+
+        if not file:
+            raise ValueError("quantization 'packed:': expected packed:FILE, a file from bench quantize/mixed/qat")
+        if not Path(file).is_file():
+            raise ValueError(f"quantization 'packed:{file}': no such file")
+        manifest = read_manifest(file)
+        return cls(method="packed", bits=0, file=file, file_sha256=manifest["sha256"])
+
+    def as_dict(self) -> dict:
+        """Its fields for hashes and rows; the packed-file fields only where set (hashes of the
+        other runs stay as they were), the file by content, not by where it lies."""
+        out = asdict(self)
+        if self.file is None:
+            del out["file"], out["file_sha256"]
+        else:
+            out["file"] = Path(self.file).name
+        return out
+
     @property
     def label(self) -> str:
         if self.method == "fp":
             return "fp"
+        if self.method == "packed":
+            return f"packed-{Path(self.file).stem}"
         if self.method == "mixed":
             extra = "".join(f"-{x}" for x in (self.order if self.order != "descending" else None,
                                                self.clip if self.clip != "minmax" else None) if x)
@@ -110,7 +139,7 @@ class QuantSpec:
     def config(self):
         """The quantizer's config object (None for full precision and mixed precision, which is
         allocated per run from calibration audio)."""
-        if self.method in ("fp", "mixed", "qat"):
+        if self.method in ("fp", "mixed", "qat", "packed"):
             return None
         return make_config(self.method, self.bits, self.group_size, self.clip, self.act_bits, ("transformer",))
 
@@ -172,7 +201,7 @@ class RunSpec:
         return f"{self.upstream}/{self.quant.label}/{self.protocol}"
 
     def as_dict(self) -> dict:
-        return {"suite": self.suite, "upstream": self.upstream, "quant": asdict(self.quant), "task": self.task,
+        return {"suite": self.suite, "upstream": self.upstream, "quant": self.quant.as_dict(), "task": self.task,
                 "data": self.data, "protocol": self.protocol, "seed": self.seed, "schedule": self.schedule,
                 "data_config": self.data_config, "checkpoint": self.checkpoint, "options": self.options,
                 "devices": self.devices}
@@ -423,6 +452,14 @@ def _load_suite(name_or_path: str) -> Suite:
     unknown = sorted({r.upstream for r in runs} - set(known_upstreams()))
     if unknown:
         raise SuiteError(f"{path}: unknown upstream(s) {unknown}; known: {', '.join(known_upstreams())}")
+    for run in runs:
+        if run.quant.method == "packed":
+            from upstream_quant.packed import read_manifest
+
+            held = read_manifest(run.quant.file)["upstream"]
+            if held != run.upstream:
+                raise SuiteError(f"{path}: quant 'packed:{run.quant.file}' holds a {held} model; list it under upstreams = [{held!r}], "
+                                 f"not {run.upstream!r}")
     unique = list(dict.fromkeys(runs))  # the same run listed twice runs once
     tables = {k: {x: y for x, y in v.items() if x != "synth"} for k, v in data.items()}
     return Suite(name, path, raw.get("description", ""), data, schedules, unique, synth, tables)

@@ -10,6 +10,7 @@ from typing import Callable
 
 import torch
 
+from . import packed
 from .upstream import Upstream, pick_device
 
 
@@ -185,16 +186,33 @@ def build_architecture(arch: dict, name: str) -> Upstream:
     raise ValueError(f"unknown architecture family {family!r}; known: hubert, distiller, whisper, fbank")
 
 
+def _from_packed(path: Path, name: str, allow_quantized: bool) -> Upstream:
+    """A packed file as a checkpoint: its upstream must be `name`; a quantized one only where the
+    caller evaluates it as it is (a full-precision checkpoint that is secretly 2-bit would make
+    every 'fp' row and every further quantization wrong)."""
+    model = packed.load_packed(path, device="cpu")
+    if model.name != name:
+        raise ValueError(f"{path}: a packed {model.name} model, not {name}; pass it for upstream {model.name}")
+    layers = packed.quantized_layers(model)
+    if layers and not allow_quantized:
+        kinds = ", ".join(sorted(set(layers.values())))
+        raise ValueError(f"{path}: a quantized model ({len(layers)} layers, {kinds}); as a checkpoint give full-precision "
+                         f"weights. To evaluate it as it is: a suite row quant = [\"packed:{path}\"], or bench cost --packed {path}")
+    return model
+
+
 def load_upstream(
     name: str,
     checkpoint: str | Path | None = None,
     random_init: bool = False,
     device: str | torch.device | None = None,
+    allow_quantized: bool = False,
 ) -> Upstream:
     """Build upstream `name` in eval mode on `device` (auto: CUDA if available).
 
-    Sources, in order: `checkpoint` (a local file), `random_init` (exact architecture, random
-    weights), weights embedded in the installation (Whisper tiny.en, the distilled student,
+    Sources, in order: `checkpoint` (a local file: s3prl/fairseq/Whisper weights, or one of our
+    packed files, which must hold upstream `name` and, unless `allow_quantized`, full-precision
+    weights), `random_init` (exact architecture, random weights), weights embedded in the installation (Whisper tiny.en, the distilled student,
     FBANK), else the released weights through s3prl's hub downloader.
     """
     spec = _spec(name)
@@ -206,6 +224,8 @@ def load_upstream(
         upstream = spec.build_random(name)
     elif checkpoint is None and spec.load_embedded is not None:
         upstream = spec.load_embedded(name)
+    elif checkpoint is not None and packed.is_packed_file(checkpoint):
+        upstream = _from_packed(Path(checkpoint), name, allow_quantized)
     else:
         path = Path(checkpoint) if checkpoint is not None else download_weights(name)
         upstream = spec.load_checkpoint(path, name)

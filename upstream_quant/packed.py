@@ -140,6 +140,27 @@ def read_manifest(path: str | Path) -> dict:
     return manifest
 
 
+def is_packed_file(path: str | Path) -> bool:
+    """Whether `path` is a safetensors file carrying our manifest (read from its header only)."""
+    import struct
+
+    try:
+        with open(path, "rb") as fh:
+            (size,) = struct.unpack("<Q", fh.read(8))
+            if size > 100_000_000:
+                return False
+            header = json.loads(fh.read(size))
+    except (OSError, struct.error, ValueError):
+        return False
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    return isinstance(meta, dict) and '"lowbit-packed/' in str(meta.get("manifest", ""))
+
+
+def quantized_layers(model) -> dict[str, str]:
+    """Quantized layer -> 'METHOD:BITS' (empty for a full-precision model)."""
+    return {name: f"{m.method}:{m.bits}" for name, m in model.named_modules() if isinstance(m, QuantizedLayer)}
+
+
 def load_packed(path: str | Path, device: str | torch.device | None = None):
     """Rebuild the upstream a packed file describes, with the same dequantized weights; any
     corruption or edit of the file is a `PackedFileError`."""
