@@ -179,8 +179,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     import shlex
     import signal
 
+    from upstream_quant.io import check_output
+
     from .results import load_runs
-    from .runner import RunInterrupted, ensure_data, run_suite
+    from .runner import RunInterrupted, ensure_data, preflight, run_suite
     from .suites import Overrides, load_suite, select
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
@@ -223,7 +225,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
             todo = sum(1 for r in runs if r.config_hash not in done or args.force)
             print(f"estimated wall time for {todo} run(s) to do: ~{todo * sum(walls) / len(walls) / 60:.1f} min "
                   f"(mean of {len(walls)} finished)")
+        notes, problems = preflight(suite, runs)
+        for line in notes:
+            print(f"  ok: {line}")
+        for line in problems:
+            print(f"  PROBLEM: {line}")
+        if problems:
+            print(f"{len(problems)} problem(s): the run would fail on them", file=sys.stderr)
+            return 1
         return 0
+    check_output(store / suite.name / "runs.jsonl", "--store")
     if args.launcher != "none":
         from .launch import launch
 
@@ -276,6 +287,7 @@ def _argv_tail(args: argparse.Namespace) -> list[str]:
 def _cmd_quantize(args: argparse.Namespace) -> int:
     from upstream_quant import load_upstream
     from upstream_quant.calibration import load_calibration_dir
+    from upstream_quant.io import check_output
     from upstream_quant.packed import save_packed
     from upstream_quant.quantize import quantize
 
@@ -285,6 +297,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
         config = make_config(args.method, args.bits, args.group_size, args.clip, args.act_bits, tuple(args.targets.split(",")))
     except ValueError as err:
         raise SystemExit(f"bench quantize: {err}")
+    check_output(args.out)
     calib = load_calibration_dir(args.calib, args.calib_count) if args.calib else None
     upstream = load_upstream(args.upstream, checkpoint=args.checkpoint, random_init=args.random_init, device=args.device)
     model = quantize(upstream, config, calibration=calib)
@@ -371,10 +384,11 @@ def calibration_audio(args: argparse.Namespace) -> list:
 
 def _cmd_mixed(args: argparse.Namespace) -> int:
     from upstream_quant import load_upstream
-    from upstream_quant.io import write_atomic
+    from upstream_quant.io import check_output, write_atomic
     from upstream_quant.mixed import mixed_precision, plot_bit_map
     from upstream_quant.packed import save_packed
 
+    check_output(args.out)
     wavs = calibration_audio(args)
     upstream = load_upstream(args.upstream, checkpoint=args.checkpoint, device=args.device)
     model, report = mixed_precision(
@@ -394,18 +408,19 @@ def _cmd_mixed(args: argparse.Namespace) -> int:
 def _cmd_qat(args: argparse.Namespace) -> int:
     from upstream_quant import load_upstream
     from upstream_quant.distill import stream_files
-    from upstream_quant.io import write_atomic
+    from upstream_quant.io import check_output, write_atomic
     from upstream_quant.packed import save_packed
     from upstream_quant.qat import QATConfig, train_qat
     from upstream_quant.upstream import pick_device
 
     if args.method == "binary" and args.bits != 1 or args.method == "uniform" and not 2 <= args.bits <= 8:
         raise ValueError(f"--method {args.method} --bits {args.bits}: binary is 1 bit, uniform 2..8 bits")
+    config = QATConfig(method=args.method, bits=args.bits, steps=args.steps, batch_size=args.batch_size,
+                       lr=args.lr, scale_lr=args.scale_lr, crop_seconds=args.crop_seconds, seed=args.seed)
+    check_output(args.out)
     device = pick_device(args.device)
     upstream = load_upstream(args.upstream, checkpoint=args.checkpoint, device="cpu")
     files = stream_files(args.audio, args.max_hours, args.seed)
-    config = QATConfig(method=args.method, bits=args.bits, steps=args.steps, batch_size=args.batch_size,
-                       lr=args.lr, scale_lr=args.scale_lr, crop_seconds=args.crop_seconds, seed=args.seed)
     out = Path(args.out)
     work = Path(args.work_dir) if args.work_dir else out.with_suffix(".work")
     model, summary = train_qat(upstream, files, config, work, accelerator="gpu" if device.type == "cuda" else "cpu", devices=1,

@@ -21,11 +21,12 @@ def run_distill(args: argparse.Namespace) -> int:
     import torch
 
     from upstream_quant.distill import DistillConfig, distill, stream_files, whisper_student
-    from upstream_quant.io import write_atomic
+    from upstream_quant.io import check_output, write_atomic
     from upstream_quant.loading import load_upstream
     from upstream_quant.upstream import pick_device
     from upstream_quant.whisper import save_whisper, sha256_file
 
+    check_output(args.out)
     device = pick_device(args.device)
     teacher = load_upstream(args.teacher, device="cpu")
     if teacher.architecture().get("family") != "whisper":

@@ -47,9 +47,14 @@ def load_rows(path: Path) -> list[dict]:
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError:
             warnings.warn(f"{path}:{lineno}: unreadable row skipped")
+            continue
+        if not isinstance(row, dict):
+            warnings.warn(f"{path}:{lineno}: a JSON {type(row).__name__}, not a row object; skipped")
+            continue
+        rows.append(row)
     return rows
 
 

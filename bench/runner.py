@@ -337,6 +337,36 @@ class Runner:
         }
 
 
+def preflight(suite: Suite, runs: list[RunSpec]) -> tuple[list[str], list[str]]:
+    """What `bench run --dry-run` checks without loading weights or data: each run's schedule and
+    data fields, data roots (or a synth recipe that builds them), and where each upstream's
+    weights come from. Returns (notes, problems)."""
+    from upstream_quant.loading import weights_status
+
+    runner, notes, problems = Runner(suite, DEFAULT_STORE, progress=False), [], []
+    for run in runs:
+        for check in (runner.task_config, runner.data_config):
+            try:
+                check(run)
+            except ValueError as exc:
+                problems.append(str(exc))
+    for name in sorted({r.data for r in runs} | {r.head_data for r in runs}):
+        table = suite.data_tables[name]
+        for key in LOCATION_FIELDS:
+            root = table.get(key)
+            if root is None or Path(root).is_dir():
+                continue
+            if key == "root" and name in suite.synth:
+                notes.append(f"data {name}: {root} is built on first use (bench data synth)")
+            else:
+                problems.append(f"data {name}: {key} {root} does not exist; pass --data {name}{'' if key == 'root' else '.' + key}=PATH")
+    for upstream, checkpoint in sorted({(r.upstream, r.checkpoint) for r in runs
+                                        if not (r.quant.method == "packed" and r.protocol == "retrain")}, key=str):
+        ok, where = weights_status(upstream, checkpoint)
+        (notes if ok else problems).append(f"upstream {upstream}: {where}")
+    return list(dict.fromkeys(notes)), list(dict.fromkeys(problems))
+
+
 def ensure_data(suite: Suite, progress: bool = True) -> None:
     """Build the synthetic corpora a suite names (``synth = {...}`` under ``[data.X]``) unless present."""
     from downstream.synth import DEFAULT_HELDOUT, DEFAULT_VOICES, SynthArgs, build

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -418,6 +419,9 @@ def _load_suite(name_or_path: str) -> Suite:
     except tomllib.TOMLDecodeError as exc:
         raise SuiteError(f"{path}: not valid TOML ({exc})") from exc
     name = raw.get("name", path.stem)
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        raise SuiteError(f"{path}: name {name!r}: letters, digits, '_', '.', '-' only, not starting with '.' "
+                         "(it names the suite's folder in the store)")
     data = _field(raw, "data", str(path), dict)
     schedules = raw.get("schedule", {})
     synth = {k: v["synth"] for k, v in data.items() if isinstance(v, dict) and "synth" in v}

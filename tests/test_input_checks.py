@@ -3,6 +3,7 @@
 import math
 import os
 import stat
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -164,3 +165,90 @@ def test_unknown_upstreams_and_empty_selections_are_one_line_errors(tmp_path, ca
         load_suite(str(suite))
     assert main(["run", "mini", "--only", "*nothing-like-this*", "--dry-run"]) == 2
     assert "matches no run of suite mini; its runs include whisper_tiny_en/fp/retrain" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("out, message", [
+    ("DIR", "is a directory; give a file path"),
+    ("FILE/m.safetensors", "is a file, not a folder"),
+    ("/sys/m.safetensors", "cannot write in /sys"),
+])
+def test_unwritable_outputs_are_refused_before_any_work(tmp_path, capsys, monkeypatch, out, message):
+    """Each fails before the upstream is loaded (a load would be the expensive part)."""
+    import upstream_quant
+
+    (tmp_path / "DIR").mkdir()
+    (tmp_path / "FILE").write_text("x")
+    if out.startswith("/sys") and os.access("/sys", os.W_OK) and os.path.exists("/sys/m.safetensors"):
+        pytest.skip("/sys is writable here")
+    target = out if out.startswith("/") else str(tmp_path / out)
+    monkeypatch.setattr(upstream_quant, "load_upstream", lambda *a, **k: pytest.fail("loaded before checking --out"))
+    for argv in (["quantize", "--upstream", "distilhubert", "--random-init", "--method", "uniform", "--bits", "4"],
+                 ["mixed", "--upstream", "distilhubert", "--budget-mb", "5", "--calib-dir", str(tmp_path)],
+                 ["qat", "--upstream", "distilhubert", "--method", "binary", "--bits", "1", "--audio", str(tmp_path)]):
+        assert main([*argv, "--out", target]) == 2, argv
+        assert message in capsys.readouterr().err, argv
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["DIR", "FILE"]  # nothing left behind
+    assert list((tmp_path / "DIR").iterdir()) == []
+
+
+@pytest.mark.parametrize("flag, value", [("--steps", "0"), ("--batch-size", "0"), ("--lr", "nan"), ("--crop-seconds", "-1")])
+def test_qat_settings_that_cannot_train_are_refused_before_writing(tmp_path, capsys, flag, value):
+    out = tmp_path / "q.safetensors"
+    argv = ["qat", "--upstream", "distilhubert", "--method", "binary", "--bits", "1", "--audio", str(tmp_path),
+            flag, value, "--out", str(out)]
+    assert main(argv) == 2
+    assert f"QATConfig.{flag[2:].replace('-', '_')} = " in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_store_line_that_is_not_an_object_is_skipped_with_a_warning(tmp_path):
+    from bench.results import load_rows
+
+    path = tmp_path / "runs.jsonl"
+    path.write_text('{"config_hash": "a"}\n[1, 2]\n"text"\n{"config_hash": "b"}\n')
+    with pytest.warns(UserWarning, match="not a row object") as caught:
+        rows = load_rows(path)
+    assert [str(w.message).split("runs.jsonl:")[1] for w in caught] == [
+        "2: a JSON list, not a row object; skipped", "3: a JSON str, not a row object; skipped"]
+    assert [r["config_hash"] for r in rows] == ["a", "b"]
+
+
+@pytest.mark.parametrize("name", ["../../escape", "/abs", ".hidden", "a/b", ""])
+def test_a_suite_name_cannot_leave_the_store(tmp_path, name):
+    from bench.suites import SuiteError, load_suite
+
+    suite = tmp_path / "s.toml"
+    suite.write_text(f'name = "{name}"\n[data.d]\nlayout = "librispeech"\nroot = "x"\n[schedule.asr]\npreset = "mini_asr"\n'
+                     '[[runs]]\nupstreams = ["fbank"]\ndata = ["d"]\n')
+    with pytest.raises(SuiteError, match="letters, digits"):
+        load_suite(str(suite))
+
+
+def test_dry_run_finds_what_would_fail_hours_later(tmp_path, capsys, monkeypatch):
+    suite = tmp_path / "s.toml"
+    suite.write_text('name = "s"\n[data.d]\nlayout = "librispeech"\nroot = "missing-root"\n'
+                     '[data.e]\nlayout = "librispeech"\nroot = "also-missing"\nfrobnicate = 1\n'
+                     '[schedule.asr]\npreset = "superb_asrr"\n[schedule.ks]\npreset = "superb_ks"\nlr = 1e-4\nwidth = 3\n'
+                     '[[runs]]\nupstreams = ["hubert_base", "fbank"]\ndata = ["d"]\n'
+                     '[[runs]]\nupstreams = ["fbank"]\ndata = ["e"]\ntasks = ["ks"]\n')
+    monkeypatch.setenv("BENCH_OFFLINE", "1")
+    import upstream_quant.loading as loading
+
+    monkeypatch.setattr(loading, "_s3prl_cache_path", lambda url: tmp_path / "no-cache" / Path(url).name)
+    assert main(["run", str(suite), "--dry-run", "--store", str(tmp_path / "store")]) == 1
+    out = capsys.readouterr().out
+    assert "PROBLEM: " in out
+    for expected in ("preset 'superb_asrr' unknown", "[schedule.ks] has an unknown field", "[data.e] has an unknown field",
+                     "data d: root missing-root does not exist; pass --data d=PATH",
+                     "upstream hubert_base: not cached and https://huggingface.co/s3prl/converted_ckpts/resolve/main/"
+                     "hubert_base_ls960.pt unreachable: give --checkpoint hubert_base=PATH"):
+        assert expected in out, expected
+    assert "ok: upstream fbank: weights in the installation" in out
+    assert main(["run", "mini", "--dry-run", "--store", str(tmp_path / "store")]) == 0
+    assert "PROBLEM" not in capsys.readouterr().out
+
+
+def test_bench_run_refuses_a_store_it_cannot_write_before_any_run(tmp_path, capsys):
+    (tmp_path / "store").write_text("a file")
+    assert main(["run", "mini", "--store", str(tmp_path / "store"), "--only", "fbank/fp/retrain*"]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err

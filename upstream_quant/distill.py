@@ -8,6 +8,7 @@ tiny.en; the same module trains any student whose hidden states match a teacher'
 from __future__ import annotations
 
 import json
+import math
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,6 +31,20 @@ def distill_loss(pred: torch.Tensor, target: torch.Tensor, lengths: torch.Tensor
     return (per_frame * mask).sum() / mask.sum().clamp(min=1)
 
 
+def check_schedule(config) -> None:
+    """Training settings shared by distillation and QAT: positive step and batch counts, finite
+    positive learning rates and crop lengths (else a zero-step run, say, fails after writing)."""
+    name = type(config).__name__
+    for field in ("steps", "batch_size"):
+        value = getattr(config, field)
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}.{field} = {value!r}: expected a whole number >= 1")
+    for field in ("lr", "scale_lr", "crop_seconds"):
+        value = getattr(config, field, None)
+        if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise ValueError(f"{name}.{field} = {value!r}: expected a finite number > 0")
+
+
 @dataclass(frozen=True)
 class DistillConfig:
     """What the student learns. ``teacher_layers`` index the teacher's hidden states (0 is the front end)."""
@@ -43,6 +58,9 @@ class DistillConfig:
     cos_weight: float = 1.0
     seed: int = 0
     warmup_steps: int = 100
+
+    def __post_init__(self):
+        check_schedule(self)
 
 
 class PredictionHeads(nn.Module):

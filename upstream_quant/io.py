@@ -36,3 +36,23 @@ def write_atomic(path: str | Path, data: str | bytes) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def check_output(path: str | Path, flag: str = "--out") -> Path:
+    """Fail before any work if `path` cannot be written: a directory, a parent that is a file,
+    or a folder we may not write in (probed by creating a file: permission bits say nothing for
+    root or on read-only mounts). Creates nothing that stays."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{flag} {path}: is a directory; give a file path, e.g. {path / 'model.safetensors'}")
+    ancestor = path.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ValueError(f"{flag} {path}: {ancestor} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=ancestor, prefix=".bench-write-probe-"):
+            pass
+    except OSError as exc:
+        raise ValueError(f"{flag} {path}: cannot write in {ancestor} ({exc.strerror or exc})") from exc
+    return path

@@ -145,6 +145,26 @@ def _reachable(url: str, timeout: float) -> bool:
         return False
 
 
+def weights_status(name: str, checkpoint: str | Path | None = None, timeout: float = 5.0) -> tuple[bool, str]:
+    """Whether `load_upstream(name, checkpoint)` can get its weights, and where from, without
+    loading them (for dry runs: a missing file or an offline hub shows before hours of work)."""
+    spec = _spec(name)
+    if checkpoint is not None:
+        path = Path(checkpoint)
+        return (True, f"checkpoint {path}") if path.is_file() else (False, f"checkpoint {path}: no such file")
+    if spec.load_embedded is not None:
+        return True, "weights in the installation"
+    if spec.hub_url is None:
+        return False, "no hub weights: give --checkpoint"
+    cached = _s3prl_cache_path(spec.hub_url)
+    if cached.is_file():
+        return True, f"cached {cached}"
+    if not os.environ.get("BENCH_OFFLINE") and _reachable(spec.hub_url, timeout):
+        return True, f"to download from {spec.hub_url}"
+    return False, (f"not cached and {spec.hub_url} unreachable: give --checkpoint {name}=PATH "
+                   f"(a local s3prl/fairseq checkpoint)")
+
+
 def download_weights(name: str, timeout: float = 5.0) -> Path:
     """The released checkpoint for `name`, from s3prl's cache or downloaded with s3prl's downloader.
 

@@ -97,6 +97,11 @@ class QATConfig:
     cos_weight: float = 1.0
     seed: int = 0
 
+    def __post_init__(self):
+        from .distill import check_schedule
+
+        check_schedule(self)
+
 
 def prepare_qat(upstream: nn.Module, config: QATConfig) -> nn.Module:
     """A copy of ``upstream`` with every target Linear replaced by a FakeQuantLinear."""
