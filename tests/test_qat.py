@@ -37,7 +37,8 @@ def test_export_matches_the_fake_quantized_forward(tiny_hubert, batch):
         assert torch.allclose(fake[-1], real[-1], atol=1e-4)
 
 
-def test_distillation_loss_falls_resumes_and_exports(tiny_hubert, batch, tmp_path):
+@pytest.mark.parametrize("saved_at", [10, 11])  # 2 batches per epoch: at an epoch's end, and inside one
+def test_distillation_loss_falls_resumes_and_exports(tiny_hubert, batch, tmp_path, saved_at):
     torch.manual_seed(0)
     wavs = [0.1 * torch.randn(6000) for _ in range(8)]
     config = QATConfig(method="uniform", bits=2, steps=30, batch_size=4, lr=1e-3, scale_lr=1e-2, crop_seconds=0.3)
@@ -53,18 +54,22 @@ def test_distillation_loss_falls_resumes_and_exports(tiny_hubert, batch, tmp_pat
                 raise Stop
 
     # checkpoints are written every 100 steps; with 30 steps the resume starts over from step 0,
-    # so write one at step 10 by hand to exercise a mid-run resume
-    class SaveAt10(Callback):
+    # so write one by hand to exercise a mid-run resume
+    class SaveAt(Callback):
         def on_train_batch_end(self, trainer, *args):
-            if trainer.global_step == 10:
+            if trainer.global_step == saved_at:
                 trainer.save_checkpoint(tmp_path / "cut" / "last.ckpt")
 
     with pytest.raises(Stop):
         train_qat(tiny_hubert, wavs, config, tmp_path / "cut", accelerator="cpu", devices=1, progress=False,
-                  callbacks=[SaveAt10(), Cut()])
+                  callbacks=[SaveAt(), Cut()])
     resumed, summary = train_qat(tiny_hubert, wavs, config, tmp_path / "cut", accelerator="cpu", devices=1, progress=False)
     assert summary["steps"] == 30
     full, full_summary = train_qat(tiny_hubert, wavs, config, tmp_path / "full", accelerator="cpu", devices=1, progress=False)
+    # the resumed run is the uninterrupted one: same codes, scales and the rest, bit for bit
+    for (name, a), (other, b) in zip(full.state_dict().items(), resumed.state_dict().items()):
+        assert name == other and torch.equal(a, b), name
+    assert summary["final_loss"] == full_summary["final_loss"]
     assert full_summary["final_loss"] < full_summary["first_loss"]
     path = save_packed(full, tmp_path / "qat.safetensors")
     with torch.no_grad():

@@ -24,7 +24,7 @@ def test_prompt_splits_are_disjoint_and_spellable(kind):
     assert not set(p["train"]) & set(p["test"]) and not set(p["train"]) & set(p["dev"]) and not set(p["dev"]) & set(p["test"])
     for line in p["train"] + p["dev"] + p["test"]:
         text.encode(text.normalize(line))
-    assert synth.prompts(kind, seed=1) != p or kind == "never"
+    assert synth.prompts(kind, seed=1) != p  # the seed matters for every kind
 
 
 def test_voice_set_has_both_genders():

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -117,17 +118,20 @@ class CropDataset(torch.utils.data.Dataset):
     """Unlabelled audio, randomly cropped to at most ``crop`` samples (seeded per item and epoch).
 
     Items are waveforms or paths of audio files; a path is read at each access, only its crop
-    (soundfile seeks), so memory stays bounded whatever the corpus size."""
+    (soundfile seeks), so memory stays bounded whatever the corpus size. Indexed by ``i`` or by
+    ``(i, epoch)`` (what `EpochShuffle` yields: loader workers hold copies of the dataset, so the
+    epoch travels with the index)."""
 
     def __init__(self, items: Sequence[torch.Tensor | str | Path], crop: int, seed: int):
-        self.items, self.crop, self.seed, self.epoch = list(items), crop, seed, 0
+        self.items, self.crop, self.seed = list(items), crop, seed
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, i: int) -> torch.Tensor:
+    def __getitem__(self, index: int | tuple[int, int]) -> torch.Tensor:
+        i, epoch = index if isinstance(index, tuple) else (index, 0)
         item = self.items[i]
-        rng = random.Random(self.seed * 1_000_003 + self.epoch * 7919 + i)
+        rng = random.Random(self.seed * 1_000_003 + epoch * 7919 + i)
         if isinstance(item, torch.Tensor):
             if item.numel() <= self.crop:
                 return item
@@ -136,6 +140,38 @@ class CropDataset(torch.utils.data.Dataset):
         from .calibration import read_crop
 
         return read_crop(item, self.crop, rng)
+
+
+class EpochShuffle(torch.utils.data.Sampler):
+    """A permutation per epoch drawn from (seed, epoch) alone, where the epoch and the position in
+    it come from the optimizer steps taken (``step_source``) when an epoch's iterator is built: a
+    resumed run (a new process, from an end-of-epoch or a mid-epoch checkpoint) sees the batches
+    an uninterrupted one would. A DataLoader generator restarts from its seed, and Lightning's
+    epoch counter is not yet restored when loader workers prefetch the first epoch's indices."""
+
+    def __init__(self, n: int, seed: int, batch_size: int, drop_last: bool, step_source=None):
+        self.n, self.seed, self.batch_size, self.step_source = n, seed, batch_size, step_source
+        self.batches = n // batch_size if drop_last else -(-n // batch_size)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        step = int(self.step_source()) if self.step_source is not None else 0
+        epoch, done = divmod(step, max(1, self.batches))
+        order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
+        return iter([(int(i), epoch) for i in order[done * self.batch_size:]])
+
+
+class _StepSeed(L.Callback):
+    """Reseed torch before every step from (seed, step): dropout and any other draw inside a step
+    are the same in a resumed run as in an uninterrupted one."""
+
+    def __init__(self, seed: int):
+        self.seed = seed
+
+    def on_train_batch_start(self, trainer, module, batch, idx):
+        torch.manual_seed(self.seed * 1_000_003 + trainer.global_step)
 
 
 def cap_hours(files: Sequence[tuple[str, float]], max_hours: float | None, seed: int) -> list[str]:
@@ -196,11 +232,19 @@ class DistillResult:
 
 
 class _LossTrace(L.Callback):
+    """Every step's loss; kept in checkpoints, so a resumed run reports the whole curve."""
+
     def __init__(self):
         self.losses: list[float] = []
 
     def on_train_batch_end(self, trainer, module, outputs, batch, idx):
         self.losses.append(float(outputs["loss"]))
+
+    def state_dict(self) -> dict:
+        return {"losses": list(self.losses)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.losses = list(state.get("losses", []))
 
 
 def fit_unlabelled(module: L.LightningModule, audio: Sequence[torch.Tensor | str | Path], steps: int, batch_size: int,
@@ -217,24 +261,30 @@ def fit_unlabelled(module: L.LightningModule, audio: Sequence[torch.Tensor | str
         raise ValueError("no unlabelled audio to train on")
     L.seed_everything(seed, workers=True, verbose=False)
     workers = default_workers() if num_workers is None else int(num_workers)
+    drop_last = len(audio) > batch_size
+    sampler = EpochShuffle(len(audio), seed, batch_size, drop_last)
     loader = torch.utils.data.DataLoader(
-        CropDataset(audio, int(crop_seconds * 16000), seed), batch_size=batch_size,
-        shuffle=True, collate_fn=collate_wavs, drop_last=len(audio) > batch_size,
-        generator=torch.Generator().manual_seed(seed), num_workers=workers, persistent_workers=workers > 0,
+        CropDataset(audio, int(crop_seconds * 16000), seed), batch_size=batch_size, sampler=sampler,
+        collate_fn=collate_wavs, drop_last=drop_last, num_workers=workers,
+        persistent_workers=workers > 0,
     )
     work_dir = Path(work_dir)
     ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=work_dir, save_last=True, every_n_train_steps=100, save_top_k=0)
     trace = _LossTrace()
     gpu = torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda")
     trainer = L.Trainer(
-        max_steps=steps, accelerator=accelerator, devices=devices, callbacks=[ckpt, trace, *(callbacks or [])],
+        max_steps=steps, accelerator=accelerator, devices=devices, callbacks=[ckpt, trace, _StepSeed(seed), *(callbacks or [])],
         logger=False, enable_progress_bar=progress, enable_model_summary=False, gradient_clip_val=10.0,
         precision="bf16-mixed" if gpu else "32-true", default_root_dir=work_dir, log_every_n_steps=10,
         strategy="ddp" if isinstance(devices, int) and devices > 1 else "auto",
     )
+    sampler.step_source = lambda: trainer.global_step
     last = work_dir / "last.ckpt"
     started = time.time()
-    trainer.fit(module, loader, ckpt_path=str(last) if last.is_file() else None)
+    with warnings.catch_warnings():
+        # EpochShuffle resumes mid-epoch at the right batch (tested), which Lightning cannot see
+        warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended.*")
+        trainer.fit(module, loader, ckpt_path=str(last) if last.is_file() else None)
     return trainer, trace.losses, time.time() - started
 
 
