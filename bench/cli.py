@@ -307,8 +307,10 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
 
 
 def _cmd_perf(args: argparse.Namespace) -> int:
-    from .perf import perf_qat, perf_quantize, perf_step, perf_stream, perf_upstream
+    from .perf import perf_qat, perf_quantize, perf_step, perf_stream, perf_upstream, perf_whisper
 
+    if args.what == "whisper":
+        return perf_whisper(args.corpus, args.split, reps=args.reps)
     if args.what == "step":
         return perf_step()
     if args.what == "stream":
@@ -471,8 +473,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("perf", help="benchmarks: quantize (timings, peak memory), upstream (our forward vs s3prl's), "
                                     "qat (cosine to fp at 1-2 bits), stream (QAT memory vs corpus size), "
-                                    "step (SUPERB ASR step: time here, FLOPs, GPU projection)")
-    p.add_argument("what", choices=["quantize", "upstream", "qat", "stream", "step"])
+                                    "step (SUPERB ASR step: time here, FLOPs, GPU projection), "
+                                    "whisper (own-length vs 30 s padding: cosines, timings)")
+    p.add_argument("what", choices=["quantize", "upstream", "qat", "stream", "step", "whisper"])
+    p.add_argument("--corpus", default="data/synth/digits", help="whisper: LibriSpeech-layout corpus root")
+    p.add_argument("--split", default="test", help="whisper: split folder to take 2 utterances from")
     p.add_argument("--hours", default="1,10", help="stream: corpus sizes in hours (comma-separated)")
     p.add_argument("--batch", type=int, default=4, help="upstream: utterances per batch")
     p.add_argument("--reps", type=int, default=5, help="upstream: timed repetitions")

@@ -256,3 +256,49 @@ def perf_step(batch: int = 2, seconds: float = 4.0, reps: int = 2) -> int:
               f"{hours:.1f} h for 200k steps; a QAT step {qat / (tflops * 1e12) * 1000:.0f} ms, "
               f"{qat / (tflops * 1e12) * 20_000 / 3600:.1f} h for 20k steps")
     return 0
+
+
+def perf_whisper(corpus: str = "data/synth/digits", split: str = "test", count: int = 2, reps: int = 3) -> int:
+    """Whisper tiny.en at the utterance's own length against Whisper's 30 s padding (the README's
+    cosines and timings): mean frame cosine per hidden state over the valid frames, and the
+    forward time of the batch both ways."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from downstream import audio
+    from downstream.librispeech import load_librispeech
+    from upstream_quant import load_upstream
+    from upstream_quant.whisper import build_whisper
+
+    if not (Path(corpus) / split).is_dir():
+        raise FileNotFoundError(f"{corpus}/{split} not found: build it with `bench data synth --out {Path(corpus).parent} "
+                                f"--kind {Path(corpus).name}` (make bench does), or pass --corpus ROOT of a LibriSpeech-layout corpus")
+    utts = sorted(load_librispeech(corpus, [split]).utterances, key=lambda u: u.path)[:count]
+    wavs = [torch.from_numpy(audio.read(u.path)) for u in utts]
+    lens = torch.tensor([w.numel() for w in wavs])
+    batch = torch.nn.utils.rnn.pad_sequence(wavs, batch_first=True)
+    own = load_upstream("whisper_tiny_en", device="cpu")
+    padded = build_whisper({**own.architecture()["config"], "pad_to_30s": True}).eval()
+    padded.load_state_dict(own.state_dict())
+
+    def timed(model) -> tuple[list, list, float]:
+        times = []
+        for _ in range(reps):
+            started = time.perf_counter()
+            with torch.no_grad():
+                states, lengths = model(batch, lens)
+            times.append(time.perf_counter() - started)
+        return states, lengths, float(np.median(times))
+
+    a, a_len, t_own = timed(own)
+    b, _, t_pad = timed(padded)
+    print(f"{len(utts)} utterances of {corpus}/{split} ({', '.join(f'{n / 16000:.2f} s' for n in lens.tolist())}), "
+          f"torch threads {torch.get_num_threads()}")
+    print("mean frame cosine, own length vs padded to 30 s (valid frames):")
+    for i, (x, y) in enumerate(zip(a, b)):
+        cos = [float(torch.nn.functional.cosine_similarity(x[j, :n], y[j, :n], dim=-1).mean())
+               for j, n in enumerate(a_len[i].tolist())]
+        print(f"  hidden state {i} ({'front end' if i == 0 else f'layer {i}'}): {np.mean(cos):.4f}")
+    print(f"forward (median of {reps}): own length {t_own:.3f} s, padded {t_pad:.3f} s ({t_pad / t_own:.1f}x)")
+    return 0

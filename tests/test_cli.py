@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 
@@ -117,3 +118,26 @@ def test_readme_tables_are_generated_from_the_committed_stores():
     for suite in ("mini", "mini-personal", "paper"):
         assert f"<!-- bench table {suite} --store results -->" in text
     assert render_readme(text, root) == text, "README tables differ from results/: run `bench readme`"
+
+
+def test_readme_claim_about_the_personal_rows_matches_the_committed_store():
+    """The README says the -F and -M min-max rows of mini-personal are one model evaluated twice
+    (equal bit maps, equal metrics) and that the cosine rows share the allocation."""
+    from bench.results import load_runs
+
+    rows = {r["quant"]: r for r in load_runs("mini-personal", Path(__file__).resolve().parent.parent / "results") if r["method"] == "mixed"}
+    for budget in ("3.2", "2.6"):
+        f, m = rows[f"mixed{budget}MB-F"], rows[f"mixed{budget}MB-M"]
+        assert f["bit_map"] == m["bit_map"] and f["metrics"] == m["metrics"]
+        assert rows[f"mixed{budget}MB-F-cosine"]["bit_map"] == f["bit_map"] == rows[f"mixed{budget}MB-M-cosine"]["bit_map"]
+
+
+def test_bench_perf_whisper_reports_cosines_and_timings(tmp_path, capsys):
+    from conftest import tiny_corpus
+
+    assert main(["perf", "whisper", "--corpus", str(tiny_corpus(tmp_path)), "--split", "train", "--reps", "1"]) == 0
+    out = capsys.readouterr().out
+    cosines = [float(line.rsplit(":", 1)[1]) for line in out.splitlines() if line.strip().startswith("hidden state")]
+    assert len(cosines) == 5 and all(0 < c <= 1.0001 for c in cosines) and cosines[0] > 0.99
+    assert "own length" in out and "padded" in out
+    assert main(["perf", "whisper", "--corpus", str(tmp_path / "none")]) == 2

@@ -79,7 +79,7 @@ class ActivationQuant(nn.Module):
 
 class QuantizedLayer(nn.Module):
     """Replaces an nn.Linear or nn.Conv1d: keeps codes/scales/zeros (the state saved) and runs with
-    the weight dequantized once, at construction, so outputs are exact on CPU and GPU."""
+    the weight dequantized once, at construction: the same float32 weight on every device."""
 
     def __init__(self, original: nn.Module, qweight: QuantizedWeight, act_bits: int | None = None):
         super().__init__()
