@@ -34,17 +34,21 @@ def _cmd_cost(args: argparse.Namespace) -> int:
     for key, n in data["parameters"].items():
         print(f"  {key:<28} {n:>12,}")
     print(f"  {'total':<28} {data['parameters_total']:>12,}")
-    print("\nstorage (MB, 1e6 bytes)")
-    for conv, mb in report.storage_mb.items():
-        print(f"  {conv:<8} {mb:10.2f}")
     print("\nMACs per op")
     for op, macs in data["macs"].items():
         print(f"  {op:<10} {macs / 1e9:10.3f} G")
+    _print_storage_and_runtime(report.storage_mb, report.est_runtime, decimals=2)
+    return 0
+
+
+def _print_storage_and_runtime(storage_mb: dict, est_runtime: dict, decimals: int) -> None:
+    print("\nstorage (MB, 1e6 bytes)")
+    for conv, mb in storage_mb.items():
+        print(f"  {conv:<8} {mb:10.{decimals}f}")
     print("\nestimated runtime (relative to full-precision HuBERT Base)")
-    for scope, r in report.est_runtime.items():
+    for scope, r in est_runtime.items():
         print(f"  {scope:<8} {r:10.3f}")
     print("\nconventions: see README 'Cost accounting'")
-    return 0
 
 
 def _cost_packed(args: argparse.Namespace) -> int:
@@ -75,13 +79,7 @@ def _cost_packed(args: argparse.Namespace) -> int:
         print(f"  {bits:>2} bits  {n:>4} layers")
     if cost.act_bits:
         print(f"  activations quantized in {len(cost.act_bits)} layers ({', '.join(map(str, sorted(set(cost.act_bits.values()))))} bits)")
-    print("\nstorage (MB, 1e6 bytes)")
-    for conv, mb in cost.storage_mb.items():
-        print(f"  {conv:<8} {mb:10.3f}")
-    print("\nestimated runtime (relative to full-precision HuBERT Base)")
-    for scope, r in cost.est_runtime.items():
-        print(f"  {scope:<8} {r:10.3f}")
-    print("\nconventions: see README 'Cost accounting'")
+    _print_storage_and_runtime(cost.storage_mb, cost.est_runtime, decimals=3)
     return 0
 
 

@@ -66,3 +66,14 @@ def tiny_corpus(tmp_path: Path) -> Path:
         lines.append(f"1-1-{i:04d} {words}\n")
     (d / "1-1.trans.txt").write_text("".join(lines))
     return tmp_path / "corpus"
+
+
+def tiny_suite_toml(root: str, runs: str, **schedule) -> str:
+    """A one-data-table suite on `tiny_corpus` with a tiny ASR head (`schedule` overrides or adds
+    fields) and the given ``[[runs]]`` text."""
+    fields = {"preset": "mini_asr", "proj": 16, "hidden": 16, "lstm_layers": 1, "max_steps": 60, "batch_size": 1,
+              "specaug": False} | schedule
+    lines = "\n".join(f"{k} = {str(v).lower() if isinstance(v, bool) else repr(v) if isinstance(v, str) else v}".replace("'", '"')
+                      for k, v in fields.items())
+    return (f'name = "tiny"\n[data.chirps]\nlayout = "librispeech"\nroot = "{root}"\ntrain = ["train"]\ndev = ["train"]\n'
+            f'test = ["train"]\n\n[schedule.asr]\n{lines}\n\n{runs.strip()}\n')

@@ -11,26 +11,9 @@ from pathlib import Path
 import pytest
 
 from bench.suites import QuantSpec, SuiteError, load_suite, select
-from conftest import tiny_corpus
+from conftest import tiny_corpus, tiny_suite_toml
 
-SUITE = """
-name = "tiny"
-[data.chirps]
-layout = "librispeech"
-root = "{root}"
-train = ["train"]
-dev = ["train"]
-test = ["train"]
-
-[schedule.asr]
-preset = "mini_asr"
-proj = 16
-hidden = 16
-lstm_layers = 1
-max_steps = 60
-batch_size = 1
-specaug = false
-
+SUITE = tiny_suite_toml("{root}", """
 [[runs]]
 upstreams = ["fbank"]
 quant = ["fp"]
@@ -43,7 +26,7 @@ upstreams = ["fbank"]
 quant = ["fp"]
 data = ["chirps"]
 protocol = "reuse"
-"""
+""")
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from upstream_quant.qweight import QuantizedLayer
 from upstream_quant.quantize import quantize
 from upstream_quant.uniform import UniformConfig
 
-from conftest import tiny_corpus
+from conftest import tiny_corpus, tiny_suite_toml
 
 
 @pytest.fixture
@@ -78,30 +78,13 @@ def test_a_full_precision_packed_file_is_a_checkpoint_and_a_quantized_one_is_ref
     assert not (tmp_path / "qq.safetensors").exists()
 
 
-SUITE = """
-name = "tiny"
-[data.chirps]
-layout = "librispeech"
-root = "{root}"
-train = ["train"]
-dev = ["train"]
-test = ["train"]
-
-[schedule.asr]
-preset = "mini_asr"
-proj = 16
-hidden = 16
-lstm_layers = 1
-max_steps = 6
-batch_size = 1
-specaug = false
-
+SUITE = tiny_suite_toml("{root}", """
 [[runs]]
 upstreams = ["{upstream}"]
 quant = ["packed:{file}"]
 data = ["chirps"]
 protocol = "retrain"
-"""
+""", max_steps=6)
 
 
 def test_a_suite_row_packed_file_is_hashed_by_content_and_checked_against_its_upstream(files, tmp_path):

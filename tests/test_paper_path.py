@@ -22,7 +22,7 @@ from upstream_quant.packed import save_packed
 from upstream_quant.quantize import quantize, target_layers
 from upstream_quant.uniform import UniformConfig
 
-from conftest import tiny_corpus
+from conftest import tiny_corpus, tiny_suite_toml
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -217,30 +217,12 @@ def test_balanced_sampler_shards_across_ranks():
 
 # ---------------------------------------------------------------- interrupts
 
-TINY = """
-name = "tiny"
-[data.chirps]
-layout = "librispeech"
-root = "{root}"
-train = ["train"]
-dev = ["train"]
-test = ["train"]
-
-[schedule.asr]
-preset = "mini_asr"
-proj = 16
-hidden = 16
-lstm_layers = 1
-max_steps = 4000
-batch_size = 1
-specaug = false
-cache_features = false
-
+TINY = tiny_suite_toml("{root}", """
 [[runs]]
 upstreams = ["fbank"]
 quant = ["fp"]
 data = ["chirps"]
-"""
+""", max_steps=4000, cache_features=False)
 
 
 @pytest.mark.slow
