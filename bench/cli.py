@@ -305,10 +305,12 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
 
 
 def _cmd_perf(args: argparse.Namespace) -> int:
-    from .perf import perf_qat, perf_quantize, perf_step, perf_stream, perf_upstream, perf_whisper
+    from .perf import perf_deploy, perf_qat, perf_quantize, perf_step, perf_stream, perf_upstream, perf_whisper
 
     if args.what == "whisper":
         return perf_whisper(args.corpus, args.split, reps=args.reps)
+    if args.what == "deploy":
+        return perf_deploy(args.upstream, parse_deploy_configs(args.configs), args.seconds, args.reps, args.batch, args.device)
     if args.what == "step":
         return perf_step()
     if args.what == "stream":
@@ -318,6 +320,26 @@ def _cmd_perf(args: argparse.Namespace) -> int:
     if args.what == "qat":
         return perf_qat()
     return perf_quantize(args.calib_count, args.seconds)
+
+
+def parse_deploy_configs(text: str) -> list[tuple[int, str, int | None]]:
+    """``BITS:BACKEND[:gN],...`` (e.g. ``8:int8-dynamic,4:int4-weight:g64,2:packed``)."""
+    from upstream_quant.deploy import BACKENDS
+
+    out = []
+    for item in text.split(","):
+        parts = item.strip().split(":")
+        try:
+            bits, backend = int(parts[0]), parts[1]
+            group = int(parts[2][1:]) if len(parts) > 2 and parts[2][:1] == "g" else None
+            if len(parts) > 3 or (len(parts) == 3 and group is None):
+                raise ValueError
+        except (ValueError, IndexError):
+            raise ValueError(f"--configs {item!r}: expected BITS:BACKEND[:gN], e.g. 8:int8-dynamic or 4:int4-weight:g64") from None
+        if backend not in BACKENDS or not 1 <= bits <= 8:
+            raise ValueError(f"--configs {item!r}: bits 1..8 and a backend of {', '.join(BACKENDS)}")
+        out.append((bits, backend, group))
+    return out
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
@@ -433,6 +455,51 @@ def _cmd_qat(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_deploy(args: argparse.Namespace) -> int:
+    """Deploy a packed file on a backend and report what changes: per-layer backends, resident
+    weight bytes, deviation from the reference path and latency, on a seeded input."""
+    import statistics
+    import time
+
+    import torch
+
+    from upstream_quant.deploy import deploy, resident_weight_bytes
+    from upstream_quant.packed import load_packed
+
+    reference = load_packed(args.packed, device=args.device)
+    deployed = deploy(reference, args.backend)
+    device = next(reference.parameters()).device
+    gen = torch.Generator().manual_seed(args.seed)
+    wavs = (0.1 * torch.randn(2, int(args.seconds * 16000), generator=gen)).to(device)
+    lens = torch.tensor([wavs.shape[1], wavs.shape[1] * 3 // 4], device=device)
+
+    def timed(model) -> tuple[list, float]:
+        times, out = [], None
+        with torch.no_grad():
+            for i in range(args.reps + 1):  # the first pass is the warm-up
+                started = time.perf_counter()
+                out = model(wavs, lens)[0]
+                if i:
+                    times.append(time.perf_counter() - started)
+        return out, statistics.median(times)
+
+    ref_states, t_ref = timed(reference)
+    dep_states, t_dep = timed(deployed)
+    counts: dict[str, int] = {}
+    for backend in deployed.deploy_backends.values():
+        counts[backend] = counts.get(backend, 0) + 1
+    print(f"{args.packed}: {reference.name}, {len(deployed.deploy_backends)} quantized layers on "
+          + ", ".join(f"{b} ({n})" for b, n in sorted(counts.items())) + f", {device}")
+    print(f"resident weights of the quantized layers: {resident_weight_bytes(reference) / 1e6:.2f} MB as the reference "
+          f"(codes + float32 weight), {resident_weight_bytes(deployed) / 1e6:.2f} MB deployed")
+    for i, (a, b) in enumerate(zip(ref_states, dep_states)):
+        cos = float(torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0))
+        print(f"  hidden state {i}: max |deployed - reference| {float((a - b).abs().max()):.3g}, cosine {cos:.6f}")
+    print(f"forward of 2 x {args.seconds:g} s (median of {args.reps}): reference {t_ref:.3f} s, deployed {t_dep:.3f} s "
+          f"({t_dep / t_ref:.2f}x)")
+    return 0
+
+
 def _cmd_distill(args: argparse.Namespace) -> int:
     from .distill import run_distill
 
@@ -472,8 +539,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("perf", help="benchmarks: quantize (timings, peak memory), upstream (our forward vs s3prl's), "
                                     "qat (cosine to fp at 1-2 bits), stream (QAT memory vs corpus size), "
                                     "step (SUPERB ASR step: time here, FLOPs, GPU projection), "
-                                    "whisper (own-length vs 30 s padding: cosines, timings)")
-    p.add_argument("what", choices=["quantize", "upstream", "qat", "stream", "step", "whisper"])
+                                    "whisper (own-length vs 30 s padding: cosines, timings), "
+                                    "deploy (measured latency and memory of deployed low-bit models vs fp32)")
+    p.add_argument("what", choices=["quantize", "upstream", "qat", "stream", "step", "whisper", "deploy"])
+    p.add_argument("--upstream", default="hubert_base", help="deploy: the upstream (random weights where none ship)")
+    p.add_argument("--configs", default="8:int8-dynamic,4:int4-weight:g64,4:packed,2:packed,1:packed",
+                   help="deploy: comma-separated BITS:BACKEND[:gN]")
+    p.add_argument("--device", default=None, help="deploy: cpu or cuda (default: auto)")
     p.add_argument("--corpus", default="data/synth/digits", help="whisper: LibriSpeech-layout corpus root")
     p.add_argument("--split", default="test", help="whisper: split folder to take 2 utterances from")
     p.add_argument("--hours", default="1,10", help="stream: corpus sizes in hours (comma-separated)")
@@ -560,6 +632,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu, cuda, or auto")
     p.add_argument("--out", required=True, help="student weights (.safetensors, fp16); a .json manifest goes beside it")
     p.set_defaults(func=_cmd_distill)
+
+    p = sub.add_parser("deploy", help="run a packed file on a low-bit backend (int8-dynamic, int4-weight, packed) and "
+                                      "compare it with the reference path: memory, deviation, latency")
+    p.add_argument("--packed", required=True, metavar="FILE")
+    p.add_argument("--backend", default="auto", help="auto, reference, int8-dynamic, int4-weight or packed")
+    p.add_argument("--seconds", type=float, default=4.0, help="length of the two seeded test inputs")
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=_cmd_deploy)
 
     p = sub.add_parser("run", help="run a suite (default mini): resumable, one results row per finished run")
     p.add_argument("suite", nargs="?", default="mini", help="suite name (bench/suites/NAME.toml) or a .toml path")

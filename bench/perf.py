@@ -302,3 +302,109 @@ def perf_whisper(corpus: str = "data/synth/digits", split: str = "test", count: 
         print(f"  hidden state {i} ({'front end' if i == 0 else f'layer {i}'}): {np.mean(cos):.4f}")
     print(f"forward (median of {reps}): own length {t_own:.3f} s, padded {t_pad:.3f} s ({t_pad / t_own:.1f}x)")
     return 0
+
+
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def deploy_probe(upstream: str, bits: int, backend: str, group_size: int | None, seconds: float, reps: int, batch: int,
+                 device: str | None) -> dict:
+    """One measurement of `perf_deploy`, meant to run in a process of its own: build the model
+    (fp32 when `bits` is 16; else quantized, 1 bit binary, and deployed on `backend`), drop
+    everything else, reset the peak-RSS counter, then time `reps` forward passes after a warm-up."""
+    import gc
+    import statistics
+
+    from upstream_quant import load_upstream
+    from upstream_quant.binary import BinaryConfig
+    from upstream_quant.deploy import deploy, resident_weight_bytes
+    from upstream_quant.quantize import quantize, target_layers
+    from upstream_quant.uniform import UniformConfig
+    from upstream_quant.upstream import pick_device
+
+    torch.manual_seed(0)
+    dev = pick_device(device)
+    base = load_upstream(upstream, random_init=upstream not in ("whisper_tiny_en", "distil_whisper_tiny_en", "fbank"), device="cpu")
+    linears = target_layers(base, ("transformer",))
+    n_weights = sum(m.weight.numel() for m in linears.values())
+    if bits == 16:
+        model, linear_bytes = base.to(dev), sum(m.weight.numel() * 4 + (m.bias.numel() * 4 if m.bias is not None else 0)
+                                                for m in linears.values())
+    else:
+        config = BinaryConfig(group_size=group_size) if bits == 1 else UniformConfig(bits=bits, group_size=group_size)
+        quantized = quantize(base, config, progress=False)
+        model = deploy(quantized, backend, device=dev)
+        linear_bytes = resident_weight_bytes(model)
+        del quantized, base
+    gc.collect()
+    with open("/proc/self/clear_refs", "w") as fh:  # resets the peak resident set (VmHWM) on Linux
+        fh.write("5")
+    rss_kb = _status_kb("VmRSS")
+    wavs = 0.1 * torch.randn(batch, int(seconds * 16000), device=dev)
+    lens = torch.full((batch,), wavs.shape[1], device=dev)
+    times = []
+    with torch.no_grad():
+        for i in range(reps + 1):
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            started = time.perf_counter()
+            model(wavs, lens)
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            if i:  # the first pass is the warm-up
+                times.append(time.perf_counter() - started)
+    groups = (n_weights // group_size) if group_size else sum(m.weight.shape[0] for m in linears.values())
+    ideal = n_weights * bits / 8 + groups * 2 if bits != 16 else None  # codes, and an fp16 scale per row or group
+    return {"bits": bits, "backend": backend if bits != 16 else "fp32", "group_size": group_size,
+            "latency_s": statistics.median(times), "rss_mb": rss_kb / 1e3, "peak_rss_mb": _status_kb("VmHWM") / 1e3,
+            "linear_weights_mb": linear_bytes / 1e6, "ideal_mb": None if ideal is None else ideal / 1e6,
+            "all_weights_mb": resident_weight_bytes(model, quantized_only=False) / 1e6,
+            "threads": torch.get_num_threads(), "device": str(dev)}
+
+
+def perf_deploy(upstream: str, configs: list[tuple[int, str, int | None]], seconds: float, reps: int, batch: int,
+                device: str | None = None) -> int:
+    """Measured latency, throughput and memory of deployed low-bit models beside fp32 and the
+    estimate. Each configuration runs in a fresh process (with glibc returning large freed blocks
+    to the system), so resident and peak memory are its own."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from upstream_quant.accounting import cost_report
+
+    rows = []
+    for bits, backend, group in [(16, "fp32", None), *configs]:
+        code = (f"import json; from bench.perf import deploy_probe; print('RESULT', json.dumps(deploy_probe("
+                f"{upstream!r}, {bits}, {backend!r}, {group!r}, {seconds}, {reps}, {batch}, {device!r})))")
+        env = os.environ | {"MALLOC_MMAP_THRESHOLD_": "65536", "PYTHONWARNINGS": "ignore"}
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+        line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+        if proc.returncode or line is None:
+            print(f"{bits}-bit {backend}: failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}")
+            continue
+        rows.append(json.loads(line[7:]))
+        print(f"  measured {bits}-bit {backend}", file=sys.stderr)
+    if not rows or rows[0]["bits"] != 16:
+        return 1
+    fp = rows[0]
+    print(f"{upstream}: {batch} x {seconds:g} s utterance(s), median of {reps} forward passes after a warm-up, "
+          f"{fp['threads']} threads, {fp['device']}; each row in its own process")
+    print(f"{'bits':>4} {'backend':<13} {'latency s':>9} {'vs fp32':>7} {'utt/s':>6} {'est':>6} {'RSS MB':>7} "
+          f"{'peak MB':>8} {'linears MB':>10} {'ideal MB':>8} {'all MB':>7}")
+    for r in rows:
+        est = cost_report(upstream, r["bits"], seconds).est_runtime["encoder"]
+        ideal = f"{r['ideal_mb']:8.2f}" if r["ideal_mb"] is not None else f"{'':>8}"
+        print(f"{r['bits']:>4} {r['backend']:<13} {r['latency_s']:9.3f} {r['latency_s'] / fp['latency_s']:7.2f} "
+              f"{batch / r['latency_s']:6.2f} {est:6.3f} {r['rss_mb']:7.0f} {r['peak_rss_mb']:8.0f} "
+              f"{r['linear_weights_mb']:10.2f} {ideal} {r['all_weights_mb']:7.1f}")
+    print("est: the bit-operation estimate (encoder, relative to fp HuBERT Base); linears MB: resident bytes of the "
+          "quantized transformer linears; ideal MB: bits x weights / 8 plus one fp16 scale per row or group; "
+          "all MB: every parameter and buffer of the model")
+    return 0

@@ -1,0 +1,130 @@
+"""Deploy backends: each checked against the reference path, resident bytes counted exactly, and
+every backend refusing what it cannot run."""
+
+import math
+
+import pytest
+import torch
+
+from bench.cli import main
+from upstream_quant.binary import BinaryConfig
+from upstream_quant.deploy import (
+    DeployError, Int4WeightLayer, Int8DynamicLayer, PackedLayer, deploy, resident_weight_bytes, unpack, why_not,
+)
+from upstream_quant.packed import load_packed, pack_codes, save_packed, unpack_codes
+from upstream_quant.qweight import QuantizedLayer
+from upstream_quant.quantize import quantize
+from upstream_quant.uniform import UniformConfig
+
+
+@pytest.mark.parametrize("bits", range(1, 9))
+def test_torch_unpacking_matches_the_file_format(bits):
+    gen = torch.Generator().manual_seed(bits)
+    codes = torch.randint(0, 2**bits, (13, 7), generator=gen).to(torch.uint8)  # 91 codes: a partial last byte
+    packed = pack_codes(codes, bits)
+    assert torch.equal(unpack(packed, bits, codes.numel()).reshape(codes.shape), codes)
+    assert torch.equal(unpack_codes(packed, bits, tuple(codes.shape)), codes)
+
+
+def _states(model, batch):
+    with torch.no_grad():
+        return model(*batch)[0]
+
+
+@pytest.mark.parametrize("config", [
+    BinaryConfig(), UniformConfig(bits=2), UniformConfig(bits=3, symmetric=False, group_size=16),
+    UniformConfig(bits=4, group_size=32), UniformConfig(bits=8), UniformConfig(bits=2, act_bits=8),
+])
+def test_packed_backend_is_the_reference_exactly_and_holds_bits_over_8_bytes(tiny_hubert, batch, config):
+    reference = quantize(tiny_hubert, config, progress=False)
+    deployed = deploy(reference, "packed")
+    for a, b in zip(_states(reference, batch), _states(deployed, batch)):
+        assert torch.equal(a, b)
+    layers = {n: m for n, m in reference.named_modules() if isinstance(m, QuantizedLayer)}
+    expected = 0
+    for name, m in layers.items():
+        assert isinstance(deployed.get_submodule(name), PackedLayer)
+        n, rows_groups = m.codes.numel(), m.scale.numel()
+        zeros = 0 if bool((m.zero == m.zero.flatten()[0]).all()) else rows_groups * 2
+        expected += math.ceil(n * m.bits / 8) + rows_groups * 2 + zeros + (m.bias.numel() * 4 if m.bias is not None else 0)
+    assert resident_weight_bytes(deployed) == expected  # codes at their bits, fp16 scales, fp32 biases: nothing else
+    weights = sum(m.codes.numel() for m in layers.values())
+    assert resident_weight_bytes(reference) >= 5 * weights  # uint8 codes + a float32 weight
+    if config.bits <= 2 and config.group_size is None:
+        assert resident_weight_bytes(deployed) <= 1.1 * (weights * config.bits / 8 + sum(m.scale.numel() * 2 for m in layers.values())
+                                                         + sum(m.bias.numel() * 4 for m in layers.values()))
+
+
+def test_int8_dynamic_runs_fbgemm_from_our_codes_close_to_the_reference(tiny_hubert, batch):
+    reference = quantize(tiny_hubert, UniformConfig(bits=8), progress=False)
+    deployed = deploy(reference, "int8-dynamic")
+    assert all(isinstance(deployed.get_submodule(n), Int8DynamicLayer) for n in deployed.deploy_backends)
+    name = next(iter(deployed.deploy_backends))
+    weight, _ = deployed.get_submodule(name).linear._packed_params._weight_bias()
+    ref = reference.get_submodule(name)
+    assert torch.equal(weight.int_repr().to(torch.int16), ref.codes.to(torch.int16) - 128)  # our codes, not re-rounded
+    assert torch.allclose(weight.dequantize(), ref.weight, atol=1e-6)
+    # activations are quantized to 8 bits per batch: outputs change a little, stated here
+    for a, b in zip(_states(reference, batch), _states(deployed, batch)):
+        rel = float((a - b).abs().max() / a.abs().max())
+        assert rel < 0.05 and float(torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0)) > 0.999
+
+
+def test_int4_weight_runs_pytorchs_kernel_close_to_the_reference(tiny_hubert, batch):
+    reference = quantize(tiny_hubert, UniformConfig(bits=4, group_size=32), progress=False)
+    deployed = deploy(reference, "int4-weight")
+    assert all(isinstance(deployed.get_submodule(n), Int4WeightLayer) for n in deployed.deploy_backends)
+    # bf16 activations: relative deviation of bf16 rounding, stated here
+    for a, b in zip(_states(reference, batch), _states(deployed, batch)):
+        assert float((a - b).abs().max() / a.abs().max()) < 0.02
+        assert float(torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0)) > 0.9999
+
+
+def test_auto_takes_int8_kernels_where_they_run_and_packed_elsewhere(tiny_hubert):
+    from upstream_quant.mixed import MixedPrecisionConfig
+    from upstream_quant.quantize import target_layers
+
+    layers = sorted(target_layers(tiny_hubert, ("transformer",)))
+    mixed = quantize(tiny_hubert, MixedPrecisionConfig(bit_map=tuple((n, 8 if i % 2 else 2) for i, n in enumerate(layers))),
+                     progress=False)
+    plan = deploy(mixed, "auto").deploy_backends
+    assert plan == {n: ("int8-dynamic" if i % 2 else "packed") for i, n in enumerate(layers)}
+
+
+@pytest.mark.parametrize("config, backend, message", [
+    (UniformConfig(bits=2), "int8-dynamic", "needs 8-bit weights, not 2"),
+    (UniformConfig(bits=8, group_size=32), "int8-dynamic", "one scale per row"),
+    (UniformConfig(bits=8, symmetric=False), "int8-dynamic", "symmetric"),
+    (UniformConfig(bits=8, act_bits=4), "int8-dynamic", "this layer's are 4"),
+    (UniformConfig(bits=4), "int4-weight", "groups of 32/64/128/256, not one per row"),
+    (UniformConfig(bits=2, group_size=32), "int4-weight", "needs 4-bit weights"),
+    (UniformConfig(bits=4, targets=("cnn",)), "int4-weight", "linear layers only"),
+    (UniformConfig(bits=4), "int7", "unknown backend 'int7'"),
+])
+def test_a_backend_refuses_what_it_cannot_run_naming_those_that_can(tiny_hubert, config, backend, message):
+    reference = quantize(tiny_hubert, config, progress=False)
+    with pytest.raises(DeployError, match=message) as err:
+        deploy(reference, backend)
+    if backend != "int7":
+        assert "backends that can: reference" in str(err.value) and "packed" in str(err.value)
+
+
+def test_cpu_kernels_are_refused_on_other_devices(tiny_hubert):
+    layer = next(m for m in quantize(tiny_hubert, UniformConfig(bits=8), progress=False).modules()
+                 if isinstance(m, QuantizedLayer))
+    for backend in ("int8-dynamic", "int4-weight"):
+        assert "on cuda use packed or reference" in why_not(backend, layer, torch.device("cuda"))
+    assert why_not("packed", layer, torch.device("cuda")) is None
+    with pytest.raises(DeployError, match="no quantized layers"):
+        deploy(tiny_hubert, "packed")
+
+
+def test_bench_deploy_reports_memory_deviation_and_latency(tiny_hubert, tmp_path, capsys):
+    path = save_packed(quantize(tiny_hubert, UniformConfig(bits=2), progress=False), tmp_path / "two.safetensors")
+    assert main(["deploy", "--packed", str(path), "--backend", "packed", "--seconds", "0.5", "--reps", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "on packed (" in out and "max |deployed - reference| 0," in out and "deployed" in out
+    reloaded = load_packed(path)
+    assert resident_weight_bytes(deploy(reloaded, "packed")) < resident_weight_bytes(reloaded) / 8
+    assert main(["deploy", "--packed", str(path), "--backend", "int8-dynamic"]) == 2
+    assert "needs 8-bit weights" in capsys.readouterr().err
