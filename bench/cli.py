@@ -458,13 +458,12 @@ def _cmd_qat(args: argparse.Namespace) -> int:
 def _cmd_deploy(args: argparse.Namespace) -> int:
     """Deploy a packed file on a backend and report what changes: per-layer backends, resident
     weight bytes, deviation from the reference path and latency, on a seeded input."""
-    import statistics
-    import time
-
     import torch
 
     from upstream_quant.deploy import deploy, resident_weight_bytes
     from upstream_quant.packed import load_packed
+
+    from .perf import measure_latency
 
     reference = load_packed(args.packed, device=args.device)
     deployed = deploy(reference, args.backend)
@@ -474,14 +473,9 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
     lens = torch.tensor([wavs.shape[1], wavs.shape[1] * 3 // 4], device=device)
 
     def timed(model) -> tuple[list, float]:
-        times, out = [], None
         with torch.no_grad():
-            for i in range(args.reps + 1):  # the first pass is the warm-up
-                started = time.perf_counter()
-                out = model(wavs, lens)[0]
-                if i:
-                    times.append(time.perf_counter() - started)
-        return out, statistics.median(times)
+            states = model(wavs, lens)[0]
+        return states, measure_latency(model, wavs, lens, args.reps)
 
     ref_states, t_ref = timed(reference)
     dep_states, t_dep = timed(deployed)

@@ -304,6 +304,24 @@ def perf_whisper(corpus: str = "data/synth/digits", split: str = "test", count: 
     return 0
 
 
+def measure_latency(model, wavs: torch.Tensor, lens: torch.Tensor, reps: int) -> float:
+    """Median seconds of `reps` forward passes after one warm-up (CUDA synchronised around each)."""
+    import statistics
+
+    times = []
+    with torch.no_grad():
+        for i in range(reps + 1):
+            if wavs.is_cuda:
+                torch.cuda.synchronize()
+            started = time.perf_counter()
+            model(wavs, lens)
+            if wavs.is_cuda:
+                torch.cuda.synchronize()
+            if i:
+                times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
 def _status_kb(field: str) -> int:
     with open("/proc/self/status") as fh:
         for line in fh:
@@ -318,7 +336,6 @@ def deploy_probe(upstream: str, bits: int, backend: str, group_size: int | None,
     (fp32 when `bits` is 16; else quantized, 1 bit binary, and deployed on `backend`), drop
     everything else, reset the peak-RSS counter, then time `reps` forward passes after a warm-up."""
     import gc
-    import statistics
 
     from upstream_quant import load_upstream
     from upstream_quant.binary import BinaryConfig
@@ -347,21 +364,11 @@ def deploy_probe(upstream: str, bits: int, backend: str, group_size: int | None,
     rss_kb = _status_kb("VmRSS")
     wavs = 0.1 * torch.randn(batch, int(seconds * 16000), device=dev)
     lens = torch.full((batch,), wavs.shape[1], device=dev)
-    times = []
-    with torch.no_grad():
-        for i in range(reps + 1):
-            if dev.type == "cuda":
-                torch.cuda.synchronize()
-            started = time.perf_counter()
-            model(wavs, lens)
-            if dev.type == "cuda":
-                torch.cuda.synchronize()
-            if i:  # the first pass is the warm-up
-                times.append(time.perf_counter() - started)
+    latency = measure_latency(model, wavs, lens, reps)
     groups = (n_weights // group_size) if group_size else sum(m.weight.shape[0] for m in linears.values())
     ideal = n_weights * bits / 8 + groups * 2 if bits != 16 else None  # codes, and an fp16 scale per row or group
     return {"bits": bits, "backend": backend if bits != 16 else "fp32", "group_size": group_size,
-            "latency_s": statistics.median(times), "rss_mb": rss_kb / 1e3, "peak_rss_mb": _status_kb("VmHWM") / 1e3,
+            "latency_s": latency, "rss_mb": rss_kb / 1e3, "peak_rss_mb": _status_kb("VmHWM") / 1e3,
             "linear_weights_mb": linear_bytes / 1e6, "ideal_mb": None if ideal is None else ideal / 1e6,
             "all_weights_mb": resident_weight_bytes(model, quantized_only=False) / 1e6,
             "threads": torch.get_num_threads(), "device": str(dev)}

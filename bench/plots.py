@@ -38,6 +38,10 @@ def pareto(points: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
 def plot_suite(rows: pd.DataFrame, out_dir: Path, metric: str = "test_wer") -> list[Path]:
     """One PNG per (task, data) for WER vs storage and per bit width, plus the featurizer weights."""
     written = []
+    deployed = rows[rows["deploy"].notna()] if "deploy" in rows else rows.iloc[:0]
+    if not deployed.empty:
+        written += plot_deploy(deployed, out_dir, metric)
+        rows = rows[rows["deploy"].isna()]  # the other plots show each model once, on its reference path
     for (task, data), group in rows.groupby(["task", "data"]):
         metric_col = metric if task == "asr" else "test_acc"
         g = group.dropna(subset=[metric_col]).groupby(["config", "upstream", "method", "bits", "protocol"], as_index=False,
@@ -95,4 +99,44 @@ def plot_suite(rows: pd.DataFrame, out_dir: Path, metric: str = "test_wer") -> l
         fig.colorbar(im, ax=ax, label="softmax weight")
         ax.set_title("featurizer layer weights")
         written.append(_save(fig, out_dir / "featurizer_weights.png"))
+    return written
+
+
+def plot_deploy(rows: pd.DataFrame, out_dir: Path, metric: str = "test_wer") -> list[Path]:
+    """Deployed rows: estimated against measured runtime per bit width, and quality against the
+    weight memory they keep resident (fp32 of the same layers for reference)."""
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    from upstream_quant.accounting import cost_report
+
+    written = []
+    for (task, data), group in rows.groupby(["task", "data"]):
+        metric_col = metric if task == "asr" else "test_acc"
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+        for upstream, sub in group.groupby("upstream"):
+            sub = sub.assign(width=sub.bit_widths.map(lambda w: max(w) if len(w) else 16),
+                             backend=sub.deploy.map(lambda d: d["backend"])).sort_values("width")
+            est = sub.est_runtime / cost_report(upstream, 16).est_runtime["encoder"]
+            a1.plot(sub.width, est, "o--", c="gray", label=f"{upstream}: estimated (bit-ops)")
+            for backend, part in sub.groupby("backend"):
+                a1.scatter(part.width, part.measured_runtime, marker="s", label=f"{upstream}: measured, {backend}")
+                a2.scatter(part.weights_mb_resident, part[metric_col], label=f"{upstream} @{backend}")
+            for _, r in sub.iterrows():
+                a2.annotate(r.quant.split("@")[0], (r.weights_mb_resident, r[metric_col]), fontsize=7, xytext=(3, 3),
+                            textcoords="offset points")
+            a2.axvline(sub.weights_mb_resident_fp32.iloc[0], ls=":", c="gray", label=f"{upstream}: same layers in fp32")
+        a1.axhline(1.0, ls=":", c="gray")
+        a1.set_xlabel("weight bits")
+        a1.set_ylabel("runtime relative to the fp32 model")
+        a1.set_title("estimated vs measured on this machine", fontsize=9)
+        a2.set_xlabel("resident weight memory of the quantized layers (MB, log)")
+        a2.set_ylabel("WER (%)" if task == "asr" else "accuracy (%)")
+        a2.set_xscale("log")
+        a2.xaxis.set_major_formatter(ScalarFormatter())
+        a2.xaxis.set_minor_formatter(NullFormatter())
+        for a in (a1, a2):
+            a.grid(alpha=0.3)
+            a.legend(fontsize=7)
+        fig.suptitle(f"{task} on {data}: deployed models")
+        written.append(_save(fig, out_dir / f"{task}_{data}_deploy.png"))
     return written

@@ -204,7 +204,7 @@ class Runner:
         if key not in self._quantized:
             from upstream_quant.packed import PackedFileError, load_packed, save_packed
 
-            path = self.work / "models" / f"{run.upstream}-{run.quant.label}-{key}.safetensors"
+            path = self.work / "models" / f"{run.upstream}-{run.quant.model.label}-{key}.safetensors"
             side = path.with_suffix(".json")
             model = None
             if path.is_file() and side.is_file():
@@ -262,7 +262,7 @@ class Runner:
         and QAT audio are drawn) and the seed that draws it. The runs that evaluate one model on
         several test sets share it."""
         body = {"upstream": run.upstream, "checkpoint": Path(run.checkpoint).name if run.checkpoint else None,
-                "quant": run.quant.as_dict(), "options": run.options}
+                "quant": run.quant.model.as_dict(), "options": run.options}
         if run.quant.method in ("gptq", "mixed", "qat") or run.quant.clip == "cosine":
             table = self.suite.data_tables[run.head_data]
             body |= {"audio": {k: v for k, v in table.items() if k not in LOCATION_FIELDS}, "seed": run.seed}
@@ -280,6 +280,37 @@ class Runner:
             row |= {"packed_file": str(packed), "packed_mb": round(Path(packed).stat().st_size / 1e6, 3)}
         return row
 
+    DEPLOY_SECONDS, DEPLOY_REPS = 10.0, 3
+
+    def deploy_measurements(self, run: RunSpec, deployed) -> dict:
+        """Measured against the fp32 upstream in this process, on one seeded 10 s input: latency
+        (median of 3 after a warm-up) and the resident bytes of the layers the deployed model
+        quantizes (theirs vs the same layers in fp32)."""
+        import torch
+
+        from upstream_quant.deploy import resident_weight_bytes
+
+        from .perf import measure_latency
+
+        fp = self.upstream(run)
+        device = next(deployed.parameters()).device
+        gen = torch.Generator().manual_seed(0)
+        wavs = (0.1 * torch.randn(1, int(self.DEPLOY_SECONDS * 16000), generator=gen)).to(device)
+        lens = torch.tensor([wavs.shape[1]], device=device)
+        t_fp = measure_latency(fp, wavs, lens, self.DEPLOY_REPS)
+        t_dep = measure_latency(deployed, wavs, lens, self.DEPLOY_REPS)
+        fp_bytes = sum(t.numel() * 4 for name in deployed.deploy_backends
+                       for t in fp.get_submodule(name).parameters(recurse=False))
+        counts: dict[str, int] = {}
+        for backend in deployed.deploy_backends.values():
+            counts[backend] = counts.get(backend, 0) + 1
+        return {"deploy": {"backend": run.quant.deploy, "layers": counts, "latency_s": round(t_dep, 4),
+                           "latency_fp32_s": round(t_fp, 4), "seconds": self.DEPLOY_SECONDS, "reps": self.DEPLOY_REPS,
+                           "threads": torch.get_num_threads(), "device": str(device)},
+                "measured_runtime": round(t_dep / t_fp, 4),
+                "weights_mb_resident": round(resident_weight_bytes(deployed) / 1e6, 4),
+                "weights_mb_resident_fp32": round(fp_bytes / 1e6, 4)}
+
     # ---------------------------------------------------------------- one run
 
     def execute(self, run: RunSpec) -> dict:
@@ -287,14 +318,19 @@ class Runner:
 
         started = time.time()
         upstream = self.quantized(run)
+        runs_on = upstream  # what computes the features: the reference path, or its deployed form
+        if run.quant.deploy:
+            from upstream_quant.deploy import deploy
+
+            runs_on = deploy(upstream, run.quant.deploy, device=self.device)
         head_result: dict = {}
         if run.protocol == "retrain":
-            result = train_and_evaluate(upstream, self.task_config(run), self.data_config(run), self.work / run.config_hash,
+            result = train_and_evaluate(runs_on, self.task_config(run), self.data_config(run), self.work / run.config_hash,
                                         device=self.device, devices=run.devices, progress=self.progress)
         else:
             checkpoint, head = self.head(run)
             head_result = head
-            result = evaluate(upstream, checkpoint, self.data_config(run), device=self.device)
+            result = evaluate(runs_on, checkpoint, self.data_config(run), device=self.device)
             result["head"] = {"dev_curve": head["dev_curve"], "steps": head["steps"], "best": head["metrics"]}
         info = getattr(upstream, "build_info", {})
         q = run.quant
@@ -328,6 +364,7 @@ class Runner:
             "qat": info.get("qat"),
             "mixed": info.get("mixed"),
             "packed": info.get("packed"),
+            **(self.deploy_measurements(run, runs_on) if run.quant.deploy else {}),
             "train": {k: result.get(k) for k in ("steps", "epochs", "train_seconds", "train_utterances_per_second",
                                                  "upstream_seconds", "head_seconds", "feature_cache")},
             "wall_seconds": round(time.time() - started, 2),
@@ -394,7 +431,7 @@ def run_suite(suite: Suite, runs: list[RunSpec], store: Path = DEFAULT_STORE, fo
     runner = Runner(suite, store, device, progress)
     # a missing download or a checkpoint of the wrong family fails here, before any run (a
     # packed:FILE run retrained on needs no full-precision upstream: its file is checked at load)
-    needs_fp = [r for r in todo if not (r.quant.method == "packed" and r.protocol == "retrain")]
+    needs_fp = [r for r in todo if not (r.quant.method == "packed" and r.protocol == "retrain" and not r.quant.deploy)]
     for run in {(r.upstream, r.checkpoint): r for r in needs_fp}.values():
         runner.upstream(run)
     summary = {"total": len(runs), "skipped": len(runs) - len(todo), "finished": 0, "failed": []}

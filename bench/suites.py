@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import dataclasses
 import hashlib
 import json
 import re
@@ -43,9 +44,27 @@ class QuantSpec:
     # as it is; ``file_sha256`` (the manifest's) identifies it in hashes wherever the file lives
     file: str | None = None
     file_sha256: str | None = None
+    # ``SPEC@BACKEND``: evaluate the model deployed on a low-bit backend (upstream_quant.deploy),
+    # with its latency and resident weight memory measured against the fp32 upstream
+    deploy: str | None = None
 
     @classmethod
     def parse(cls, text: str) -> "QuantSpec":
+        from upstream_quant.deploy import BACKENDS
+
+        text = text.strip()
+        if "@" in text:
+            head, backend = text.rsplit("@", 1)
+            if backend not in ("auto", *BACKENDS):
+                raise ValueError(f"quantization {text!r}: unknown deploy backend {backend!r}; known: auto, {', '.join(BACKENDS)}")
+            spec = cls._parse(head)
+            if spec.method == "fp":
+                raise ValueError(f"quantization {text!r}: a full-precision model has nothing to deploy")
+            return dataclasses.replace(spec, deploy=backend)
+        return cls._parse(text)
+
+    @classmethod
+    def _parse(cls, text: str) -> "QuantSpec":
         parts = text.strip().split(":")
         if parts == ["fp"]:
             return cls()
@@ -117,10 +136,19 @@ class QuantSpec:
             del out["file"], out["file_sha256"]
         else:
             out["file"] = Path(self.file).name
+        if self.deploy is None:
+            del out["deploy"]
         return out
 
     @property
+    def model(self) -> "QuantSpec":
+        """The spec of the model itself (a deployed run evaluates the same model as its reference)."""
+        return dataclasses.replace(self, deploy=None)
+
+    @property
     def label(self) -> str:
+        if self.deploy is not None:
+            return f"{self.model.label}@{self.deploy}"
         if self.method == "fp":
             return "fp"
         if self.method == "packed":

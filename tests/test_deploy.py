@@ -128,3 +128,34 @@ def test_bench_deploy_reports_memory_deviation_and_latency(tiny_hubert, tmp_path
     assert resident_weight_bytes(deploy(reloaded, "packed")) < resident_weight_bytes(reloaded) / 8
     assert main(["deploy", "--packed", str(path), "--backend", "int8-dynamic"]) == 2
     assert "needs 8-bit weights" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_suite_row_at_backend_runs_deployed_and_records_measured_runtime_and_memory(tmp_path):
+    import json
+
+    from bench.tables import suite_table
+    from conftest import tiny_corpus, tiny_suite_toml
+
+    suite = tmp_path / "s.toml"
+    suite.write_text(tiny_suite_toml(str(tiny_corpus(tmp_path)), """
+[[runs]]
+upstreams = ["distil_whisper_tiny_en"]
+quant = ["uniform:8", "uniform:8@int8-dynamic", "binary:1@packed"]
+data = ["chirps"]
+protocol = "reuse"
+""", max_steps=6))
+    store = tmp_path / "store"
+    assert main(["run", str(suite), "--store", str(store), "--no-progress"]) == 0
+    rows = {r["quant"]: r for r in map(json.loads, (store / "tiny" / "runs.jsonl").read_text().splitlines())}
+    ref, int8, binary = rows["uniform8"], rows["uniform8@int8-dynamic"], rows["binary1@packed"]
+    assert ref["packed_file"] == int8["packed_file"]  # one model, evaluated on two paths
+    assert "deploy" not in ref or ref["deploy"] is None
+    assert int8["deploy"]["layers"] == {"int8-dynamic": 6} and binary["deploy"]["layers"] == {"packed": 6}
+    assert int8["measured_runtime"] > 0 and int8["deploy"]["latency_fp32_s"] > 0
+    assert int8["weights_mb_resident"] < int8["weights_mb_resident_fp32"] / 3.5
+    assert binary["weights_mb_resident"] < binary["weights_mb_resident_fp32"] / 20
+    table = suite_table("tiny", store).set_index("config")
+    assert {"measured_runtime", "weights_mb_resident"} <= set(table.columns)
+    assert table.loc["distil_whisper_tiny_en/uniform8@int8-dynamic/reuse", "measured_runtime"] == int8["measured_runtime"]
+    assert (store / "tiny" / "plots" / "asr_chirps_deploy.png").is_file()
