@@ -72,7 +72,7 @@ def _looks_trained(model) -> bool:
     """Training moves every LayerNorm off its init (gain 1, bias 0) and gives weight matrices a
     dominant direction (top singular value over the median: ~4.8 trained, ~1.6 at init)."""
     norms = [m for m in model.modules() if isinstance(m, torch.nn.LayerNorm)]
-    moved = all(float((m.weight - 1).abs().mean()) > 0.1 and float(m.bias.abs().mean()) > 0.1 for m in norms)
+    moved = all(float((m.weight.detach() - 1).abs().mean()) > 0.1 and float(m.bias.detach().abs().mean()) > 0.1 for m in norms)
     sv = torch.linalg.svdvals(model.layers[0].fc1.weight.detach())
     return bool(norms) and moved and float(sv[0] / sv.median()) > 3
 
