@@ -349,9 +349,11 @@ def deploy_probe(upstream: str, bits: int, backend: str, group_size: int | None,
     base = load_upstream(upstream, random_init=upstream not in ("whisper_tiny_en", "distil_whisper_tiny_en", "fbank"), device="cpu")
     linears = target_layers(base, ("transformer",))
     n_weights = sum(m.weight.numel() for m in linears.values())
+    groups = (n_weights // group_size) if group_size else sum(m.weight.shape[0] for m in linears.values())
+    fp_bytes = sum(t.numel() * 4 for m in linears.values() for t in m.parameters(recurse=False))
+    del linears  # it holds the fp32 layers
     if bits == 16:
-        model, linear_bytes = base.to(dev), sum(m.weight.numel() * 4 + (m.bias.numel() * 4 if m.bias is not None else 0)
-                                                for m in linears.values())
+        model, linear_bytes = base.to(dev), fp_bytes
     else:
         config = BinaryConfig(group_size=group_size) if bits == 1 else UniformConfig(bits=bits, group_size=group_size)
         quantized = quantize(base, config, progress=False)
@@ -359,13 +361,18 @@ def deploy_probe(upstream: str, bits: int, backend: str, group_size: int | None,
         linear_bytes = resident_weight_bytes(model)
         del quantized, base
     gc.collect()
+    try:  # hand freed heap back to the system, so the resident set is what the model holds
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
     with open("/proc/self/clear_refs", "w") as fh:  # resets the peak resident set (VmHWM) on Linux
         fh.write("5")
     rss_kb = _status_kb("VmRSS")
     wavs = 0.1 * torch.randn(batch, int(seconds * 16000), device=dev)
     lens = torch.full((batch,), wavs.shape[1], device=dev)
     latency = measure_latency(model, wavs, lens, reps)
-    groups = (n_weights // group_size) if group_size else sum(m.weight.shape[0] for m in linears.values())
     ideal = n_weights * bits / 8 + groups * 2 if bits != 16 else None  # codes, and an fp16 scale per row or group
     return {"bits": bits, "backend": backend if bits != 16 else "fp32", "group_size": group_size,
             "latency_s": latency, "rss_mb": rss_kb / 1e3, "peak_rss_mb": _status_kb("VmHWM") / 1e3,
@@ -377,8 +384,8 @@ def deploy_probe(upstream: str, bits: int, backend: str, group_size: int | None,
 def perf_deploy(upstream: str, configs: list[tuple[int, str, int | None]], seconds: float, reps: int, batch: int,
                 device: str | None = None) -> int:
     """Measured latency, throughput and memory of deployed low-bit models beside fp32 and the
-    estimate. Each configuration runs in a fresh process (with glibc returning large freed blocks
-    to the system), so resident and peak memory are its own."""
+    estimate. Each configuration runs in a fresh process (freed heap handed back with malloc_trim
+    after building), so resident and peak memory are its own."""
     import json
     import os
     import subprocess
@@ -390,7 +397,7 @@ def perf_deploy(upstream: str, configs: list[tuple[int, str, int | None]], secon
     for bits, backend, group in [(16, "fp32", None), *configs]:
         code = (f"import json; from bench.perf import deploy_probe; print('RESULT', json.dumps(deploy_probe("
                 f"{upstream!r}, {bits}, {backend!r}, {group!r}, {seconds}, {reps}, {batch}, {device!r})))")
-        env = os.environ | {"MALLOC_MMAP_THRESHOLD_": "65536", "PYTHONWARNINGS": "ignore"}
+        env = os.environ | {"PYTHONWARNINGS": "ignore"}
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
         line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
         if proc.returncode or line is None:

@@ -60,7 +60,7 @@ def test_int8_dynamic_runs_fbgemm_from_our_codes_close_to_the_reference(tiny_hub
     deployed = deploy(reference, "int8-dynamic")
     assert all(isinstance(deployed.get_submodule(n), Int8DynamicLayer) for n in deployed.deploy_backends)
     name = next(iter(deployed.deploy_backends))
-    weight, _ = deployed.get_submodule(name).linear._packed_params._weight_bias()
+    weight, _ = deployed.get_submodule(name).op._packed_params._weight_bias()
     ref = reference.get_submodule(name)
     assert torch.equal(weight.int_repr().to(torch.int16), ref.codes.to(torch.int16) - 128)  # our codes, not re-rounded
     assert torch.allclose(weight.dequantize(), ref.weight, atol=1e-6)
@@ -99,6 +99,7 @@ def test_auto_takes_int8_kernels_where_they_run_and_packed_elsewhere(tiny_hubert
     (UniformConfig(bits=4), "int4-weight", "groups of 32/64/128/256, not one per row"),
     (UniformConfig(bits=2, group_size=32), "int4-weight", "needs 4-bit weights"),
     (UniformConfig(bits=4, targets=("cnn",)), "int4-weight", "linear layers only"),
+    (UniformConfig(bits=8, targets=("cnn",)), "int8-dynamic", "linear layers only"),
     (UniformConfig(bits=4), "int7", "unknown backend 'int7'"),
 ])
 def test_a_backend_refuses_what_it_cannot_run_naming_those_that_can(tiny_hubert, config, backend, message):
