@@ -310,7 +310,8 @@ def _cmd_perf(args: argparse.Namespace) -> int:
     if args.what == "whisper":
         return perf_whisper(args.corpus, args.split, reps=args.reps)
     if args.what == "deploy":
-        return perf_deploy(args.upstream, parse_deploy_configs(args.configs), args.seconds, args.reps, args.batch, args.device)
+        return perf_deploy(args.upstream, parse_deploy_configs(args.configs), args.seconds, args.reps, args.batch, args.device,
+                           args.out, args.rounds)
     if args.what == "step":
         return perf_step()
     if args.what == "stream":
@@ -540,6 +541,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--configs", default="8:int8-dynamic,4:int4-weight:g64,4:packed,2:packed,1:packed",
                    help="deploy: comma-separated BITS:BACKEND[:gN]")
     p.add_argument("--device", default=None, help="deploy: cpu or cuda (default: auto)")
+    p.add_argument("--out", default=None, help="deploy: also write the measurements as JSON (bench table paper reads "
+                                               "STORE/deploy/UPSTREAM.json)")
+    p.add_argument("--rounds", type=int, default=1, help="deploy: measure every configuration this many times, "
+                                                         "each ratio within its round (median and range reported)")
     p.add_argument("--corpus", default="data/synth/digits", help="whisper: LibriSpeech-layout corpus root")
     p.add_argument("--split", default="test", help="whisper: split folder to take 2 utterances from")
     p.add_argument("--hours", default="1,10", help="stream: corpus sizes in hours (comma-separated)")

@@ -382,43 +382,68 @@ def deploy_probe(upstream: str, bits: int, backend: str, group_size: int | None,
 
 
 def perf_deploy(upstream: str, configs: list[tuple[int, str, int | None]], seconds: float, reps: int, batch: int,
-                device: str | None = None) -> int:
+                device: str | None = None, out: str | None = None, rounds: int = 1) -> int:
     """Measured latency, throughput and memory of deployed low-bit models beside fp32 and the
     estimate. Each configuration runs in a fresh process (freed heap handed back with malloc_trim
-    after building), so resident and peak memory are its own."""
+    after building), so resident and peak memory are its own. With ``rounds`` > 1 every
+    configuration, fp32 included, is measured once per round, and each ratio to fp32 is taken
+    within its round: the median is reported with its range (a shared machine drifts)."""
     import json
     import os
+    import statistics
     import subprocess
     import sys
 
     from upstream_quant.accounting import cost_report
 
-    rows = []
-    for bits, backend, group in [(16, "fp32", None), *configs]:
-        code = (f"import json; from bench.perf import deploy_probe; print('RESULT', json.dumps(deploy_probe("
-                f"{upstream!r}, {bits}, {backend!r}, {group!r}, {seconds}, {reps}, {batch}, {device!r})))")
-        env = os.environ | {"PYTHONWARNINGS": "ignore"}
-        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
-        line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
-        if proc.returncode or line is None:
-            print(f"{bits}-bit {backend}: failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}")
-            continue
-        rows.append(json.loads(line[7:]))
-        print(f"  measured {bits}-bit {backend}", file=sys.stderr)
-    if not rows or rows[0]["bits"] != 16:
+    plan = [(16, "fp32", None), *configs]
+    measured: dict[tuple, list[dict]] = {key: [] for key in plan}
+    for round_ in range(rounds):
+        for bits, backend, group in plan:
+            code = (f"import json; from bench.perf import deploy_probe; print('RESULT', json.dumps(deploy_probe("
+                    f"{upstream!r}, {bits}, {backend!r}, {group!r}, {seconds}, {reps}, {batch}, {device!r})))")
+            env = os.environ | {"PYTHONWARNINGS": "ignore"}
+            proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+            line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+            if proc.returncode or line is None:
+                print(f"{bits}-bit {backend}: failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}")
+                continue
+            measured[(bits, backend, group)].append(json.loads(line[7:]) | {"round": round_})
+            print(f"  measured {bits}-bit {backend} (round {round_ + 1}/{rounds})", file=sys.stderr)
+    fp_runs = {r["round"]: r["latency_s"] for r in measured[plan[0]]}
+    if not fp_runs:
         return 1
+    rows = []
+    for key, runs in measured.items():
+        ratios = [r["latency_s"] / fp_runs[r["round"]] for r in runs if r["round"] in fp_runs]
+        if not ratios:
+            continue
+        row = dict(runs[0]) | {"latency_s": statistics.median(r["latency_s"] for r in runs),
+                               "measured_runtime": round(statistics.median(ratios), 4),
+                               "measured_range": [round(min(ratios), 4), round(max(ratios), 4)]}
+        rows.append(row)
     fp = rows[0]
     print(f"{upstream}: {batch} x {seconds:g} s utterance(s), median of {reps} forward passes after a warm-up, "
-          f"{fp['threads']} threads, {fp['device']}; each row in its own process")
-    print(f"{'bits':>4} {'backend':<13} {'latency s':>9} {'vs fp32':>7} {'utt/s':>6} {'est':>6} {'RSS MB':>7} "
+          f"{rounds} round(s), {fp['threads']} threads, {fp['device']}; each measurement in its own process")
+    print(f"{'bits':>4} {'backend':<13} {'latency s':>9} {'vs fp32':>7} {'range':>11} {'est':>6} {'RSS MB':>7} "
           f"{'peak MB':>8} {'linears MB':>10} {'ideal MB':>8} {'all MB':>7}")
     for r in rows:
         est = cost_report(upstream, r["bits"], seconds).est_runtime["encoder"]
         ideal = f"{r['ideal_mb']:8.2f}" if r["ideal_mb"] is not None else f"{'':>8}"
-        print(f"{r['bits']:>4} {r['backend']:<13} {r['latency_s']:9.3f} {r['latency_s'] / fp['latency_s']:7.2f} "
-              f"{batch / r['latency_s']:6.2f} {est:6.3f} {r['rss_mb']:7.0f} {r['peak_rss_mb']:8.0f} "
-              f"{r['linear_weights_mb']:10.2f} {ideal} {r['all_weights_mb']:7.1f}")
-    print("est: the bit-operation estimate (encoder, relative to fp HuBERT Base); linears MB: resident bytes of the "
-          "quantized transformer linears; ideal MB: bits x weights / 8 plus one fp16 scale per row or group; "
-          "all MB: every parameter and buffer of the model")
+        lo, hi = r["measured_range"]
+        print(f"{r['bits']:>4} {r['backend']:<13} {r['latency_s']:9.3f} {r['measured_runtime']:7.2f} {f'{lo:.2f}-{hi:.2f}':>11} "
+              f"{est:6.3f} {r['rss_mb']:7.0f} {r['peak_rss_mb']:8.0f} {r['linear_weights_mb']:10.2f} {ideal} {r['all_weights_mb']:7.1f}")
+    print("vs fp32: median over rounds of the latency over the same round's fp32 latency (range: min-max); est: the "
+          "bit-operation estimate (encoder, relative to fp HuBERT Base); linears MB: resident bytes of the quantized "
+          "transformer linears; ideal MB: bits x weights / 8 plus one fp16 scale per row or group; all MB: every "
+          "parameter and buffer of the model (RSS, peak and MB columns from the first round)")
+    if out:
+        import platform
+
+        from upstream_quant.io import write_atomic
+
+        record = {"upstream": upstream, "seconds": seconds, "batch": batch, "reps": reps, "rounds": rounds, "weights": "random",
+                  "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or platform.system()}",
+                  "rows": rows}
+        print(f"wrote {write_atomic(out, json.dumps(record, indent=1))}")
     return 0

@@ -77,9 +77,36 @@ def paper_table(results_root: Path | None = None, seconds: float = 10.0) -> pd.D
                 "wer": _round(wer.mean(), 2), "wer_sd": _round(wer.std(), 2), "seeds": int(group["seed"].nunique()),
             })
     ours = pd.DataFrame(lines)
+    measured = measured_runtimes(results_root)
+    columns = list(PAPER_COLUMNS)
+    if measured:
+        at = {spec.config: measured.get((spec.upstream, spec.bits)) for spec in PAPER_ROWS}
+        ours["measured_runtime"] = [(at.get(r) or (None, None))[0] for r in ours.paper_row]
+        ours["measured_backend"] = [(at.get(r) or (None, None))[1] for r in ours.paper_row]
+        columns[columns.index("est_runtime_full") + 1:columns.index("est_runtime_full") + 1] = ["measured_runtime", "measured_backend"]
     ref = paper_reference()[["paper_storage_mb", "paper_est_runtime", "paper_wer"]]
     table = ours.merge(ref, how="left", left_on="paper_row", right_index=True)
-    return table.reindex(columns=PAPER_COLUMNS)
+    return table.reindex(columns=columns)
+
+
+def measured_runtimes(root: Path | None) -> dict[tuple[str, int], tuple[float, str]]:
+    """(upstream, bits) -> (measured forward time over fp32, backend) from ``bench perf deploy
+    --out STORE/deploy/UPSTREAM.json``: the backend `deploy(auto)` takes (int8 kernels at 8 bits,
+    packed weights below); 16 bits is the fp32 model itself."""
+    import json
+
+    from .results import RESULTS_DIR
+
+    out = {}
+    for path in sorted(Path(root or RESULTS_DIR).glob("deploy/*.json")):
+        record = json.loads(path.read_text())
+        by = {(r["bits"], r["backend"]): r["measured_runtime"] for r in record["rows"]}
+        for bits in {b for b, _ in by}:
+            for backend in (("fp32",) if bits == 16 else ("int8-dynamic", "packed") if bits == 8 else ("packed",)):
+                if (bits, backend) in by:
+                    out[(record["upstream"], bits)] = (by[(bits, backend)], backend)
+                    break
+    return out
 
 
 def _round(value, digits: int):
@@ -119,6 +146,11 @@ Columns without the `paper_` prefix are ours; `paper_*` are the figures publishe
 - stored_mb: computed from the model that ran (its layers' bits, groups, zero-points);
   packed_mb: the size of its packed file on disk (stored_mb plus the file's JSON header).
 - wer: test WER in percent of that configuration; empty where it has not run.
+- measured_runtime (when STORE/deploy/UPSTREAM.json exists, from `bench perf deploy --out`): the
+  forward time of the bit width's deployed model over the fp32 model's, measured on one machine
+  with random weights (speed does not depend on them), one 10 s utterance; measured_backend is
+  the backend (int8 kernels at 8 bits, bit-packed weights below). A measurement of this
+  machine, not of the paper's.
 """
 
 

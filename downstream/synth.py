@@ -387,7 +387,9 @@ def build(out: str | Path, args: SynthArgs, workers: int | None = None, force: b
                                SPLIT_NAMES[args.split_names])
     workers = workers or os.cpu_count() or 1
     seconds: dict[str, float] = {}
-    with get_context("fork").Pool(workers) as pool:
+    # forkserver, not fork: forking a process that already runs threads (torch's, a progress bar's)
+    # can leave a worker stuck on a lock copied mid-use; a CI run hung here that way
+    with get_context("forkserver").Pool(workers) as pool:
         it = pool.imap(run_job, jobs, chunksize=4)
         for job, sec in tqdm(zip(jobs, it), total=len(jobs), desc=f"synth {args.kind}", disable=not progress, unit="utt"):
             seconds[job.out] = sec

@@ -141,3 +141,24 @@ def test_bench_perf_whisper_reports_cosines_and_timings(tmp_path, capsys):
     assert len(cosines) == 5 and all(0 < c <= 1.0001 for c in cosines) and cosines[0] > 0.99
     assert "own length" in out and "padded" in out
     assert main(["perf", "whisper", "--corpus", str(tmp_path / "none")]) == 2
+
+
+def test_bench_table_paper_shows_measured_runtime_when_a_deploy_measurement_exists(tmp_path):
+    from bench.tables import paper_table
+
+    assert "measured_runtime" not in paper_table(tmp_path).columns  # nothing measured: no column
+    rows = [{"bits": 16, "backend": "fp32", "measured_runtime": 1.0}, {"bits": 8, "backend": "int8-dynamic", "measured_runtime": 0.6},
+            {"bits": 8, "backend": "packed", "measured_runtime": 1.1}, {"bits": 2, "backend": "packed", "measured_runtime": 1.2},
+            {"bits": 1, "backend": "packed", "measured_runtime": 1.3}]
+    (tmp_path / "deploy").mkdir()
+    (tmp_path / "deploy" / "hubert_base.json").write_text(json.dumps({"upstream": "hubert_base", "rows": rows}))
+    table = paper_table(tmp_path).set_index("paper_row")
+    assert table.loc["hubert_base/8bit", "measured_runtime"] == 0.6 and table.loc["hubert_base/8bit", "measured_backend"] == "int8-dynamic"
+    assert table.loc["hubert_base/2bit", "measured_runtime"] == 1.2 and table.loc["hubert_base/fp16", "measured_runtime"] == 1.0
+    assert pd_isna(table.loc["hubert_base/4bit", "measured_runtime"]) and pd_isna(table.loc["distilhubert/fp16", "measured_runtime"])
+
+
+def pd_isna(value) -> bool:
+    import pandas as pd
+
+    return bool(pd.isna(value))

@@ -160,3 +160,20 @@ protocol = "reuse"
     assert {"measured_runtime", "weights_mb_resident"} <= set(table.columns)
     assert table.loc["distil_whisper_tiny_en/uniform8@int8-dynamic/reuse", "measured_runtime"] == int8["measured_runtime"]
     assert (store / "tiny" / "plots" / "asr_chirps_deploy.png").is_file()
+
+
+@pytest.mark.slow
+def test_bench_perf_deploy_measures_in_rounds_and_writes_what_the_paper_table_reads(tmp_path, capsys):
+    import json
+
+    out = tmp_path / "deploy" / "distilhubert.json"
+    assert main(["perf", "deploy", "--upstream", "distilhubert", "--seconds", "0.5", "--reps", "1", "--rounds", "2",
+                 "--configs", "2:packed", "--out", str(out)]) == 0
+    record = json.loads(out.read_text())
+    fp, two = record["rows"]
+    assert record["rounds"] == 2 and fp["backend"] == "fp32" and fp["measured_runtime"] == 1.0
+    lo, hi = two["measured_range"]
+    assert two["backend"] == "packed" and lo <= two["measured_runtime"] <= hi
+    assert two["linear_weights_mb"] < fp["linear_weights_mb"] / 10  # 2-bit codes resident instead of fp32
+    assert abs(two["linear_weights_mb"] - two["ideal_mb"]) / two["ideal_mb"] < 0.1
+    assert "2 round(s)" in capsys.readouterr().out
