@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections import Counter
 import math
 import os
 import sys
@@ -16,14 +17,14 @@ def _cmd_cost(args: argparse.Namespace) -> int:
     from upstream_quant import known_upstreams
     from upstream_quant.accounting import cost_report
 
+    if not (math.isfinite(args.seconds) and 0.1 <= args.seconds <= 3600):
+        raise SystemExit(f"bench cost: --seconds {args.seconds!r}: expected an utterance length from 0.1 to 3600 s")
     if args.packed:
         return _cost_packed(args)
     if args.upstream is None:
         raise SystemExit("bench cost: give --upstream NAME (the architecture at --bits) or --packed FILE (a model as it is)")
     if args.upstream not in known_upstreams():
         raise SystemExit(f"bench cost: unknown upstream {args.upstream!r}; known: {', '.join(known_upstreams())}")
-    if not (math.isfinite(args.seconds) and 0.1 <= args.seconds <= 3600):
-        raise SystemExit(f"bench cost: --seconds {args.seconds!r}: expected an utterance length from 0.1 to 3600 s")
     report = cost_report(args.upstream, args.bits, args.seconds)
     data = report.as_dict()
     if args.json:
@@ -58,14 +59,10 @@ def _cost_packed(args: argparse.Namespace) -> int:
 
     if args.upstream is not None:
         raise SystemExit("bench cost: --packed FILE names its upstream itself; leave out --upstream")
-    if not (math.isfinite(args.seconds) and 0.1 <= args.seconds <= 3600):
-        raise SystemExit(f"bench cost: --seconds {args.seconds!r}: expected an utterance length from 0.1 to 3600 s")
     model = load_packed(args.packed, device="cpu")
     cost = model_cost(model, args.seconds)
     size = Path(args.packed).stat().st_size
-    widths: dict[int, int] = {}
-    for bits in cost.bit_map.values():
-        widths[bits] = widths.get(bits, 0) + 1
+    widths = Counter(cost.bit_map.values())
     data = {"file": str(args.packed), "upstream": model.name, "file_mb": round(size / 1e6, 4), "seconds": args.seconds,
             "quantization": getattr(model, "quantization", None), "storage_mb": cost.storage_mb,
             "est_runtime": cost.est_runtime, "layers_per_bits": {str(b): n for b, n in sorted(widths.items())},
@@ -480,9 +477,7 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
 
     ref_states, t_ref = timed(reference)
     dep_states, t_dep = timed(deployed)
-    counts: dict[str, int] = {}
-    for backend in deployed.deploy_backends.values():
-        counts[backend] = counts.get(backend, 0) + 1
+    counts = Counter(deployed.deploy_backends.values())
     print(f"{args.packed}: {reference.name}, {len(deployed.deploy_backends)} quantized layers on "
           + ", ".join(f"{b} ({n})" for b, n in sorted(counts.items())) + f", {device}")
     print(f"resident weights of the quantized layers: {resident_weight_bytes(reference) / 1e6:.2f} MB as the reference "

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -233,11 +234,11 @@ class Runner:
 
         key = f"packed-{run.quant.file_sha256}"
         if key not in self._quantized:
-            model = load_packed(run.quant.file, device=self.device)
             manifest_sha = read_manifest(run.quant.file)["sha256"]
             if manifest_sha != run.quant.file_sha256:
                 raise ValueError(f"{run.quant.file}: changed since the suite was loaded (sha256 {manifest_sha[:12]}, "
                                  f"expected {run.quant.file_sha256[:12]})")
+            model = load_packed(run.quant.file, device=self.device)
             model.packed_file = Path(run.quant.file)
             model.build_info = {"packed": {"file": run.quant.file, "sha256": manifest_sha,
                                            "quantization": getattr(model, "quantization", None)}}
@@ -301,9 +302,7 @@ class Runner:
         t_dep = measure_latency(deployed, wavs, lens, self.DEPLOY_REPS)
         fp_bytes = sum(t.numel() * 4 for name in deployed.deploy_backends
                        for t in fp.get_submodule(name).parameters(recurse=False))
-        counts: dict[str, int] = {}
-        for backend in deployed.deploy_backends.values():
-            counts[backend] = counts.get(backend, 0) + 1
+        counts = dict(Counter(deployed.deploy_backends.values()))
         return {"deploy": {"backend": run.quant.deploy, "layers": counts, "latency_s": round(t_dep, 4),
                            "latency_fp32_s": round(t_fp, 4), "seconds": self.DEPLOY_SECONDS, "reps": self.DEPLOY_REPS,
                            "threads": torch.get_num_threads(), "device": str(device)},
@@ -397,8 +396,7 @@ def preflight(suite: Suite, runs: list[RunSpec]) -> tuple[list[str], list[str]]:
                 notes.append(f"data {name}: {root} is built on first use (bench data synth)")
             else:
                 problems.append(f"data {name}: {key} {root} does not exist; pass --data {name}{'' if key == 'root' else '.' + key}=PATH")
-    for upstream, checkpoint in sorted({(r.upstream, r.checkpoint) for r in runs
-                                        if not (r.quant.method == "packed" and r.protocol == "retrain")}, key=str):
+    for upstream, checkpoint in sorted({(r.upstream, r.checkpoint) for r in runs if r.needs_fp_upstream}, key=str):
         ok, where = weights_status(upstream, checkpoint)
         (notes if ok else problems).append(f"upstream {upstream}: {where}")
     return list(dict.fromkeys(notes)), list(dict.fromkeys(problems))
@@ -429,10 +427,8 @@ def run_suite(suite: Suite, runs: list[RunSpec], store: Path = DEFAULT_STORE, fo
     done = {row.get("config_hash") for row in load_runs(suite.name, store)}
     todo = [r for r in runs if force or r.config_hash not in done]
     runner = Runner(suite, store, device, progress)
-    # a missing download or a checkpoint of the wrong family fails here, before any run (a
-    # packed:FILE run retrained on needs no full-precision upstream: its file is checked at load)
-    needs_fp = [r for r in todo if not (r.quant.method == "packed" and r.protocol == "retrain" and not r.quant.deploy)]
-    for run in {(r.upstream, r.checkpoint): r for r in needs_fp}.values():
+    # a missing download or a checkpoint of the wrong family fails here, before any run
+    for run in {(r.upstream, r.checkpoint): r for r in todo if r.needs_fp_upstream}.values():
         runner.upstream(run)
     summary = {"total": len(runs), "skipped": len(runs) - len(todo), "finished": 0, "failed": []}
     started = time.time()

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import fnmatch
 import dataclasses
+import fnmatch
 import hashlib
 import json
 import re
@@ -225,6 +225,12 @@ class RunSpec:
         return self.data_config.get("head_data", self.data)
 
     @property
+    def needs_fp_upstream(self) -> bool:
+        """Whether the run loads the full-precision upstream: all do but a ``packed:FILE`` run
+        retrained on (its model is the file; a reuse head or a deploy measurement needs fp)."""
+        return not (self.quant.method == "packed" and self.protocol == "retrain" and not self.quant.deploy)
+
+    @property
     def config_name(self) -> str:
         """The table's row name: upstream/method+bits/protocol."""
         return f"{self.upstream}/{self.quant.label}/{self.protocol}"
@@ -334,7 +340,6 @@ class Overrides:
 
     def check(self, suite: "Suite") -> None:
         """Every name must exist in the suite, every path on disk, every field and type in its config."""
-        import dataclasses
         import typing
 
         from downstream.tasks import TaskConfig
@@ -411,8 +416,6 @@ def _fits(value, hint) -> bool:
 
 def apply_overrides(suite: "Suite", overrides: Overrides) -> "Suite":
     """The suite with data roots, checkpoints, settings and devices replaced (validated first)."""
-    import dataclasses
-
     overrides.check(suite)
     places: dict[str, dict] = {}
     for key, path in overrides.data.items():

@@ -20,6 +20,7 @@ keeps 1-3-bit weights packed on CPU; the kernels themselves are PyTorch's.
 """
 from __future__ import annotations
 
+import math
 import warnings
 
 import torch
@@ -84,10 +85,7 @@ class PackedLayer(_Deployed):
         self.register_buffer("zero", None if self.const_zero is not None else zero.half())
 
     def weight(self, dtype: torch.dtype) -> torch.Tensor:
-        n = 1
-        for d in self.shape:
-            n *= d
-        codes = unpack(self.packed, self.bits, n).reshape(self.shape)
+        codes = unpack(self.packed, self.bits, math.prod(self.shape)).reshape(self.shape)
         scale = self.scale.float()
         zero = torch.full_like(scale, self.const_zero) if self.zero is None else self.zero.float()
         return dequantize(codes, scale, zero, self.group_size).to(dtype)

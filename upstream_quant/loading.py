@@ -232,8 +232,9 @@ def load_upstream(
 
     Sources, in order: `checkpoint` (a local file: s3prl/fairseq/Whisper weights, or one of our
     packed files, which must hold upstream `name` and, unless `allow_quantized`, full-precision
-    weights), `random_init` (exact architecture, random weights), weights embedded in the installation (Whisper tiny.en, the distilled student,
-    FBANK), else the released weights through s3prl's hub downloader.
+    weights), `random_init` (exact architecture, random weights), weights embedded in the
+    installation (Whisper tiny.en, the distilled student, FBANK), else the released weights
+    through s3prl's hub downloader.
     """
     spec = _spec(name)
     if checkpoint is not None and random_init:

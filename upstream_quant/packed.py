@@ -120,14 +120,19 @@ def save_packed(upstream, path: str | Path) -> Path:
     return path
 
 
-def read_manifest(path: str | Path) -> dict:
+def _metadata(path: str | Path) -> dict:
+    """A safetensors file's metadata (header only)."""
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt") as fh:
-            meta = fh.metadata() or {}
+            return fh.metadata() or {}
     except (SafetensorError, OSError, ValueError) as err:
         raise PackedFileError(f"{path}: not a readable packed file ({err})") from err
+
+
+def read_manifest(path: str | Path) -> dict:
+    meta = _metadata(path)
     if "manifest" not in meta:
         raise PackedFileError(f"{path}: no manifest in the file's metadata")
     try:
@@ -141,19 +146,12 @@ def read_manifest(path: str | Path) -> dict:
 
 
 def is_packed_file(path: str | Path) -> bool:
-    """Whether `path` is a safetensors file carrying our manifest (read from its header only)."""
-    import struct
-
+    """Whether `path` is a safetensors file carrying our manifest (read from its header only; a
+    damaged manifest still counts, so that loading it names the damage)."""
     try:
-        with open(path, "rb") as fh:
-            (size,) = struct.unpack("<Q", fh.read(8))
-            if size > 100_000_000:
-                return False
-            header = json.loads(fh.read(size))
-    except (OSError, struct.error, ValueError):
+        return '"lowbit-packed/' in _metadata(path).get("manifest", "")
+    except PackedFileError:
         return False
-    meta = header.get("__metadata__") if isinstance(header, dict) else None
-    return isinstance(meta, dict) and '"lowbit-packed/' in str(meta.get("manifest", ""))
 
 
 def quantized_layers(model) -> dict[str, str]:
