@@ -191,9 +191,11 @@ class Runner:
             return model, {"qat": summary}
         from upstream_quant.quantize import quantize
 
-        needs_calib = q.method == "gptq" or q.clip == "cosine"
-        calib = self.calibration(run) if needs_calib else None
-        return quantize(base, q.config(), calibration=calib, progress=False), {}
+        config = q.config()
+        calib = self.calibration(run) if getattr(config, "needs_calibration", False) else None
+        started = time.time()
+        model = quantize(base, config, calibration=calib, progress=False)
+        return model, {"quantize_seconds": round(time.time() - started, 2), "blocks": model.quantization.get("blocks")}
 
     def quantized(self, run: RunSpec):
         """The run's upstream, quantized as its spec says; ``.packed_file`` names its packed file."""
@@ -264,7 +266,10 @@ class Runner:
         several test sets share it."""
         body = {"upstream": run.upstream, "checkpoint": Path(run.checkpoint).name if run.checkpoint else None,
                 "quant": run.quant.model.as_dict(), "options": run.options}
-        if run.quant.method in ("gptq", "mixed", "qat") or run.quant.clip == "cosine":
+        config = run.quant.model.config()
+        if config is not None:  # every setting of the method, defaults included: a changed default is a new model
+            body["config"] = {k: v for k, v in dataclasses.asdict(config).items() if k != "targets"}
+        if run.quant.method in ("mixed", "qat") or getattr(config, "needs_calibration", False):
             table = self.suite.data_tables[run.head_data]
             body |= {"audio": {k: v for k, v in table.items() if k not in LOCATION_FIELDS}, "seed": run.seed}
         return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -363,6 +368,7 @@ class Runner:
             "qat": info.get("qat"),
             "mixed": info.get("mixed"),
             "packed": info.get("packed"),
+            "quantize_seconds": info.get("quantize_seconds"),
             **(self.deploy_measurements(run, runs_on) if run.quant.deploy else {}),
             "train": {k: result.get(k) for k in ("steps", "epochs", "train_seconds", "train_utterances_per_second",
                                                  "upstream_seconds", "head_seconds", "feature_cache")},

@@ -47,6 +47,12 @@ class QuantSpec:
     # ``SPEC@BACKEND``: evaluate the model deployed on a low-bit backend (upstream_quant.deploy),
     # with its latency and resident weight memory measured against the fp32 upstream
     deploy: str | None = None
+    # ``gptq:B:plain``: GPTQ as first published (one pass, natural column order, min-max ranges),
+    # for ablations; ``asym``: asymmetric (zero-point) levels; ``recon:B[:gN][:sSTEPS]``: GPTQ then
+    # block-wise reconstruction (upstream_quant.recon), STEPS optimizer steps per block
+    plain: bool | None = None
+    symmetric: bool | None = None
+    steps: int | None = None
 
     @classmethod
     def parse(cls, text: str) -> "QuantSpec":
@@ -86,14 +92,21 @@ class QuantSpec:
             raise ValueError(f"quantization {text!r}: expected 'fp' or METHOD:BITS[:options], e.g. 'uniform:4'")
         spec = {"method": parts[0], "bits": int(parts[1])}
         for opt in parts[2:]:
-            if opt in ("minmax", "mse", "cosine"):
+            if opt in CLIPS:
                 spec["clip"] = opt
             elif opt[:1] == "g" and opt[1:].isdigit():
                 spec["group_size"] = int(opt[1:])
             elif opt[:1] == "a" and opt[1:].isdigit():
                 spec["act_bits"] = int(opt[1:])
+            elif opt == "plain" and parts[0] == "gptq":
+                spec["plain"] = True
+            elif opt in ("asym", "sym") and parts[0] in ("gptq", "recon"):
+                spec["symmetric"] = opt == "sym"
+            elif opt[:1] == "s" and opt[1:].isdigit() and parts[0] == "recon":
+                spec["steps"] = int(opt[1:])
             else:
-                raise ValueError(f"quantization {text!r}: unknown option {opt!r} (gN, minmax|mse|cosine, aN)")
+                raise ValueError(f"quantization {text!r}: unknown option {opt!r} (gN, {'|'.join(CLIPS)}, aN; "
+                                 "gptq: plain, asym|sym; recon: sSTEPS, asym|sym)")
         quant = cls(**spec)
         quant.config()  # validates method and bits
         return quant
@@ -136,8 +149,9 @@ class QuantSpec:
             del out["file"], out["file_sha256"]
         else:
             out["file"] = Path(self.file).name
-        if self.deploy is None:
-            del out["deploy"]
+        for name in ("deploy", "plain", "symmetric", "steps"):
+            if out[name] is None:
+                del out[name]
         return out
 
     @property
@@ -162,7 +176,10 @@ class QuantSpec:
         extra = "".join(f"-{x}" for x in (
             self.clip if self.clip != "minmax" else None,
             f"g{self.group_size}" if self.group_size else None,
-            f"a{self.act_bits}" if self.act_bits else None) if x)
+            f"a{self.act_bits}" if self.act_bits else None,
+            "plain" if self.plain else None,
+            None if self.symmetric is None else ("sym" if self.symmetric else "asym"),
+            f"s{self.steps}" if self.steps is not None else None) if x)
         return f"{self.method}{self.bits}{extra}"
 
     def config(self):
@@ -170,14 +187,25 @@ class QuantSpec:
         allocated per run from calibration audio)."""
         if self.method in ("fp", "mixed", "qat", "packed"):
             return None
-        return make_config(self.method, self.bits, self.group_size, self.clip, self.act_bits, ("transformer",))
+        return make_config(self.method, self.bits, self.group_size, self.clip, self.act_bits, ("transformer",),
+                           plain=bool(self.plain), symmetric=self.symmetric, steps=self.steps)
 
 
-def make_config(method: str, bits: int, group_size: int | None, clip: str, act_bits: int | None, targets: tuple[str, ...]):
+CLIPS = ("minmax", "mse", "output", "cosine")
+
+
+def make_config(method: str, bits: int, group_size: int | None, clip: str, act_bits: int | None, targets: tuple[str, ...],
+                plain: bool = False, symmetric: bool | None = None, steps: int | None = None):
     """A post-training quantization config from its parts (suite tokens, CLI flags); errors name the bad value."""
     from upstream_quant.binary import BinaryConfig
     from upstream_quant.gptq import GPTQConfig
+    from upstream_quant.recon import ReconConfig
     from upstream_quant.uniform import UniformConfig
+
+    sym = {} if symmetric is None else {"symmetric": symmetric}
+    if method == "recon":
+        return ReconConfig(bits=bits, group_size=group_size, act_bits=act_bits, targets=targets, **sym,
+                           **({} if steps is None else {"steps": steps}))
 
     if method == "binary":
         if bits != 1:
@@ -186,8 +214,9 @@ def make_config(method: str, bits: int, group_size: int | None, clip: str, act_b
     if method == "uniform":
         return UniformConfig(bits=bits, group_size=group_size, clip=clip, act_bits=act_bits, targets=targets)
     if method == "gptq":
-        return GPTQConfig(bits=bits, group_size=group_size, act_bits=act_bits, targets=targets)
-    raise ValueError(f"unknown method {method!r}; known: binary, uniform, gptq")
+        variant = {"sequential": False, "act_order": False, "scale_search": "minmax"} if plain else {}
+        return GPTQConfig(bits=bits, group_size=group_size, act_bits=act_bits, targets=targets, **sym, **variant)
+    raise ValueError(f"unknown method {method!r}; known: binary, uniform, gptq, recon")
 
 
 # Where data lives on this machine does not change a result: left out of the config hash.
@@ -428,7 +457,7 @@ def apply_overrides(suite: "Suite", overrides: Overrides) -> "Suite":
     for run in suite.runs:
         dcfg = run.data_config | places.get(run.data, {})
         uses = {"qat": run.quant.method == "qat",
-                "calibration": run.quant.method in ("gptq", "mixed") or run.quant.clip == "cosine"}
+                "calibration": run.quant.method in ("gptq", "recon", "mixed") or run.quant.clip in ("cosine", "output")}
         runs.append(dataclasses.replace(
             run, schedule=run.schedule | overrides.settings.get(run.task, {}), data_config=dcfg,
             checkpoint=overrides.checkpoints.get(run.upstream, run.checkpoint),

@@ -60,26 +60,126 @@ def check_calibration(wavs: list[torch.Tensor]) -> None:
                       "statistics from a few frames are unreliable")
 
 
+def is_waveforms(calibration) -> bool:
+    """Our upstreams' convenience: a list of 1-D waveforms (every other input is a model batch)."""
+    return isinstance(calibration, (list, tuple)) and bool(calibration) and all(
+        isinstance(w, torch.Tensor) and w.dim() == 1 for w in calibration)
+
+
+def _tensors(batch):
+    if isinstance(batch, torch.Tensor):
+        yield batch
+    elif isinstance(batch, (tuple, list)):
+        for item in batch:
+            yield from _tensors(item)
+    elif isinstance(batch, dict):
+        for item in batch.values():
+            yield from _tensors(item)
+
+
+def _shapes(batch) -> str:
+    if isinstance(batch, torch.Tensor):
+        return f"tensor{tuple(batch.shape)}"
+    if isinstance(batch, dict):
+        return "{" + ", ".join(f"{k}: {_shapes(v)}" for k, v in batch.items()) + "}"
+    if isinstance(batch, (tuple, list)):
+        return "(" + ", ".join(_shapes(v) for v in batch) + ")"
+    return type(batch).__name__
+
+
+def _to(batch, device):
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device)
+    if isinstance(batch, dict):
+        return {k: _to(v, device) for k, v in batch.items()}
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(_to(v, device) for v in batch)
+    return batch
+
+
+def reusable(calibration):
+    """Calibration that can be run more than once: a one-shot iterator is read into a list (the
+    sequential methods run it again per stage when a model has no block list)."""
+    if callable(calibration) or isinstance(calibration, (list, tuple)):
+        return calibration
+    return list(calibration)
+
+
+@torch.no_grad()
+def run_calibration(model: nn.Module, calibration) -> int:
+    """Drive `model`'s forward passes over `calibration`, as GPTQ libraries take it:
+
+    - a callable ``run(model)`` that makes the forward passes itself;
+    - a list of 1-D 16 kHz waveforms (our upstreams: ``model(wav[None], wav_len)``, one at a time);
+    - any other iterable of batches: a tensor (``model(x)``), a tuple (``model(*args)``) or a
+      dict (``model(**kwargs)``), moved to the model's device.
+
+    Returns the number of forward calls made. A batch with NaN/inf, an empty iterable, or a
+    batch the model cannot take is a CalibrationError naming the batch index and shapes.
+    """
+    if calibration is None:
+        raise CalibrationError("calibration is None: this method needs unlabelled model inputs")
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    if callable(calibration) and not isinstance(calibration, nn.Module):
+        calls = [0]
+        handle = model.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+        try:
+            calibration(model)
+        finally:
+            handle.remove()
+        if not calls[0]:
+            raise CalibrationError("the calibration callable ran no forward pass of the model")
+        return calls[0]
+    if is_waveforms(calibration):
+        check_calibration(list(calibration))
+        for wav in calibration:
+            wav = wav.to(device).float()
+            model(wav[None], torch.tensor([wav.numel()], device=device))
+        return len(calibration)
+    if isinstance(calibration, torch.Tensor):
+        raise CalibrationError(f"calibration is one tensor {tuple(calibration.shape)}: give an iterable of batches, "
+                               "e.g. [x] or list(x.split(1))")
+    count = 0
+    for i, batch in enumerate(calibration):
+        for t in _tensors(batch):
+            if t.is_floating_point() and not torch.isfinite(t).all():
+                raise CalibrationError(f"calibration batch {i} ({_shapes(batch)}) has NaN or infinite values")
+        moved = _to(batch, device)
+        try:
+            if isinstance(moved, dict):
+                model(**moved)
+            elif isinstance(moved, (tuple, list)):
+                model(*moved)
+            else:
+                model(moved)
+        except Exception as err:
+            raise CalibrationError(f"calibration batch {i} ({_shapes(batch)}) failed in {type(model).__name__}: "
+                                   f"{type(err).__name__}: {err}") from err
+        count += 1
+    if not count:
+        raise CalibrationError("calibration iterable is empty: give at least one batch of model inputs")
+    return count
+
+
 @torch.no_grad()
 def collect_stats(
-    model: nn.Module, layers: dict[str, nn.Module], wavs: list[torch.Tensor], need_hessian: bool, need_sample: bool
+    model: nn.Module, layers: dict[str, nn.Module], calibration, need_hessian: bool, need_sample: bool
 ) -> dict[str, LayerStats]:
-    """Run the (full-precision) model over `wavs` one at a time, recording each layer's inputs.
+    """Run the (full-precision) model over `calibration` (see run_calibration), recording each
+    layer's inputs: X^T X is summed (memory bounded by the layer width, whatever the number of
+    batches) and at most `max_rows` rows are kept as a sample.
 
     Only Linear layers get statistics (GPTQ on a convolution would need its inputs unfolded
     into kernel windows); convolutions use the weight-only methods.
     """
-    check_calibration(wavs)
     stats = {name: LayerStats() for name, m in layers.items() if isinstance(m, nn.Linear)}
     handles = [
         layers[name].register_forward_pre_hook(lambda _m, args, n=name: stats[n].add(args[0], need_hessian, need_sample))
         for name in stats
     ]
-    device = next(model.parameters()).device
     try:
-        for wav in wavs:
-            wav = wav.to(device).float()
-            model(wav[None], torch.tensor([wav.numel()], device=device))
+        run_calibration(model, calibration)
     finally:
         for h in handles:
             h.remove()

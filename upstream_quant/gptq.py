@@ -4,6 +4,18 @@ Label-free: it needs only X^T X of each layer's inputs on a few unlabelled utter
 quantized one at a time and the rounding error of each is spread over the not-yet-quantized
 columns through the inverse Hessian. Written here because no maintained package offers it for
 arbitrary torch modules on the CPU (the GPTQ packages target CUDA LLM kernels).
+
+What makes it hold at 3 bits (each can be turned off, for ablations):
+- ``sequential``: layers are quantized in execution order, each with statistics collected with the
+  already-quantized layers before it in place (upstream_quant.sequential), so later layers
+  compensate the earlier layers' error instead of assuming full-precision inputs;
+- ``act_order``: columns are quantized in order of decreasing Hessian diagonal (the inputs with
+  the most energy first, while the most columns are left to absorb their error);
+- ``scale_search="hessian"``: each row's (group's) range is chosen before the loop by the output
+  error it causes, sum_j H_jj (w_j - q_j)^2 (the expected ||X (w - q)||^2 under independent rounding
+  errors), over shrink factors of the min-max range; min-max alone wastes levels on outliers.
+With ``act_order`` or a search, the scales are fixed up front ("static groups"), so the groups stay
+contiguous in the stored format whatever the column order.
 """
 from __future__ import annotations
 
@@ -12,8 +24,10 @@ from dataclasses import dataclass
 import torch
 
 from .calibration import LayerStats
-from .qweight import QuantizedWeight
-from .uniform import minmax_params, round_codes
+from .qweight import QuantizedWeight, grouped
+from .uniform import minmax_params, round_codes, search_range
+
+SCALE_SEARCHES = ("minmax", "hessian")
 
 
 @dataclass(frozen=True)
@@ -24,20 +38,31 @@ class GPTQConfig:
     damp: float = 0.01  # fraction of the mean Hessian diagonal added for stability
     block: int = 128  # columns updated together (lazy batch updates)
     act_bits: int | None = None
-    targets: tuple[str, ...] = ("transformer",)
+    targets: tuple = ("transformer",)
+    sequential: bool = True
+    act_order: bool = True
+    scale_search: str = "hessian"
+    grid: int = 40  # shrink factors of the min-max range searched, in [0.2, 1]
 
     def __post_init__(self):
         if not 2 <= self.bits <= 8:
             raise ValueError(f"GPTQ bits must be in 2..8, got {self.bits}")
+        if self.scale_search not in SCALE_SEARCHES:
+            raise ValueError(f"GPTQ scale_search must be one of {SCALE_SEARCHES}, got {self.scale_search!r}")
 
     @property
     def needs_calibration(self) -> bool:
         return True
 
+    needs_hessian = True
+    layer_types = ("linear",)  # GPTQ needs a layer's inputs as rows: no convolutions
 
-def quantize_gptq(weight: torch.Tensor, config: GPTQConfig, stats: LayerStats | None) -> QuantizedWeight:
+
+def gptq(weight: torch.Tensor, stats: LayerStats | None, config: GPTQConfig) -> tuple[QuantizedWeight, torch.Tensor]:
+    """The quantized weight, and each weight's value in code units just before it was rounded
+    (the error-compensated weight / scale + zero), from which block reconstruction starts."""
     if stats is None or stats.hessian is None or stats.rows == 0:
-        raise ValueError("GPTQ needs calibration audio (the layer's input statistics)")
+        raise ValueError("GPTQ needs calibration data (the layer's input statistics); the layer ran on none")
     W = weight.detach().float().clone()
     rows, cols = W.shape
     gs = config.group_size or cols
@@ -47,30 +72,49 @@ def quantize_gptq(weight: torch.Tensor, config: GPTQConfig, stats: LayerStats | 
     dead = torch.diag(H) == 0
     H[dead, dead] = 1
     W[:, dead] = 0
+    static = config.act_order or config.scale_search != "minmax"
+    if static:
+        if config.scale_search == "hessian":
+            scales, zeros = search_range(grouped(W, config.group_size), config.bits, config.symmetric,
+                                         torch.linspace(0.2, 1.0, config.grid), torch.diag(H))
+        else:
+            scales, zeros = minmax_params(grouped(W, config.group_size), config.bits, config.symmetric)
+        scales, zeros = scales.half().float(), zeros.half().float()
+    else:
+        scales = torch.zeros(rows, cols // gs, device=W.device)
+        zeros = torch.zeros_like(scales)
+    perm = torch.argsort(torch.diag(H), descending=True) if config.act_order else torch.arange(cols, device=W.device)
+    W, H = W[:, perm], H[perm][:, perm]
     H += config.damp * torch.mean(torch.diag(H)) * torch.eye(cols, device=W.device)
     Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+    groups = perm // gs  # the stored group of each column, in the order quantized
 
-    codes = torch.zeros_like(W, dtype=torch.uint8)
-    scales = torch.zeros(rows, cols // gs, device=W.device)
-    zeros = torch.zeros_like(scales)
+    codes = torch.zeros(rows, cols, dtype=torch.uint8, device=W.device)
+    latent = torch.zeros(rows, cols, device=W.device)
     for i1 in range(0, cols, config.block):
         i2 = min(i1 + config.block, cols)
         W1, Hinv1 = W[:, i1:i2].clone(), Hinv[i1:i2, i1:i2]
         Err1 = torch.zeros_like(W1)
         for i in range(i2 - i1):
             col = i1 + i
-            if col % gs == 0:  # the group's range from its current (error-updated) weights
-                g = col // gs
+            g = int(groups[col])
+            if not static and col % gs == 0:  # the group's range from its current (error-updated) weights
                 block_w = torch.cat([W1[:, i:], W[:, i2:]], 1)[:, :gs]
                 scale, zero = minmax_params(block_w[:, None, :], config.bits, config.symmetric)
                 scales[:, g], zeros[:, g] = scale[:, 0].half().float(), zero[:, 0].half().float()
-            g = col // gs
             w = W1[:, i]
-            c = round_codes(w[:, None, None], scales[:, g : g + 1], zeros[:, g : g + 1], config.bits)[:, 0, 0]
-            q = (c - zeros[:, g]) * scales[:, g]
-            codes[:, col] = c.to(torch.uint8)
+            s, z = scales[:, g], zeros[:, g]
+            c = round_codes(w[:, None, None], s[:, None], z[:, None], config.bits)[:, 0, 0]
+            q = (c - z) * s
+            original = int(perm[col])
+            codes[:, original] = c.to(torch.uint8)
+            latent[:, original] = w / s + z
             err = (w - q) / Hinv1[i, i]
             W1[:, i:] -= err[:, None] @ Hinv1[i, i:][None, :]
             Err1[:, i] = err
         W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
-    return QuantizedWeight(codes, scales, zeros, config.bits, config.group_size, "gptq")
+    return QuantizedWeight(codes, scales, zeros, config.bits, config.group_size, "gptq"), latent
+
+
+def quantize_gptq(weight: torch.Tensor, config: GPTQConfig, stats: LayerStats | None) -> QuantizedWeight:
+    return gptq(weight, stats, config)[0]

@@ -4,6 +4,7 @@ adding one touches nothing else."""
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import asdict
 from typing import Callable
 
@@ -11,11 +12,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .accounting import group_of
 from .binary import BinaryConfig, binarize
 from .calibration import CalibrationError, collect_stats
 from .gptq import GPTQConfig, quantize_gptq
+from .recon import ReconConfig, quantize_recon_init, refine_block
 from .qweight import QuantizedLayer, QuantizedWeight, check_act_bits, check_group_size
+from .select import ALL, FilterFn, select_layers, targets_record  # noqa: F401 (ALL: re-exported)
+from .sequential import quantize_sequential
 from .uniform import UniformConfig, quantize_uniform
 
 Method = Callable[..., QuantizedWeight]
@@ -23,22 +26,29 @@ METHODS: dict[type, Method] = {
     BinaryConfig: lambda w, cfg, stats: binarize(w, cfg),
     UniformConfig: quantize_uniform,
     GPTQConfig: quantize_gptq,
+    ReconConfig: quantize_recon_init,
 }
-ALL = "*"  # target every Linear/Conv1d, whatever its group
+# Block-level methods: after a block's layers are quantized (sequentially), refine(config, block,
+# path, layers, calls, inputs, targets) improves them against the full-precision block's output.
+REFINERS: dict[type, Callable] = {ReconConfig: refine_block}
 
 
-def register_method(config_cls: type, fn: Method) -> None:
+def register_method(config_cls: type, fn: Method, refine: Callable | None = None) -> None:
     METHODS[config_cls] = fn
+    if refine is not None:
+        REFINERS[config_cls] = refine
 
 
-def target_layers(module: nn.Module, targets: tuple[str, ...]) -> dict[str, nn.Module]:
-    """Linear/Conv1d layers whose accounting group is in `targets` (or all, with '*')."""
-    prefixes = getattr(module, "group_prefixes", {})
-    return {
-        name: m
-        for name, m in module.named_modules()
-        if isinstance(m, (nn.Linear, nn.Conv1d)) and (ALL in targets or group_of(name, prefixes) in targets)
-    }
+def target_layers(module: nn.Module, targets: tuple) -> dict[str, nn.Module]:
+    """Linear/Conv1d layers chosen by `targets` (groups, name globs, module types; see select.py)."""
+    return select_layers(module, targets)[0]
+
+
+def supports(config, layer: nn.Module) -> bool:
+    """Whether a method's config can quantize this kind of layer (GPTQ and the output-aware
+    searches take a layer's inputs as rows: Linear only)."""
+    kinds = getattr(config, "layer_types", ("linear", "conv1d"))
+    return ("linear" if isinstance(layer, nn.Linear) else "conv1d") in kinds
 
 
 def effective_weight(layer: nn.Module) -> torch.Tensor:
@@ -61,55 +71,100 @@ def copy_module(module: nn.Module) -> nn.Module:
 def quantize(
     module: nn.Module,
     config,
-    calibration: list[torch.Tensor] | None = None,
+    calibration=None,
     inplace: bool = False,
     progress: bool = True,
+    filter_fn: FilterFn | None = None,
 ) -> nn.Module:
-    """Quantize the target layers of `module` (a copy unless `inplace`) with `config`.
+    """Quantize the chosen layers of `module` (a copy unless `inplace`) with `config`.
 
-    `calibration`: unlabelled 16 kHz waveforms (1-D tensors) for methods that need layer inputs
-    (GPTQ, cosine clipping); `module` must then be an upstream (forward(wavs, wavs_len)).
-    Every layer is quantized before any is replaced, so an error leaves the module unchanged.
+    Layers: Linear/Conv1d layers chosen by `config.targets` (accounting groups of our upstreams,
+    fully qualified name globs such as ``"encoder.layers.*.fc1"``, module types), or by
+    ``filter_fn(module, fqn) -> bool``, which then replaces the targets. Convolutions a method
+    cannot handle are skipped with one warning, unless named explicitly (an error).
+    `calibration` (methods that need layer inputs): see calibration.run_calibration: an iterable
+    of model inputs (tensor / tuple of positional arguments / dict of keyword arguments per batch),
+    a callable ``run(model)``, or, for our upstreams, a list of 1-D 16 kHz waveforms.
+    An error leaves `module` unchanged.
     """
     if type(config) not in METHODS and not hasattr(config, "per_layer"):
         raise TypeError(f"unknown quantization config {type(config).__name__}; known: {[c.__name__ for c in METHODS]}")
     check_act_bits(getattr(config, "act_bits", None))  # before any work
     check_group_size(getattr(config, "group_size", None))
-    layers = target_layers(module, config.targets)
+    layers, explicit = select_layers(module, config.targets, filter_fn)
     if hasattr(config, "per_layer"):  # a config that sets each layer's own parameters (mixed precision)
         missing = sorted(set(config.layers) - set(layers))
         if missing:
             raise ValueError(f"{type(config).__name__} names layers that are not quantizable here: {missing[:5]}")
         layers = {n: m for n, m in layers.items() if n in config.layers}
-    if not layers:
-        present = sorted({group_of(n, getattr(module, "group_prefixes", {})) for n, m in module.named_modules()
-                          if isinstance(m, (nn.Linear, nn.Conv1d))})
-        raise ValueError(f"nothing to quantize: no Linear/Conv1d layer in groups {list(config.targets)}; "
-                         f"groups with such layers: {present or 'none'}")
     per_layer = {name: config.per_layer(name, layer) if hasattr(config, "per_layer") else config
                  for name, layer in layers.items()}
-    stats = {}
-    if getattr(config, "needs_calibration", False):
-        if calibration is None:
-            raise CalibrationError(f"{type(config).__name__} needs calibration audio: pass calibration=[waveforms]")
-        convs = [n for n, m in layers.items() if not isinstance(m, nn.Linear) and getattr(per_layer[n], "needs_calibration", False)]
-        if convs:
-            raise ValueError(f"{type(config).__name__} uses layer inputs and supports Linear layers only; "
-                             f"convolutions targeted: {convs[:3]}; use UniformConfig/BinaryConfig for them")
-        was_training = module.training
-        module.eval()
-        needs = {n: m for n, m in layers.items() if isinstance(m, nn.Linear)}
-        stats = collect_stats(module, needs, calibration, need_hessian=isinstance(config, GPTQConfig),
-                              need_sample=not isinstance(config, GPTQConfig))
-        module.train(was_training)
-    new_layers = {}
-    for name, layer in tqdm(layers.items(), desc=f"quantize {type(config).__name__}", disable=not progress, leave=False):
+    unsupported = [n for n, m in layers.items() if not supports(per_layer[n], m)]
+    named = [n for n in unsupported if n in explicit]
+    if named:
+        raise ValueError(f"{type(config).__name__} supports Linear layers only (it uses their inputs as rows); "
+                         f"convolutions named: {named[:3]}; use UniformConfig/BinaryConfig for them")
+    if unsupported:
+        warnings.warn(f"{type(config).__name__} supports Linear layers only: skipping {len(unsupported)} convolution(s) "
+                      f"{unsupported[:4]}{' ...' if len(unsupported) > 4 else ''}")
+        layers = {n: m for n, m in layers.items() if n not in unsupported}
+        if not layers:
+            raise ValueError(f"nothing to quantize: {type(config).__name__} supports Linear layers only and only "
+                             "convolutions were chosen")
+    needs = [n for n in layers if getattr(per_layer[n], "needs_calibration", False)]
+    if needs and calibration is None:
+        raise CalibrationError(f"{type(config).__name__} needs calibration data: pass calibration= (waveforms for our "
+                               "upstreams, an iterable of model inputs, or a callable run(model))")
+
+    def build(name: str, layer: nn.Module, stats) -> QuantizedLayer:
         layer_config = per_layer[name]
-        qweight = METHODS[type(layer_config)](effective_weight(layer), layer_config, stats.get(name))
-        new_layers[name] = QuantizedLayer(layer, qweight, config.act_bits)
-    model = module if inplace else copy_module(module)
-    for name, layer in new_layers.items():
-        model.set_submodule(name, layer)
-    model.quantization = {"method": type(config).__name__, "config": asdict(config)}
-    model.quantization["config"].pop("extra", None)
+        qweight = METHODS[type(layer_config)](effective_weight(layer), layer_config, stats)
+        out = QuantizedLayer(layer, qweight, config.act_bits)
+        if hasattr(qweight, "latent"):  # a block method's starting point, for its refine step
+            out.latent = qweight.latent
+        return out
+
+    was_training = module.training
+    reports = []
+    if needs and getattr(config, "sequential", False):
+        model = copy_module(module).eval()
+        refine = REFINERS.get(type(config))
+        quantize_sequential(model, {n: model.get_submodule(n) for n in layers}, calibration, build,
+                            need_hessian=getattr(config, "needs_hessian", False),
+                            need_sample=not getattr(config, "needs_hessian", False),
+                            refine=None if refine is None else (lambda *a: reports.append(refine(config, *a, progress=progress))),
+                            progress=progress)
+        for name in layers:
+            if hasattr(model.get_submodule(name), "latent"):
+                del model.get_submodule(name).latent
+        model.train(was_training)
+        if inplace:
+            for name in layers:
+                module.set_submodule(name, model.get_submodule(name))
+            model = module
+    else:
+        stats = {}
+        if needs:
+            module.eval()
+            try:
+                stats = collect_stats(module, {n: layers[n] for n in needs}, calibration,
+                                      need_hessian=any(getattr(per_layer[n], "needs_hessian", False) for n in needs),
+                                      need_sample=not all(getattr(per_layer[n], "needs_hessian", False) for n in needs))
+            finally:
+                module.train(was_training)
+        new_layers = {}
+        for name, layer in tqdm(layers.items(), desc=f"quantize {type(config).__name__}", disable=not progress, leave=False):
+            new_layers[name] = build(name, layer, stats.get(name))
+        model = module if inplace else copy_module(module)
+        for name, layer in new_layers.items():
+            model.set_submodule(name, layer)
+    record = asdict(config)
+    record.pop("extra", None)
+    if "targets" in record:
+        record["targets"] = targets_record(config.targets)
+    if filter_fn is not None:
+        record["filter_fn"] = getattr(filter_fn, "__qualname__", repr(filter_fn))
+    model.quantization = {"method": type(config).__name__, "config": record}
+    if reports:
+        model.quantization["blocks"] = reports
     return model

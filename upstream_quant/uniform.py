@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from .calibration import LayerStats
 from .qweight import QuantizedWeight, dequantize, grouped
 
-CLIP_METHODS = ("minmax", "mse", "cosine")
+CLIP_METHODS = ("minmax", "mse", "output", "cosine")
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,7 @@ class UniformConfig:
     bits: int = 4
     group_size: int | None = None  # inputs per scale; None: one scale per output row
     symmetric: bool = True
-    clip: str = "minmax"  # minmax | mse | cosine (cosine needs calibration audio)
+    clip: str = "minmax"  # minmax | mse | output | cosine (output and cosine need calibration data)
     grid: int = 100  # search points between alpha and beta (myQASR: 0.01 .. 1.2, 100 points)
     alpha: float = 0.01
     beta: float = 1.2
@@ -37,7 +37,15 @@ class UniformConfig:
 
     @property
     def needs_calibration(self) -> bool:
-        return self.clip == "cosine"
+        return self.clip in ("cosine", "output")
+
+    @property
+    def needs_hessian(self) -> bool:
+        return self.clip == "output"
+
+    @property
+    def layer_types(self) -> tuple[str, ...]:
+        return ("linear",) if self.needs_calibration else ("linear", "conv1d")
 
 
 def minmax_params(w: torch.Tensor, bits: int, symmetric: bool, ratio: torch.Tensor | float = 1.0):
@@ -71,18 +79,36 @@ def _ratios(config: UniformConfig) -> torch.Tensor:
     return torch.unique(torch.cat([grid, torch.ones(1)]))
 
 
+def search_range(w: torch.Tensor, bits: int, symmetric: bool, ratios, col_weight: torch.Tensor | None = None):
+    """Per row and group of `w` (out, groups, size): the shrink factor of the min-max range whose
+    rounding error, sum_j c_j (w_j - q_j)^2, is least (c = 1: weight MSE; c = diag(X^T X): the
+    expected output error). 1 is always on the grid, so min-max is never beaten on the objective."""
+    c = torch.ones_like(w[:1]) if col_weight is None else col_weight.reshape(1, w.shape[1], w.shape[2]).to(w.dtype)
+    best_scale, best_zero = minmax_params(w, bits, symmetric)
+    best_loss = torch.full(best_scale.shape, float("inf"), device=w.device)
+    for ratio in torch.unique(torch.cat([torch.as_tensor(ratios, dtype=torch.float32), torch.ones(1)])).tolist():
+        scale, zero = minmax_params(w, bits, symmetric, ratio)
+        scale, zero = scale.half().float(), zero.half().float()
+        q = (round_codes(w, scale, zero, bits) - zero[..., None]) * scale[..., None]
+        loss = ((w - q) ** 2 * c).sum(-1)
+        better = loss < best_loss
+        best_scale, best_zero = torch.where(better, scale, best_scale), torch.where(better, zero, best_zero)
+        best_loss = torch.minimum(loss, best_loss)
+    return best_scale, best_zero
+
+
 def quantize_uniform(weight: torch.Tensor, config: UniformConfig, stats: LayerStats | None = None) -> QuantizedWeight:
     w = grouped(weight.detach().float(), config.group_size)
     best = _quantize_with(w, config.bits, config.symmetric, 1.0)
-    if config.clip == "mse":
-        # per row and group: the range factor with the smallest reconstruction error
-        best_err = _sq_err(w, *best)
-        for ratio in _ratios(config):
-            cand = _quantize_with(w, config.bits, config.symmetric, float(ratio))
-            err = _sq_err(w, *cand)
-            better = err < best_err
-            best = tuple(torch.where(better[..., None], c, b) if c.dim() == 3 else torch.where(better, c, b) for c, b in zip(cand, best))
-            best_err = torch.minimum(err, best_err)
+    if config.clip in ("mse", "output"):
+        # per row and group: the range factor with the smallest (output-weighted) rounding error
+        col_weight = None
+        if config.clip == "output":
+            if stats is None or stats.hessian is None or stats.rows == 0:
+                raise ValueError("clip='output' needs calibration data (the layer's inputs)")
+            col_weight = torch.diag(stats.hessian).float() / stats.rows
+        scale, zero = search_range(w, config.bits, config.symmetric, _ratios(config), col_weight)
+        best = (round_codes(w, scale, zero, config.bits), scale, zero)
     elif config.clip == "cosine":
         if stats is None or stats.sample is None:
             raise ValueError("clip='cosine' needs calibration audio (the layer's inputs)")
@@ -96,11 +122,6 @@ def quantize_uniform(weight: torch.Tensor, config: UniformConfig, stats: LayerSt
                 best, best_cos = cand, cos
     codes, scale, zero = best
     return QuantizedWeight(codes.to(torch.uint8).reshape(weight.shape), scale, zero, config.bits, config.group_size, f"uniform-{config.clip}")
-
-
-def _sq_err(w, codes, scale, zero):
-    deq = (codes - zero.half().float()[..., None]) * scale.half().float()[..., None]
-    return ((w - deq) ** 2).sum(-1)
 
 
 def _cosine(ref, x, cand, config, shape) -> float:

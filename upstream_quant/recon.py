@@ -1,0 +1,176 @@
+"""Block-wise reconstruction (the idea of AdaRound, BRECQ and OmniQuant), label-free, for 2 bits.
+
+Each transformer block is first quantized with sequential GPTQ; then its quantized copy is trained
+for a few hundred steps on the unlabelled calibration data to reproduce the full-precision
+block's output: every weight learns whether to round down or up from where GPTQ left it (a soft
+rounding variable, AdaRound's rectified sigmoid, pushed to 0/1 by an annealed regulariser) and
+every row (group) learns its scale. Nothing else changes (norms, biases, the other blocks); one
+block's inputs and targets are in memory at a time. The result is hard-rounded and kept only if
+its error on the calibration data is below GPTQ's, so it never does worse than its start.
+
+Written by hand: AdaRound/BRECQ code exists only inside research repositories tied to CNN
+layouts or CUDA LLM pipelines; this runs on any block that upstream_quant.sequential finds.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .gptq import GPTQConfig, gptq
+from .qweight import QuantizedLayer, QuantizedWeight
+from .sequential import Call, first_output
+
+ZETA, GAMMA = 1.1, -0.1  # AdaRound's stretch of the sigmoid, so that 0 and 1 are reached
+
+
+@dataclass(frozen=True)
+class ReconConfig:
+    bits: int = 2
+    group_size: int | None = None  # inputs per scale; None: one scale per output row
+    symmetric: bool = False
+    steps: int = 300  # optimizer steps per block
+    batch: int = 4  # calibration calls (utterances) per step
+    lr: float = 1e-2  # rounding variables
+    scale_lr: float = 1e-3  # log-scales
+    reg: float = 0.01  # weight of the rounding regulariser
+    warmup: float = 0.2  # fraction of the steps before the regulariser starts
+    seed: int = 0
+    damp: float = 0.01
+    act_order: bool = True
+    scale_search: str = "hessian"
+    act_bits: int | None = None
+    targets: tuple = ("transformer",)
+
+    def __post_init__(self):
+        if not 2 <= self.bits <= 8:
+            raise ValueError(f"reconstruction bits must be in 2..8, got {self.bits}")
+        if self.steps < 0 or self.batch < 1:
+            raise ValueError(f"steps must be >= 0 and batch >= 1, got steps={self.steps}, batch={self.batch}")
+
+    needs_calibration = True
+    needs_hessian = True
+    sequential = True  # always: each block starts from the quantized blocks before it
+    layer_types = ("linear",)
+
+    def gptq(self) -> GPTQConfig:
+        return GPTQConfig(bits=self.bits, group_size=self.group_size, symmetric=self.symmetric, damp=self.damp,
+                          act_bits=self.act_bits, targets=self.targets, act_order=self.act_order,
+                          scale_search=self.scale_search)
+
+
+def quantize_recon_init(weight: torch.Tensor, config: ReconConfig, stats) -> QuantizedWeight:
+    """GPTQ's result, carrying its pre-rounding values (``latent``) for `refine_block`."""
+    qweight, latent = gptq(weight, stats, config.gptq())
+    qweight.latent = latent
+    return qweight
+
+
+class SoftQuantLinear(nn.Module):
+    """A QuantizedLayer during reconstruction: codes floor + h(V) with h in [0, 1] learnt, scales learnt."""
+
+    def __init__(self, layer: QuantizedLayer, latent: torch.Tensor):
+        super().__init__()
+        self.layer = layer
+        levels = 2**layer.bits - 1
+        self.register_buffer("base", torch.clamp(torch.floor(latent), 0, levels - 1))
+        frac = torch.clamp(latent - self.base, 0, 1)
+        p = torch.clamp((frac - GAMMA) / (ZETA - GAMMA), 1e-4, 1 - 1e-4)
+        self.v = nn.Parameter(torch.log(p / (1 - p)))
+        self.log_scale = nn.Parameter(torch.zeros_like(layer.scale))
+
+    def h(self) -> torch.Tensor:
+        return torch.clamp(torch.sigmoid(self.v) * (ZETA - GAMMA) + GAMMA, 0, 1)
+
+    def weight(self, hard: bool = False) -> torch.Tensor:
+        codes = self.base + ((self.h() >= 0.5).float() if hard else self.h())
+        rows, groups = self.layer.scale.shape
+        scale = (self.layer.scale * torch.exp(self.log_scale)).half().float() if hard else self.layer.scale * torch.exp(self.log_scale)
+        w = (codes.view(rows, groups, -1) - self.layer.zero[:, :, None]) * scale[:, :, None]
+        return w.view_as(codes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.layer.act is not None:
+            x = self.layer.act(x)
+        return F.linear(x, self.weight().to(x.dtype), self.layer.bias)
+
+    def regulariser(self, beta: float) -> torch.Tensor:
+        return (1 - (2 * self.h() - 1).abs().pow(beta)).mean()
+
+    def hardened(self) -> QuantizedLayer:
+        with torch.no_grad():
+            codes = (self.base + (self.h() >= 0.5).float()).to(torch.uint8)
+            scale = self.layer.scale * torch.exp(self.log_scale)
+        q = QuantizedWeight(codes, scale, self.layer.zero.clone(), self.layer.bits, self.layer.group_size, "recon")
+        # QuantizedLayer reads the kind and bias from the layer it replaces: a bias-free stand-in
+        out = QuantizedLayer(nn.Linear(1, 1, bias=False), q, self.layer.act.bits if self.layer.act is not None else None)
+        out.bias = self.layer.bias
+        return out
+
+
+def _error(block: nn.Module, calls: list[Call], inputs: list[torch.Tensor], targets: list[torch.Tensor]) -> float:
+    """Relative squared error of the block's outputs over all calibration calls."""
+    num = den = 0.0
+    with torch.no_grad():
+        for x, call, t in zip(inputs, calls, targets):
+            out = first_output(block(x, *call.args[1:], **call.kwargs))
+            num += float(((out - t) ** 2).sum())
+            den += float((t**2).sum())
+    return num / max(den, 1e-12)
+
+
+def refine_block(config: ReconConfig, block: nn.Module, path: str, layers: dict[str, QuantizedLayer], calls: list[Call],
+                 inputs: list[torch.Tensor], targets: list[torch.Tensor], progress: bool = True) -> dict:
+    """Train the block's rounding and scales to reproduce `targets` from `inputs` (in place)."""
+    start_error = _error(block, calls, inputs, targets)
+    soft = {}
+    for name, layer in layers.items():
+        latent = getattr(layer, "latent", None)
+        if latent is None:
+            raise ValueError(f"{path}.{name}: reconstruction starts from GPTQ, which left no pre-rounding values")
+        soft[name] = SoftQuantLinear(layer, latent)
+        del layer.latent
+        block.set_submodule(name, soft[name])
+    frozen = {p: p.requires_grad for p in block.parameters()}
+    for p in block.parameters():
+        p.requires_grad_(False)
+    for s in soft.values():
+        s.v.requires_grad_(True)
+        s.log_scale.requires_grad_(True)
+    opt = torch.optim.Adam([{"params": [s.v for s in soft.values()], "lr": config.lr},
+                            {"params": [s.log_scale for s in soft.values()], "lr": config.scale_lr}])
+    generator = torch.Generator().manual_seed(config.seed)
+    scale = [max(float((t**2).mean()), 1e-12) for t in targets]
+    warm = int(config.warmup * config.steps)
+    was_training = block.training
+    block.eval()  # dropout off: the targets were computed without it
+    try:
+        with torch.enable_grad():
+            for step in tqdm(range(config.steps), desc=f"reconstruct {path}", disable=not progress, leave=False):
+                picks = torch.randint(len(calls), (config.batch,), generator=generator).tolist()
+                loss = sum(F.mse_loss(first_output(block(inputs[i], *calls[i].args[1:], **calls[i].kwargs)), targets[i]) / scale[i]
+                           for i in picks) / len(picks)
+                if step >= warm and config.reg:
+                    progress_frac = (step - warm) / max(config.steps - warm, 1)
+                    beta = 20 + (2 - 20) * progress_frac  # annealed: soft early, towards hard decisions late
+                    loss = loss + config.reg * sum(s.regulariser(beta) for s in soft.values())
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+    finally:
+        for p, flag in frozen.items():
+            p.requires_grad_(flag)
+        block.train(was_training)
+    hard = {name: s.hardened() for name, s in soft.items()}
+    for name, layer in hard.items():
+        block.set_submodule(name, layer)
+    end_error = _error(block, calls, inputs, targets)
+    kept = math.isfinite(end_error) and end_error < start_error
+    if not kept:  # training made it worse on its own objective: back to GPTQ's layers
+        for name, layer in layers.items():
+            block.set_submodule(name, layer)
+    return {"block": path, "gptq_error": start_error, "recon_error": end_error, "kept": kept}

@@ -1,0 +1,239 @@
+"""Sequential calibration: layers quantized in execution order, each from statistics gathered with
+the layers before it already quantized, one transformer block at a time (as GPTQ's reference
+code and every GPTQ library do it for LLMs, here for any module).
+
+The blocks are found, not declared: the ``nn.ModuleList`` holding most of the target layers. One
+full forward pass over the calibration data records the first block's inputs (positional and
+keyword arguments, per batch); from then on only blocks run. The model must chain its blocks
+(block i+1's input is block i's first output, the other arguments unchanged); that is checked on
+the first batch, and a model that does not is calibrated with full forward passes per stage
+instead (correct, slower). Memory: the current block's inputs for every batch (a hidden state per
+calibration batch, twice for reconstruction, which also keeps the full-precision path).
+
+Written by hand: the GPTQ libraries hard-code LLM layouts (``model.layers``, ``hidden_states``
+and ``attention_mask`` arguments) and CUDA; this needs any module on CPU or CUDA.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .accounting import under
+from .calibration import LayerStats, reusable, run_calibration
+
+
+@dataclass
+class Call:
+    """One recorded call of a block: its arguments, detached."""
+
+    args: tuple
+    kwargs: dict
+
+
+def _detach(x):
+    if isinstance(x, torch.Tensor):
+        return x.detach()
+    if isinstance(x, (tuple, list)):
+        return type(x)(_detach(v) for v in x)
+    if isinstance(x, dict):
+        return {k: _detach(v) for k, v in x.items()}
+    return x
+
+
+def first_output(out) -> torch.Tensor:
+    """A block's hidden-state output: the tensor, or the first element of a tuple (fairseq and
+    transformers layers return (hidden, attention, ...))."""
+    if isinstance(out, (tuple, list)):
+        out = out[0]
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"block output is {type(out).__name__}, not a tensor or a tuple starting with one")
+    return out
+
+
+def find_blocks(model: nn.Module, names: list[str]) -> tuple[str, nn.ModuleList] | None:
+    """The ModuleList of at least two children holding the most target layers, with its path."""
+    best, best_count = None, 0
+    for path, m in model.named_modules():
+        if not isinstance(m, nn.ModuleList) or len(m) < 2 or not path:
+            continue
+        counts = [sum(under(n, f"{path}.{i}") for n in names) for i in range(len(m))]
+        if sum(c > 0 for c in counts) >= 2 and sum(counts) > best_count:
+            best, best_count = (path, m), sum(counts)
+    return best
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        if a.shape != b.shape or a.dtype != b.dtype:
+            return False
+        if not a.is_floating_point():
+            return bool(torch.equal(a, b))
+        return bool(torch.allclose(a.float(), b.float(), rtol=1e-4, atol=1e-4 * float(b.abs().max().clamp(min=1))))
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    return a is b or a == b
+
+
+class Segment:
+    """A part of the model run over the calibration data: a block over its recorded calls, or
+    (fallback) the whole model over the calibration."""
+
+    def __init__(self, module: nn.Module, calls: list[Call] | None = None, calibration=None):
+        self.module, self.calls, self.calibration = module, calls, calibration
+
+    @torch.no_grad()
+    def run(self, inputs: list[torch.Tensor] | None = None) -> list[torch.Tensor] | None:
+        """Run every call (with the hidden state replaced by `inputs[i]` if given); the outputs."""
+        if self.calls is None:
+            run_calibration(self.module, self.calibration)
+            return None
+        outs = []
+        for i, call in enumerate(self.calls):
+            args = call.args if inputs is None else (inputs[i], *call.args[1:])
+            outs.append(first_output(self.module(*args, **call.kwargs)).detach())
+        return outs
+
+
+def capture(model: nn.Module, blocks: nn.ModuleList, calibration, hooks: list) -> tuple[list[Call], bool]:
+    """One forward pass over the calibration: the first block's calls, and whether the blocks
+    chain (checked on the first batch). `hooks` are (module, pre-hook) pairs active meanwhile."""
+    calls: list[Call] = []
+    first: dict[int, Call] = {}
+
+    def record(i):
+        def hook(_m, args, kwargs):
+            call = Call(_detach(args), _detach(kwargs))
+            if i == 0:
+                calls.append(call)
+            if len(calls) == 1 and i not in first:
+                first[i] = call
+        return hook
+
+    handles = [b.register_forward_pre_hook(record(i), with_kwargs=True) for i, b in enumerate(blocks)]
+    handles += [m.register_forward_pre_hook(h) for m, h in hooks]
+    try:
+        run_calibration(model, calibration)
+    finally:
+        for h in handles:
+            h.remove()
+    chained = len(first) == len(blocks) and all(first[i].args for i in first)
+    with torch.no_grad():
+        for i in range(len(blocks) - 1) if chained else ():
+            a, b = first[i], first[i + 1]
+            if not (_same(a.args[1:], b.args[1:]) and _same(a.kwargs, b.kwargs)):
+                chained = False
+                break
+            if not _same(first_output(blocks[i](*a.args, **a.kwargs)), b.args[0]):
+                chained = False
+                break
+    return calls, chained
+
+
+def stages(segment: Segment, names: dict[str, nn.Module]) -> list[list[str]]:
+    """The segment's target layers in execution order, those fed the same tensor (q, k, v) in one
+    stage; layers that never ran come last (their method then says it had no data)."""
+    seen: dict[str, tuple] = {}
+
+    def hook(name):
+        def fn(_m, args):
+            if name not in seen:  # x is kept alive, so no later input can reuse its address
+                x = args[0]
+                seen[name] = (len(seen), x.data_ptr(), tuple(x.shape), x)
+        return fn
+
+    handles = [m.register_forward_pre_hook(hook(n)) for n, m in names.items()]
+    try:
+        segment.run()
+    finally:
+        for h in handles:
+            h.remove()
+    groups: dict[tuple, list[str]] = {}
+    for name in sorted(seen, key=lambda n: seen[n][0]):
+        groups.setdefault(seen[name][1:3], []).append(name)
+    out = list(groups.values())
+    missing = [n for n in names if n not in seen]
+    return out + ([missing] if missing else [])
+
+
+def collect(segment: Segment, layers: dict[str, nn.Module], need_hessian: bool, need_sample: bool) -> dict[str, LayerStats]:
+    stats = {n: LayerStats() for n in layers}
+    handles = [m.register_forward_pre_hook(lambda _m, args, n=n: stats[n].add(args[0], need_hessian, need_sample))
+               for n, m in layers.items()]
+    try:
+        segment.run()
+    finally:
+        for h in handles:
+            h.remove()
+    return stats
+
+
+QuantizeFn = Callable[[str, nn.Module, LayerStats | None], nn.Module]
+RefineFn = Callable[[nn.Module, str, dict[str, nn.Module], list[Call], list[torch.Tensor], list[torch.Tensor]], None]
+
+
+def quantize_sequential(model: nn.Module, layers: dict[str, nn.Module], calibration, quantize_layer: QuantizeFn,
+                        need_hessian: bool, need_sample: bool, refine: RefineFn | None = None,
+                        progress: bool = True) -> None:
+    """Replace `layers` of `model` (in place: give it a copy) by `quantize_layer(name, layer,
+    stats)`, stage by stage. `refine(block, path, layers, calls, inputs, targets)`, if given, is
+    called after each block's layers are quantized, with the block's quantized-path inputs and the
+    full-precision block's outputs on the full-precision path (block reconstruction)."""
+    calibration = reusable(calibration)
+    found = find_blocks(model, list(layers))
+    if found is None:
+        if refine is not None:
+            raise ValueError(f"block reconstruction needs the target layers inside a list of blocks (an nn.ModuleList "
+                             f"of transformer layers); {type(model).__name__} has none holding them")
+        _run_stages(model, Segment(model, calibration=calibration), layers, "", quantize_layer, need_hessian, need_sample)
+        return
+    path, blocks = found
+    inside = {n: m for n, m in layers.items() if under(n, path)}
+    outside = {n: m for n, m in layers.items() if n not in inside}
+    out_stats = {n: LayerStats() for n in outside}
+    hooks = [(m, lambda _m, args, n=n: out_stats[n].add(args[0], need_hessian, need_sample)) for n, m in outside.items()]
+    calls, chained = capture(model, blocks, calibration, hooks)
+    if not calls:
+        raise ValueError(f"the calibration forward passes never reached {path}.0")
+    if not chained:
+        if refine is not None:
+            raise ValueError(f"block reconstruction needs blocks that chain (block i+1 takes block i's output); "
+                             f"{path} of {type(model).__name__} does not")
+        warnings.warn(f"{path}: blocks do not chain (block i+1's input is not block i's output); "
+                      "calibrating with full forward passes per stage (slower)")
+        _run_stages(model, Segment(model, calibration=calibration), layers, "", quantize_layer, need_hessian, need_sample)
+        return
+    q_inputs = [c.args[0] for c in calls]
+    fp_inputs = list(q_inputs) if refine is not None else None
+    for i, block in enumerate(tqdm(blocks, desc=f"quantize {path}", disable=not progress, leave=False)):
+        prefix = f"{path}.{i}"
+        mine = {n[len(prefix) + 1:]: m for n, m in inside.items() if under(n, prefix)}
+        segment = Segment(block, calls)
+        if not mine:
+            q_inputs = segment.run(q_inputs)
+            fp_inputs = segment.run(fp_inputs) if fp_inputs is not None else None
+            continue
+        targets = segment.run(fp_inputs) if fp_inputs is not None else None
+        bound = Segment(block, [Call((x, *c.args[1:]), c.kwargs) for x, c in zip(q_inputs, calls)])
+        _run_stages(block, bound, mine, prefix + ".", quantize_layer, need_hessian, need_sample)
+        if refine is not None:
+            refine(block, prefix, {n: block.get_submodule(n) for n in mine}, calls, q_inputs, targets)
+        q_inputs = segment.run(q_inputs)
+        fp_inputs = targets
+    for name, layer in outside.items():
+        model.set_submodule(name, quantize_layer(name, layer, out_stats[name]))
+
+
+def _run_stages(root: nn.Module, segment: Segment, layers: dict[str, nn.Module], prefix: str, quantize_layer: QuantizeFn,
+                need_hessian: bool, need_sample: bool) -> None:
+    for stage in stages(segment, layers):
+        current = {n: root.get_submodule(n) for n in stage}
+        stats = collect(segment, current, need_hessian, need_sample)
+        for n in stage:
+            root.set_submodule(n, quantize_layer(prefix + n, current[n], stats[n]))
