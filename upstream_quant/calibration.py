@@ -100,8 +100,8 @@ def _to(batch, device):
 def reusable(calibration):
     """Calibration that can be run more than once: a one-shot iterator is read into a list (the
     sequential methods run it again per stage when a model has no block list)."""
-    if callable(calibration) or isinstance(calibration, (list, tuple)):
-        return calibration
+    if callable(calibration) or isinstance(calibration, (list, tuple, torch.Tensor)) or calibration is None:
+        return calibration  # (a tensor and None are refused by run_calibration, with the reason)
     return list(calibration)
 
 

@@ -91,6 +91,14 @@ def quantize(
         raise TypeError(f"unknown quantization config {type(config).__name__}; known: {[c.__name__ for c in METHODS]}")
     check_act_bits(getattr(config, "act_bits", None))  # before any work
     check_group_size(getattr(config, "group_size", None))
+    if isinstance(module, (nn.Linear, nn.Conv1d)):  # a bare layer: quantized as the one child of a container
+        if inplace:
+            raise ValueError("a bare layer cannot be replaced in place: use the returned QuantizedLayer (inplace=False)")
+        wrapped = quantize(nn.Sequential(module), config, calibration, progress=progress,
+                           filter_fn=None if filter_fn is None else (lambda m, fqn: filter_fn(m, "")))
+        out = wrapped[0]
+        out.quantization = wrapped.quantization
+        return out
     layers, explicit = select_layers(module, config.targets, filter_fn)
     if hasattr(config, "per_layer"):  # a config that sets each layer's own parameters (mixed precision)
         missing = sorted(set(config.layers) - set(layers))
