@@ -2,11 +2,14 @@
 
 Each transformer block is first quantized with sequential GPTQ; then its quantized copy is trained
 for a few hundred steps on the unlabelled calibration data to reproduce the full-precision
-block's output: every weight learns whether to round down or up from where GPTQ left it (a soft
-rounding variable, AdaRound's rectified sigmoid, pushed to 0/1 by an annealed regulariser) and
-every row (group) learns its scale. Nothing else changes (norms, biases, the other blocks); one
-block's inputs and targets are in memory at a time. The result is hard-rounded and kept only if
-its error on the calibration data is below GPTQ's, so it never does worse than its start.
+block's output: every weight learns whether to round down or up (a rounding variable h in [0, 1],
+AdaRound's rectified sigmoid, started at the fraction GPTQ rounded, so near-ties flip first) and
+every row (group) learns its scale. The forward pass always uses the hard rounding, its gradient
+passed straight through to h: measured, AdaRound's soft forward starts from the error-compensated
+continuous weights, which are ~10x worse than GPTQ's rounded ones, and a few hundred steps do not
+recover that. Nothing else changes (norms, biases, the other blocks); one block's inputs and
+targets are in memory at a time. The result is kept only if its error on the calibration data is
+below GPTQ's, so it never does worse than its start.
 
 Written by hand: AdaRound/BRECQ code exists only inside research repositories tied to CNN
 layouts or CUDA LLM pipelines; this runs on any block that upstream_quant.sequential finds.
@@ -37,8 +40,6 @@ class ReconConfig:
     batch: int = 4  # calibration calls (utterances) per step
     lr: float = 1e-2  # rounding variables
     scale_lr: float = 1e-3  # log-scales
-    reg: float = 0.01  # weight of the rounding regulariser
-    warmup: float = 0.2  # fraction of the steps before the regulariser starts
     seed: int = 0
     damp: float = 0.01
     act_order: bool = True
@@ -71,7 +72,8 @@ def quantize_recon_init(weight: torch.Tensor, config: ReconConfig, stats) -> Qua
 
 
 class SoftQuantLinear(nn.Module):
-    """A QuantizedLayer during reconstruction: codes floor + h(V) with h in [0, 1] learnt, scales learnt."""
+    """A QuantizedLayer during reconstruction: codes floor + round(h(V)), h in [0, 1] learnt through
+    the straight-through estimator, scales learnt."""
 
     def __init__(self, layer: QuantizedLayer, latent: torch.Tensor):
         super().__init__()
@@ -86,10 +88,11 @@ class SoftQuantLinear(nn.Module):
     def h(self) -> torch.Tensor:
         return torch.clamp(torch.sigmoid(self.v) * (ZETA - GAMMA) + GAMMA, 0, 1)
 
-    def weight(self, hard: bool = False) -> torch.Tensor:
-        codes = self.base + ((self.h() >= 0.5).float() if hard else self.h())
+    def weight(self) -> torch.Tensor:
+        h = self.h()
+        codes = self.base + h + ((h >= 0.5).float() - h).detach()  # hard value, gradient to h
         rows, groups = self.layer.scale.shape
-        scale = (self.layer.scale * torch.exp(self.log_scale)).half().float() if hard else self.layer.scale * torch.exp(self.log_scale)
+        scale = self.layer.scale * torch.exp(self.log_scale)
         w = (codes.view(rows, groups, -1) - self.layer.zero[:, :, None]) * scale[:, :, None]
         return w.view_as(codes)
 
@@ -97,9 +100,6 @@ class SoftQuantLinear(nn.Module):
         if self.layer.act is not None:
             x = self.layer.act(x)
         return F.linear(x, self.weight().to(x.dtype), self.layer.bias)
-
-    def regulariser(self, beta: float) -> torch.Tensor:
-        return (1 - (2 * self.h() - 1).abs().pow(beta)).mean()
 
     def hardened(self) -> QuantizedLayer:
         with torch.no_grad():
@@ -144,20 +144,19 @@ def refine_block(config: ReconConfig, block: nn.Module, path: str, layers: dict[
     opt = torch.optim.Adam([{"params": [s.v for s in soft.values()], "lr": config.lr},
                             {"params": [s.log_scale for s in soft.values()], "lr": config.scale_lr}])
     generator = torch.Generator().manual_seed(config.seed)
-    scale = [max(float((t**2).mean()), 1e-12) for t in targets]
-    warm = int(config.warmup * config.steps)
+    # Each call's loss is relative to the block's own contribution (its output minus its input,
+    # for residual blocks): relative to the output, the residual stream would dwarf both the error
+    # and the regulariser's weight.
+    scale = [max(float(((t - x) ** 2).mean() if t.shape == x.shape else (t**2).mean()), 1e-12)
+             for t, x in zip(targets, inputs)]
     was_training = block.training
     block.eval()  # dropout off: the targets were computed without it
     try:
         with torch.enable_grad():
-            for step in tqdm(range(config.steps), desc=f"reconstruct {path}", disable=not progress, leave=False):
+            for _ in tqdm(range(config.steps), desc=f"reconstruct {path}", disable=not progress, leave=False):
                 picks = torch.randint(len(calls), (config.batch,), generator=generator).tolist()
                 loss = sum(F.mse_loss(first_output(block(inputs[i], *calls[i].args[1:], **calls[i].kwargs)), targets[i]) / scale[i]
                            for i in picks) / len(picks)
-                if step >= warm and config.reg:
-                    progress_frac = (step - warm) / max(config.steps - warm, 1)
-                    beta = 20 + (2 - 20) * progress_frac  # annealed: soft early, towards hard decisions late
-                    loss = loss + config.reg * sum(s.regulariser(beta) for s in soft.values())
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
