@@ -289,7 +289,8 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     from .suites import make_config
 
     try:
-        config = make_config(args.method, args.bits, args.group_size, args.clip, args.act_bits, tuple(args.targets.split(",")))
+        config = make_config(args.method, args.bits, args.group_size, args.clip, args.act_bits, tuple(args.targets.split(",")),
+                             plain=args.plain, symmetric=False if args.asym else None, steps=args.steps)
     except ValueError as err:
         raise SystemExit(f"bench quantize: {err}")
     check_output(args.out)
@@ -302,8 +303,10 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
 
 
 def _cmd_perf(args: argparse.Namespace) -> int:
-    from .perf import perf_deploy, perf_qat, perf_quantize, perf_step, perf_stream, perf_upstream, perf_whisper
+    from .perf import perf_clip, perf_deploy, perf_qat, perf_quantize, perf_step, perf_stream, perf_upstream, perf_whisper
 
+    if args.what == "clip":
+        return perf_clip(args.calib or f"{args.corpus}/train", args.calib_count)
     if args.what == "whisper":
         return perf_whisper(args.corpus, args.split, reps=args.reps)
     if args.what == "deploy":
@@ -517,6 +520,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", required=True, choices=["binary", "uniform", "gptq", "recon"])
     p.add_argument("--bits", type=int, required=True, choices=range(1, 9), metavar="{1..8}")
     p.add_argument("--group-size", type=int, default=None, help="inputs per scale (default: one scale per output row)")
+    p.add_argument("--asym", action="store_true", help="gptq, recon: asymmetric levels (a zero-point per row or group)")
+    p.add_argument("--plain", action="store_true", help="gptq: as first published (one pass, natural order, min-max ranges)")
+    p.add_argument("--steps", type=int, default=None, help="recon: optimizer steps per block (default 300)")
     p.add_argument("--clip", default="minmax", choices=["minmax", "mse", "output", "cosine"],
                    help="uniform: range search (mse: weight error; output: output error from calibration, see README)")
     p.add_argument("--act-bits", type=int, default=None, help="also fake-quantize layer inputs (e.g. 8)")
@@ -531,8 +537,10 @@ def build_parser() -> argparse.ArgumentParser:
                                     "qat (cosine to fp at 1-2 bits), stream (QAT memory vs corpus size), "
                                     "step (SUPERB ASR step: time here, FLOPs, GPU projection), "
                                     "whisper (own-length vs 30 s padding: cosines, timings), "
-                                    "deploy (measured latency and memory of deployed low-bit models vs fp32)")
-    p.add_argument("what", choices=["quantize", "upstream", "qat", "stream", "step", "whisper", "deploy"])
+                                    "deploy (measured latency and memory of deployed low-bit models vs fp32), "
+                                    "clip (weight-MSE vs output-aware ranges, per layer of Whisper tiny.en)")
+    p.add_argument("what", choices=["quantize", "upstream", "qat", "stream", "step", "whisper", "deploy", "clip"])
+    p.add_argument("--calib", default=None, help="clip: folder of 16 kHz audio (default: CORPUS/train)")
     p.add_argument("--upstream", default="hubert_base", help="deploy: the upstream (random weights where none ship)")
     p.add_argument("--configs", default="8:int8-dynamic,4:int4-weight:g64,4:packed,2:packed,1:packed",
                    help="deploy: comma-separated BITS:BACKEND[:gN]")
@@ -541,7 +549,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                "STORE/deploy/UPSTREAM.json)")
     p.add_argument("--rounds", type=int, default=1, help="deploy: measure every configuration this many times, "
                                                          "each ratio within its round (median and range reported)")
-    p.add_argument("--corpus", default="data/synth/digits", help="whisper: LibriSpeech-layout corpus root")
+    p.add_argument("--corpus", default="data/synth/digits", help="whisper, clip: LibriSpeech-layout corpus root")
     p.add_argument("--split", default="test", help="whisper: split folder to take 2 utterances from")
     p.add_argument("--hours", default="1,10", help="stream: corpus sizes in hours (comma-separated)")
     p.add_argument("--batch", type=int, default=4, help="upstream: utterances per batch")

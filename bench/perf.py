@@ -12,11 +12,13 @@ def _peak_rss_gb() -> float:
 
 
 def perf_quantize(calib_count: int = 32, seconds: float = 4.0) -> int:
-    """Round-to-nearest per bit width and GPTQ on random-init HuBERT Base (72 transformer linears)."""
+    """Round-to-nearest per bit width and GPTQ (sequential, as published, and block
+    reconstruction) on random-init HuBERT Base (72 transformer linears)."""
     from upstream_quant import load_upstream
     from upstream_quant.binary import BinaryConfig
     from upstream_quant.gptq import GPTQConfig
     from upstream_quant.quantize import quantize
+    from upstream_quant.recon import ReconConfig
     from upstream_quant.uniform import UniformConfig
 
     torch.manual_seed(0)
@@ -27,11 +29,56 @@ def perf_quantize(calib_count: int = 32, seconds: float = 4.0) -> int:
         quantize(up, config, progress=False)
         print(f"RTN {type(config).__name__}(bits={config.bits}): {time.time() - started:.2f} s")
     calib = [0.1 * torch.randn(int(seconds * 16000)) for _ in range(calib_count)]
-    for bits in (4, 2):
+    what = f"{calib_count} x {seconds:g} s calibration utterances"
+    for label, config in [("GPTQ sequential, act-order, Hessian search", GPTQConfig(bits=3)),
+                          ("GPTQ as published (one pass)", GPTQConfig(bits=3, sequential=False, act_order=False, scale_search="minmax")),
+                          ("recon (GPTQ then 25 steps per block)", ReconConfig(bits=2, group_size=64, steps=25))]:
         started = time.time()
-        quantize(up, GPTQConfig(bits=bits), calibration=calib, progress=False)
-        print(f"GPTQ(bits={bits}) with {calib_count} x {seconds:g} s calibration utterances: {time.time() - started:.1f} s")
+        quantize(up, config, calibration=calib, progress=False)
+        print(f"{label}, {config.bits} bits, {what}: {time.time() - started:.1f} s")
     print(f"peak resident memory: {_peak_rss_gb():.2f} GB")
+    return 0
+
+
+def perf_clip(calib_dir: str, count: int = 32, bits: tuple[int, ...] = (4, 3)) -> int:
+    """Why clip='mse' can hurt: per layer of Whisper tiny.en, the output error ||X (W - Q)^T||^2
+    (X: the layer's inputs on calibration audio) of the min-max, weight-MSE and output-weighted
+    ranges, and the whole encoder's output error on other utterances of the same folder."""
+    from upstream_quant import load_upstream
+    from upstream_quant.calibration import collect_stats, load_calibration_dir
+    from upstream_quant.quantize import quantize, target_layers
+    from upstream_quant.uniform import UniformConfig, quantize_uniform
+
+    torch.manual_seed(0)
+    up = load_upstream("whisper_tiny_en", device="cpu").eval()
+    wavs = load_calibration_dir(calib_dir, 2 * count)
+    calib, held = wavs[:count], wavs[count:]
+    layers = {n: m for n, m in target_layers(up, ("transformer",)).items() if isinstance(m, torch.nn.Linear)}
+    stats = collect_stats(up, layers, calib, need_hessian=True, need_sample=False)
+    with torch.no_grad():
+        ref = [up(w[None], torch.tensor([w.numel()]))[0][-1] for w in held]
+    print(f"Whisper tiny.en, {len(layers)} transformer linears, {len(calib)} calibration / {len(held)} held-out utterances of {calib_dir}")
+    for b in bits:
+        errs = {}
+        for clip in ("minmax", "mse", "output"):
+            config = UniformConfig(bits=b, clip=clip)
+            per = {}
+            for name, layer in layers.items():
+                d = layer.weight.detach() - quantize_uniform(layer.weight, config, stats[name]).dequantize()
+                h = stats[name].hessian
+                per[name] = float(torch.einsum("ij,jk,ik->", d, h, d) / torch.einsum("ij,jk,ik->", layer.weight.detach(), h, layer.weight.detach()))
+            q = quantize(up, config, calibration=calib if config.needs_calibration else None, progress=False)
+            with torch.no_grad():
+                out = [q(w[None], torch.tensor([w.numel()]))[0][-1] for w in held]
+            total = sum(float(((o - r) ** 2).sum()) for o, r in zip(out, ref)) / sum(float((r**2).sum()) for r in ref)
+            errs[clip] = (per, total)
+        worse = [n for n in layers if errs["mse"][0][n] > errs["minmax"][0][n]]
+        print(f"{b} bits: encoder output relative error (held out): " +
+              ", ".join(f"{c} {errs[c][1]:.4f}" for c in errs))
+        print(f"  layers where mse's output error exceeds min-max's: {len(worse)} of {len(layers)}"
+              + (f" (worst: {max(worse, key=lambda n: errs['mse'][0][n] / errs['minmax'][0][n])}, "
+                 f"{max(errs['mse'][0][n] / errs['minmax'][0][n] for n in worse):.2f}x)" if worse else ""))
+        print(f"  layers where output's exceeds min-max's: {sum(errs['output'][0][n] > errs['minmax'][0][n] for n in layers)}")
     return 0
 
 

@@ -85,6 +85,8 @@ def runs_frame(suite: str, root: Path | None = None):
                                         "est_runtime_full", "wall_seconds", "git_commit")}
         base["featurizer_weights"] = row.get("featurizer_weights")
         base["bit_widths"] = row.get("bit_widths") or []
+        if row.get("quantize_seconds") is not None:  # post-training methods: the time the quantization took
+            base["quantize_s"] = row["quantize_seconds"]
         if row.get("deploy"):  # deployed rows: measured against fp32 (bench.runner.deploy_measurements)
             base |= {k: row.get(k) for k in ("deploy", "measured_runtime", "weights_mb_resident", "weights_mb_resident_fp32")}
         flat.append(base | {k: v for k, v in row.get("metrics", {}).items()})

@@ -203,6 +203,12 @@ def make_config(method: str, bits: int, group_size: int | None, clip: str, act_b
     from upstream_quant.uniform import UniformConfig
 
     sym = {} if symmetric is None else {"symmetric": symmetric}
+    if plain and method != "gptq":
+        raise ValueError(f"'plain' is a GPTQ variant; method {method!r} has none")
+    if steps is not None and method != "recon":
+        raise ValueError(f"steps are recon's (optimizer steps per block); method {method!r} has none")
+    if sym and method == "binary":
+        raise ValueError("binary weights have no asymmetric variant (use center=True through the Python API)")
     if method == "recon":
         return ReconConfig(bits=bits, group_size=group_size, act_bits=act_bits, targets=targets, **sym,
                            **({} if steps is None else {"steps": steps}))
@@ -212,7 +218,7 @@ def make_config(method: str, bits: int, group_size: int | None, clip: str, act_b
             raise ValueError(f"--method binary is 1 bit; got --bits {bits}")
         return BinaryConfig(group_size=group_size, act_bits=act_bits, targets=targets)
     if method == "uniform":
-        return UniformConfig(bits=bits, group_size=group_size, clip=clip, act_bits=act_bits, targets=targets)
+        return UniformConfig(bits=bits, group_size=group_size, clip=clip, act_bits=act_bits, targets=targets, **sym)
     if method == "gptq":
         variant = {"sequential": False, "act_order": False, "scale_search": "minmax"} if plain else {}
         return GPTQConfig(bits=bits, group_size=group_size, act_bits=act_bits, targets=targets, **sym, **variant)

@@ -89,16 +89,28 @@ class Segment:
         self.module, self.calls, self.calibration = module, calls, calibration
 
     @torch.no_grad()
-    def run(self, inputs: list[torch.Tensor] | None = None) -> list[torch.Tensor] | None:
-        """Run every call (with the hidden state replaced by `inputs[i]` if given); the outputs."""
+    def run(self, inputs: list[torch.Tensor] | None = None, first_only: bool = False) -> list[torch.Tensor] | None:
+        """Run every call (with the hidden state replaced by `inputs[i]` if given); the outputs.
+        A hook raising Stop ends a call early (statistics need only the layers up to a stage)."""
         if self.calls is None:
-            run_calibration(self.module, self.calibration)
+            try:
+                run_calibration(self.module, self.calibration)
+            except Stop:
+                raise RuntimeError("a stage stop escaped a full-model pass") from None
             return None
         outs = []
-        for i, call in enumerate(self.calls):
+        for i, call in enumerate(self.calls[:1] if first_only else self.calls):
             args = call.args if inputs is None else (inputs[i], *call.args[1:])
-            outs.append(first_output(self.module(*args, **call.kwargs)).detach())
+            try:
+                outs.append(first_output(self.module(*args, **call.kwargs)).detach())
+            except Stop:
+                outs.append(None)
         return outs
+
+
+class Stop(Exception):
+    """Raised by a statistics hook once the last layer of a stage has its input: the rest of the
+    block need not run (it saves most of a block pass for the early stages)."""
 
 
 def capture(model: nn.Module, blocks: nn.ModuleList, calibration, hooks: list) -> tuple[list[Call], bool]:
@@ -150,7 +162,7 @@ def stages(segment: Segment, names: dict[str, nn.Module]) -> list[list[str]]:
 
     handles = [m.register_forward_pre_hook(hook(n)) for n, m in names.items()]
     try:
-        segment.run()
+        segment.run(first_only=True)
     finally:
         for h in handles:
             h.remove()
@@ -162,10 +174,20 @@ def stages(segment: Segment, names: dict[str, nn.Module]) -> list[list[str]]:
     return out + ([missing] if missing else [])
 
 
-def collect(segment: Segment, layers: dict[str, nn.Module], need_hessian: bool, need_sample: bool) -> dict[str, LayerStats]:
+def collect(segment: Segment, layers: dict[str, nn.Module], need_hessian: bool, need_sample: bool,
+            stop_after: str | None = None) -> dict[str, LayerStats]:
+    """Statistics of `layers`' inputs over the segment's calls; with `stop_after` (the stage's last
+    layer in execution order, called once per call), each call ends once that layer has its input."""
     stats = {n: LayerStats() for n in layers}
-    handles = [m.register_forward_pre_hook(lambda _m, args, n=n: stats[n].add(args[0], need_hessian, need_sample))
-               for n, m in layers.items()]
+
+    def hook(n):
+        def fn(_m, args):
+            stats[n].add(args[0], need_hessian, need_sample)
+            if n == stop_after:
+                raise Stop
+        return fn
+
+    handles = [m.register_forward_pre_hook(hook(n)) for n, m in layers.items()]
     try:
         segment.run()
     finally:
@@ -234,6 +256,20 @@ def _run_stages(root: nn.Module, segment: Segment, layers: dict[str, nn.Module],
                 need_hessian: bool, need_sample: bool) -> None:
     for stage in stages(segment, layers):
         current = {n: root.get_submodule(n) for n in stage}
-        stats = collect(segment, current, need_hessian, need_sample)
+        # stopping early is safe in a block (its calls are ours to end) when every stage layer runs
+        # once per call; a full-model pass (fallback) always runs to the end
+        stop = stage[-1] if segment.calls is not None and _called_once(segment, current) else None
+        stats = collect(segment, current, need_hessian, need_sample, stop_after=stop)
         for n in stage:
             root.set_submodule(n, quantize_layer(prefix + n, current[n], stats[n]))
+
+
+def _called_once(segment: Segment, layers: dict[str, nn.Module]) -> bool:
+    counts = dict.fromkeys(layers, 0)
+    handles = [m.register_forward_pre_hook(lambda *_a, n=n: counts.__setitem__(n, counts[n] + 1)) for n, m in layers.items()]
+    try:
+        segment.run(first_only=True)
+    finally:
+        for h in handles:
+            h.remove()
+    return all(c == 1 for c in counts.values())
