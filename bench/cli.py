@@ -523,7 +523,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--asym", action="store_true", help="gptq, recon: asymmetric levels (a zero-point per row or group)")
     p.add_argument("--plain", action="store_true", help="gptq: as first published (one pass, natural order, min-max ranges)")
     p.add_argument("--steps", type=int, default=None, help="recon: optimizer steps per block (default 300)")
-    p.add_argument("--clip", default="minmax", choices=["minmax", "mse", "output", "cosine"],
+    p.add_argument("--clip", default="minmax", choices=["minmax", "mse", "output", "cosine", "hessian"],
                    help="uniform: range search (mse: weight error; output: output error from calibration, see README)")
     p.add_argument("--act-bits", type=int, default=None, help="also fake-quantize layer inputs (e.g. 8)")
     p.add_argument("--targets", default="transformer", help="comma-separated groups: transformer,cnn,feature_projection,positional_conv or *")
@@ -591,7 +591,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, default=32, help="calibration utterances (myQASR: 32)")
     p.add_argument("--statistic", default="median", choices=["median", "mean", "max", "l1", "l2"])
     p.add_argument("--order", default="descending", choices=["descending", "ascending", "shuffled"])
-    p.add_argument("--calibration", default="minmax", choices=["minmax", "cosine"], help="weight scale search")
+    p.add_argument("--calibration", default="minmax", choices=["minmax", "cosine", "hessian"],
+                   help="weight scale search: min-max, output cosine, or myQASR's Hessian-guided error (label-free)")
     p.add_argument("--act-bits", type=int, default=None, help="e.g. 8: quantize layer inputs too")
     p.add_argument("--coverage", default="myqasr", choices=["myqasr", "transformer"])
     p.add_argument("--convention", default="stored", choices=["stored", "myqasr"], help="size convention of the budget")

@@ -85,6 +85,11 @@ def runs_frame(suite: str, root: Path | None = None):
                                         "est_runtime_full", "wall_seconds", "git_commit")}
         base["featurizer_weights"] = row.get("featurizer_weights")
         base["bit_widths"] = row.get("bit_widths") or []
+        if row.get("method") == "mixed" and row.get("bit_map"):  # for the allocation-difference column
+            q = row.get("spec", {}).get("quant", {})
+            base["bit_map"] = row["bit_map"]
+            base["alloc_key"] = (row.get("upstream"), q.get("budget_mb"), q.get("order"), q.get("clip"), q.get("act_bits"))
+            base["calib_group"] = q.get("calib")
         if row.get("quantize_seconds") is not None:  # post-training methods: the time the quantization took
             base["quantize_s"] = row["quantize_seconds"]
         if row.get("deploy"):  # deployed rows: measured against fp32 (bench.runner.deploy_measurements)

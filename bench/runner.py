@@ -110,9 +110,9 @@ class Runner:
 
         cfg = dict(table if table is not None else run.data_config)
         cfg.pop("head_data", None)
-        for key in ("train", "dev", "test"):
-            if key in cfg:
-                cfg[key] = tuple(cfg[key])
+        for key in ("train", "dev", "test", "speakers"):
+            if cfg.get(key) is not None:
+                cfg[key] = tuple(str(x) for x in cfg[key])
         try:
             return DataConfig(**cfg)
         except TypeError as exc:
@@ -139,6 +139,10 @@ class Runner:
         return self._upstreams[key]
 
     def _train_corpus(self, run: RunSpec, group: str = "all"):
+        """The training split of the head's data, or of one group: F/M (gender), a speaker id,
+        or the name of another data table of the suite (its own speakers/gender filter)."""
+        if group in self.suite.data_tables:
+            return self.data_config(run, self.suite.data_tables[group]).load("train")
         data = self.data_config(run, self.suite.data_tables[run.head_data])
         if group in ("F", "M"):
             data = dataclasses.replace(data, gender=group)
@@ -272,6 +276,8 @@ class Runner:
         if run.quant.method in ("mixed", "qat") or getattr(config, "needs_calibration", False):
             table = self.suite.data_tables[run.head_data]
             body |= {"audio": {k: v for k, v in table.items() if k not in LOCATION_FIELDS}, "seed": run.seed}
+            if run.quant.method == "mixed" and run.quant.calib in self.suite.data_tables:  # calibrated on that table
+                body["calib_audio"] = {k: v for k, v in self.suite.data_tables[run.quant.calib].items() if k not in LOCATION_FIELDS}
         return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     @staticmethod

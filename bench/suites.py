@@ -33,7 +33,7 @@ class QuantSpec:
     group_size: int | None = None
     clip: str = "minmax"
     act_bits: int | None = None
-    # mixed precision (myQASR): ``mixed:BUDGET_MB[:calib=GROUP][:ORDER][:cosine][:aN]``, GROUP
+    # mixed precision (myQASR): ``mixed:BUDGET_MB[:calib=GROUP][:ORDER][:cosine|hessian][:aN]``, GROUP
     # being F, M, a speaker id, or 'all' (the run's training split).
     budget_mb: float | None = None
     calib: str = "all"
@@ -122,12 +122,12 @@ class QuantSpec:
                 spec["calib"] = opt.removeprefix("calib=")
             elif opt in ("descending", "ascending", "shuffled"):
                 spec["order"] = opt
-            elif opt in ("minmax", "cosine"):
+            elif opt in ("minmax", "cosine", "hessian"):
                 spec["clip"] = opt
             elif opt[:1] == "a" and opt[1:].isdigit():
                 spec["act_bits"] = int(opt[1:])
             else:
-                raise ValueError(f"quantization {text!r}: unknown option {opt!r} (calib=GROUP, descending|ascending|shuffled, minmax|cosine, aN)")
+                raise ValueError(f"quantization {text!r}: unknown option {opt!r} (calib=GROUP, descending|ascending|shuffled, minmax|cosine|hessian, aN)")
         return cls(**spec)
 
     @classmethod
@@ -191,7 +191,7 @@ class QuantSpec:
                            plain=bool(self.plain), symmetric=self.symmetric, steps=self.steps)
 
 
-CLIPS = ("minmax", "mse", "output", "cosine")
+CLIPS = ("minmax", "mse", "output", "cosine", "hessian")
 
 
 def make_config(method: str, bits: int, group_size: int | None, clip: str, act_bits: int | None, targets: tuple[str, ...],
@@ -463,7 +463,7 @@ def apply_overrides(suite: "Suite", overrides: Overrides) -> "Suite":
     for run in suite.runs:
         dcfg = run.data_config | places.get(run.data, {})
         uses = {"qat": run.quant.method == "qat",
-                "calibration": run.quant.method in ("gptq", "recon", "mixed") or run.quant.clip in ("cosine", "output")}
+                "calibration": run.quant.method in ("gptq", "recon", "mixed") or run.quant.clip in ("cosine", "output", "hessian")}
         runs.append(dataclasses.replace(
             run, schedule=run.schedule | overrides.settings.get(run.task, {}), data_config=dcfg,
             checkpoint=overrides.checkpoints.get(run.upstream, run.checkpoint),

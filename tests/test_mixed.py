@@ -153,3 +153,47 @@ def test_whole_method_on_a_real_upstream_and_the_cli(tiny_hubert, tmp_path):
     assert {m.bits for m in reloaded.modules() if hasattr(m, "codes")} == set(bits["widths"])
     assert main(["mixed", "--upstream", "hubert_base", "--checkpoint", str(ckpt), "--budget-mb", "0.001",
                  "--calib-dir", str(calib), "--out", str(out)]) == 2
+
+
+def test_hessian_statistics_estimate_the_gauss_newton_diagonal_label_free():
+    """For f(x) = A layer(x), the Gauss-Newton Hessian of ||f_q - f||^2 / 2 with respect to the
+    layer's output is A^T A; the collected g^2 (random probes, no labels) averages to its diagonal."""
+    from upstream_quant.calibration import collect_stats
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.Linear(6, 3, bias=False)).eval()
+    stats = collect_stats(model, {"0": model[0]}, [torch.randn(250, 4) for _ in range(16)], need_hessian=False,
+                          need_sample=True, need_grads=True)["0"]
+    g2 = stats.grad_sample
+    assert g2.shape == (4000, 6) and stats.sample.shape == (4000, 4)
+    expected = (model[1].weight.detach() ** 2).sum(0)  # diag(A^T A)
+    assert torch.allclose(g2.mean(0), expected, rtol=0.1)
+    assert all(not p.requires_grad or p.grad is None for p in model.parameters())  # activations only
+
+
+def test_hessian_calibration_scores_at_least_minmax_and_runs_in_the_whole_method(tiny_hubert):
+    from upstream_quant.calibration import collect_stats
+
+    torch.manual_seed(0)
+    wavs = [0.1 * torch.randn(8000) for _ in range(3)]
+    layers = coverage(tiny_hubert, "transformer")
+    name = sorted(layers)[-1]
+    stats = collect_stats(tiny_hubert, {name: layers[name]}, wavs, need_hessian=False, need_sample=True,
+                          need_grads=True)[name]
+    w = layers[name].weight.detach()
+    x, g2 = stats.sample, stats.grad_sample
+    ref = x @ w.T
+
+    def score(q):
+        return -float((g2 * (ref - x @ q.T) ** 2).mean())
+
+    for bits in (2, 3):
+        mm = quantize_uniform(w, UniformConfig(bits=bits)).dequantize()
+        hs = quantize_uniform(w, UniformConfig(bits=bits, clip="hessian"), stats).dequantize()
+        assert score(hs) >= score(mm)
+    sizes = size_model(tiny_hubert, coverage(tiny_hubert))
+    budget = (sizes.total_mb({n: 2 for n in coverage(tiny_hubert)}) + sizes.total_mb({n: 8 for n in coverage(tiny_hubert)})) / 2
+    model, report = mixed_precision(tiny_hubert, wavs, budget, clip="hessian")
+    assert report["clip"] == "hessian" and report["size_mb"] <= budget
+    with pytest.raises(ValueError, match="needs calibration"):
+        quantize(tiny_hubert, UniformConfig(bits=4, clip="hessian"), progress=False)

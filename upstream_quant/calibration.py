@@ -38,6 +38,15 @@ class LayerStats:
         """Up to `max_rows` input rows, in the order they were seen (None if none were kept)."""
         return torch.cat(self._parts) if self._parts else None
 
+    _grad_parts: list = field(default_factory=list, repr=False)
+
+    @property
+    def grad_sample(self) -> torch.Tensor | None:
+        """Per output element of the `sample` rows, g^2: an estimate of the diagonal of the
+        Gauss-Newton Hessian of the model's final output with respect to this layer's output
+        (see collect_stats(need_grads=True)); None unless collected."""
+        return torch.cat(self._grad_parts) if self._grad_parts else None
+
 
 MIN_SAMPLES = 400  # 25 ms at 16 kHz: the shortest input the HuBERT CNN turns into a frame
 SHORT_SAMPLES = 8000  # 0.5 s: below this a calibration utterance gives a handful of frames (warned)
@@ -105,8 +114,13 @@ def reusable(calibration):
     return list(calibration)
 
 
-@torch.no_grad()
-def run_calibration(model: nn.Module, calibration) -> int:
+def run_calibration(model: nn.Module, calibration, grad: bool = False) -> int:
+    """As `_run_calibration`, without autograd unless `grad` (the output-gradient statistics)."""
+    with torch.set_grad_enabled(grad):
+        return _run_calibration(model, calibration)
+
+
+def _run_calibration(model: nn.Module, calibration) -> int:
     """Drive `model`'s forward passes over `calibration`, as GPTQ libraries take it:
 
     - a callable ``run(model)`` that makes the forward passes itself;
@@ -164,7 +178,8 @@ def run_calibration(model: nn.Module, calibration) -> int:
 
 @torch.no_grad()
 def collect_stats(
-    model: nn.Module, layers: dict[str, nn.Module], calibration, need_hessian: bool, need_sample: bool
+    model: nn.Module, layers: dict[str, nn.Module], calibration, need_hessian: bool, need_sample: bool,
+    need_grads: bool = False, seed: int = 0,
 ) -> dict[str, LayerStats]:
     """Run the (full-precision) model over `calibration` (see run_calibration), recording each
     layer's inputs: X^T X is summed (memory bounded by the layer width, whatever the number of
@@ -174,6 +189,8 @@ def collect_stats(
     into kernel windows); convolutions use the weight-only methods.
     """
     stats = {name: LayerStats() for name, m in layers.items() if isinstance(m, nn.Linear)}
+    if need_grads:
+        return _collect_with_grads(model, layers, stats, calibration, seed)
     handles = [
         layers[name].register_forward_pre_hook(lambda _m, args, n=name: stats[n].add(args[0], need_hessian, need_sample))
         for name in stats
@@ -183,6 +200,83 @@ def collect_stats(
     finally:
         for h in handles:
             h.remove()
+    return stats
+
+
+def final_output(out) -> torch.Tensor:
+    """The model's final representation: the tensor, the first element of a tuple (recursively;
+    our upstreams return (states, lengths), whose last state is taken), or `last_hidden_state`."""
+    if isinstance(out, torch.Tensor):
+        return out
+    if hasattr(out, "last_hidden_state"):
+        return out.last_hidden_state
+    if isinstance(out, (tuple, list)) and out:
+        first = out[0]
+        if isinstance(first, (tuple, list)) and first and all(isinstance(t, torch.Tensor) for t in first):
+            return first[-1]
+        return final_output(first)
+    raise TypeError(f"cannot find the model's output tensor in a {type(out).__name__}")
+
+
+def _collect_with_grads(model: nn.Module, layers: dict[str, nn.Module], stats: dict[str, LayerStats], calibration,
+                        seed: int) -> dict[str, LayerStats]:
+    """Input rows and, for the same rows, g^2 with g = J^T v: J the Jacobian of the final output
+    with respect to the layer's output, v a random normal vector (one per forward pass), so that
+    E[g^2] is the diagonal of J^T J, the Gauss-Newton Hessian of the output-matching loss
+    ||f_q(x) - f(x)||^2 / 2 at the full-precision model. Label-free (no transcripts, no head):
+    myQASR's "Hessian" metric, -mean((g (O_fp - O_q))^2), needs only this."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def forward_hook(name):
+        def fn(_m, args, output):
+            st = stats[name]
+            keep = st.max_rows - st._kept
+            if not torch.is_grad_enabled():
+                return None
+            if not output.requires_grad:
+                # nothing before this layer carries gradients (e.g. fairseq runs HuBERT's CNN under
+                # no_grad): its output becomes the leaf they flow back to
+                output = output.detach().requires_grad_(True)
+            if keep > 0:
+                x = args[0].detach().reshape(-1, args[0].shape[-1]).float()[:keep].cpu()
+                st._parts.append(x)
+                st._kept += x.shape[0]
+                st.rows += x.shape[0]
+                output.register_hook(lambda g: st._grad_parts.append(g.detach().reshape(-1, g.shape[-1]).float()[:keep].pow(2).cpu()))
+            # the model gets a copy: it may write into its layer outputs in place (fairseq scales
+            # q in place), which would hide the gradient from the hook on the original
+            return output.clone()
+        return fn
+
+    def make_input_leaf(_m, args, kwargs):
+        for i, a in enumerate(args):  # the first float tensor argument becomes a leaf that needs gradients
+            if isinstance(a, torch.Tensor) and a.is_floating_point():
+                return (*args[:i], a.detach().requires_grad_(True), *args[i + 1:]), kwargs
+        for k, a in kwargs.items():
+            if isinstance(a, torch.Tensor) and a.is_floating_point():
+                return args, {**kwargs, k: a.detach().requires_grad_(True)}
+        return None  # token ids and the like: the layers' own outputs become the leaves
+
+    def backward(_m, _args, out):
+        final = final_output(out)
+        if not final.requires_grad:
+            raise CalibrationError(f"{type(model).__name__}'s output does not depend differentiably on the chosen layers")
+        v = torch.randn(final.shape, generator=gen).to(final.device, final.dtype)
+        final.backward(v)
+
+    frozen = {p: p.requires_grad for p in model.parameters()}
+    for p in model.parameters():
+        p.requires_grad_(False)  # gradients flow to the activations only
+    handles = [layers[n].register_forward_hook(forward_hook(n)) for n in stats]
+    handles.append(model.register_forward_pre_hook(make_input_leaf, with_kwargs=True))
+    handles.append(model.register_forward_hook(backward))
+    try:
+        run_calibration(model, calibration, grad=True)
+    finally:
+        for h in handles:
+            h.remove()
+        for p, flag in frozen.items():
+            p.requires_grad_(flag)
     return stats
 
 

@@ -206,11 +206,11 @@ class MixedPrecisionConfig:
 
     @property
     def needs_calibration(self) -> bool:
-        return self.clip == "cosine"
+        return self.clip in ("cosine", "hessian")
 
     def per_layer(self, name: str, layer: nn.Module) -> UniformConfig:
-        """Cosine scale search needs the layer's input sample, which is kept for linears only;
-        convolutions keep min-max scales."""
+        """The cosine and Hessian scale searches need the layer's input sample, which is kept for
+        linears only; convolutions keep min-max scales."""
         clip = self.clip if isinstance(layer, nn.Linear) else "minmax"
         return UniformConfig(bits=self.layers[name], clip=clip, act_bits=self.act_bits)
 

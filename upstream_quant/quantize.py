@@ -157,7 +157,8 @@ def quantize(
             try:
                 stats = collect_stats(module, {n: layers[n] for n in needs}, calibration,
                                       need_hessian=any(getattr(per_layer[n], "needs_hessian", False) for n in needs),
-                                      need_sample=not all(getattr(per_layer[n], "needs_hessian", False) for n in needs))
+                                      need_sample=not all(getattr(per_layer[n], "needs_hessian", False) for n in needs),
+                                      need_grads=any(getattr(per_layer[n], "needs_grads", False) for n in needs))
             finally:
                 module.train(was_training)
         new_layers = {}

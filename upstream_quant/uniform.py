@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from .calibration import LayerStats
 from .qweight import QuantizedWeight, dequantize, grouped
 
-CLIP_METHODS = ("minmax", "mse", "output", "cosine")
+CLIP_METHODS = ("minmax", "mse", "output", "cosine", "hessian")
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,7 @@ class UniformConfig:
     bits: int = 4
     group_size: int | None = None  # inputs per scale; None: one scale per output row
     symmetric: bool = True
-    clip: str = "minmax"  # minmax | mse | output | cosine (output and cosine need calibration data)
+    clip: str = "minmax"  # minmax | mse | output | cosine | hessian (the last three need calibration data)
     grid: int = 100  # search points between alpha and beta (myQASR: 0.01 .. 1.2, 100 points)
     alpha: float = 0.01
     beta: float = 1.2
@@ -37,14 +37,18 @@ class UniformConfig:
 
     @property
     def needs_calibration(self) -> bool:
-        return self.clip in ("cosine", "output")
+        return self.clip in ("cosine", "output", "hessian")
+
+    @property
+    def needs_grads(self) -> bool:
+        return self.clip == "hessian"
 
     @property
     def needs_hessian(self) -> bool:
         return self.clip == "output"
 
     @property
-    def layer_types(self) -> tuple[str, ...]:
+    def layer_types(self) -> tuple[str, ...]:  # the calibrated searches take a layer's inputs as rows
         return ("linear",) if self.needs_calibration else ("linear", "conv1d")
 
 
@@ -109,19 +113,30 @@ def quantize_uniform(weight: torch.Tensor, config: UniformConfig, stats: LayerSt
             col_weight = torch.diag(stats.hessian).float() / stats.rows
         scale, zero = search_range(w, config.bits, config.symmetric, _ratios(config), col_weight)
         best = (round_codes(w, scale, zero, config.bits), scale, zero)
-    elif config.clip == "cosine":
-        if stats is None or stats.sample is None:
-            raise ValueError("clip='cosine' needs calibration audio (the layer's inputs)")
+    elif config.clip in ("cosine", "hessian"):
+        if stats is None or stats.sample is None or (config.clip == "hessian" and stats.grad_sample is None):
+            raise ValueError(f"clip={config.clip!r} needs calibration audio (the layer's inputs"
+                             f"{' and output gradients' if config.clip == 'hessian' else ''})")
         x = stats.sample.float()
         ref = F.linear(x, weight.detach().float().reshape(weight.shape[0], -1))
-        best_cos = _cosine(ref, x, best, config, weight.shape)
+        score = _cosine if config.clip == "cosine" else _hessian_score(stats.grad_sample.float())
+        best_score = score(ref, x, best, config, weight.shape)
         for ratio in _ratios(config):  # one range factor per layer, as myQASR searches it
             cand = _quantize_with(w, config.bits, config.symmetric, float(ratio))
-            cos = _cosine(ref, x, cand, config, weight.shape)
-            if cos > best_cos:
-                best, best_cos = cand, cos
+            value = score(ref, x, cand, config, weight.shape)
+            if value > best_score:
+                best, best_score = cand, value
     codes, scale, zero = best
     return QuantizedWeight(codes.to(torch.uint8).reshape(weight.shape), scale, zero, config.bits, config.group_size, f"uniform-{config.clip}")
+
+
+def _hessian_score(g2: torch.Tensor):
+    """myQASR's "Hessian" objective, -mean((g (O_fp - O_q))^2), g^2 from collect_stats(need_grads=True)."""
+    def score(ref, x, cand, config, shape) -> float:
+        codes, scale, zero = cand
+        deq = dequantize(codes.reshape(shape[0], -1), scale.half().float(), zero.half().float(), config.group_size)
+        return -float((g2 * (ref - F.linear(x, deq)) ** 2).mean())
+    return score
 
 
 def _cosine(ref, x, cand, config, shape) -> float:
