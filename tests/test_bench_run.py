@@ -58,6 +58,10 @@ def test_shipped_suites_parse_and_expand():
     assert {r.upstream for r in paper.runs} == {"hubert_base", "distilhubert"}
     assert [r.schedule.get("layer") for r in paper.runs if r.upstream == "distilhubert"] == ["last_transformer"]
     load_suite("paper-ks")
+    personal = load_suite("paper-personal")
+    mixed = [r for r in personal.runs if r.quant.method == "mixed"]
+    assert {r.quant.clip for r in mixed} == {"minmax", "cosine", "hessian"} and len(mixed) == 48 + 8 + 96
+    assert all(r.quant.calib in personal.data_tables for r in mixed)
     hashes = [r.config_hash for r in mini.runs]
     shards = [select(mini.runs, shard=f"{i}/3") for i in range(3)]
     assert sorted(r.config_hash for s in shards for r in s) == sorted(hashes)
@@ -117,3 +121,13 @@ def test_run_killed_with_sigkill_resumes_without_losing_or_duplicating(tiny_suit
     table = (store / "tiny" / "table.md").read_text()
     assert "fbank/fp/retrain" in table and "fbank/fp/reuse" in table and "chirps_wer" in table
     assert (store / "tiny" / "plots" / "asr_chirps_vs_storage.png").is_file()
+
+
+def test_a_calibration_group_that_is_no_table_gender_or_speaker_is_refused(tmp_path):
+    from pathlib import Path
+
+    text = (Path(__file__).parents[1] / "bench/suites/mini-personal.toml").read_text()
+    bad = tmp_path / "personal.toml"
+    bad.write_text(text.replace("calib=digits_espeak", "calib=digits_espeek", 1))
+    with pytest.raises(SuiteError, match=r"calib='digits_espeek' is neither all, F, M, a speaker id nor a data table"):
+        load_suite(str(bad))
