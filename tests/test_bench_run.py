@@ -60,7 +60,8 @@ def test_shipped_suites_parse_and_expand():
     load_suite("paper-ks")
     personal = load_suite("paper-personal")
     mixed = [r for r in personal.runs if r.quant.method == "mixed"]
-    assert {r.quant.clip for r in mixed} == {"minmax", "cosine", "hessian"} and len(mixed) == 48 + 8 + 96
+    assert {r.quant.clip for r in mixed} == {"minmax", "cosine", "hessian"} and len(mixed) == 2 * (48 + 8 + 96)
+    assert {r.upstream for r in personal.runs} == {"wav2vec2_base", "hubert_base"}
     assert all(r.quant.calib in personal.data_tables for r in mixed)
     hashes = [r.config_hash for r in mini.runs]
     shards = [select(mini.runs, shard=f"{i}/3") for i in range(3)]

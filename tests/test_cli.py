@@ -17,7 +17,7 @@ def test_bench_cost_json(capsys):
 def test_bench_cost_text_and_unknown_upstream(capsys):
     assert main(["cost", "--upstream", "distilhubert"]) == 0
     assert "transformer/weight" in capsys.readouterr().out
-    with pytest.raises(SystemExit, match="known: distil_whisper_tiny_en, distilhubert, fbank, hubert_base, whisper_tiny_en"):
+    with pytest.raises(SystemExit, match="known: distil_whisper_tiny_en, distilhubert, fbank, hubert_base, wav2vec2_base, whisper_tiny_en"):
         main(["cost", "--upstream", "wav2vec3"])
 
 

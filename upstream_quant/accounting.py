@@ -356,12 +356,13 @@ class CostReport:
 
 
 def _cache_file(key: str, seconds: float) -> Path:
-    """Inventories depend only on the architecture code and the utterance length: key on both."""
+    """Inventories depend only on the architecture code and the utterance length: key on both.
+    Every module of this package is hashed, so a new upstream file cannot leave stale inventories."""
     import s3prl
 
     digest = hashlib.sha256()
-    for module in ("accounting", "upstream", "hubert", "distiller", "whisper", "fbank", "loading"):
-        digest.update((Path(__file__).parent / f"{module}.py").read_bytes())
+    for module in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(module.read_bytes())
     digest.update(f"{torch.__version__}|{s3prl.__version__}|{key}|{seconds}".encode())
     return cache_dir("accounting") / f"{key[:40]}-{digest.hexdigest()[:16]}.json"
 

@@ -7,7 +7,7 @@ import torch
 
 from .checkpoints import CheckpointError, read_checkpoint, to_plain
 from .compat import ensure_torchaudio
-from .upstream import Upstream, check_batch, padding_mask
+from .upstream import FairseqEncoder
 
 ensure_torchaudio()
 from s3prl.upstream.hubert.hubert_model import HubertConfig, HubertModel, HubertPretrainingConfig  # noqa: E402
@@ -24,70 +24,23 @@ HUBERT_BASE = {
 S3PRL_KEYS = ("task_cfg", "model_cfg", "model_weight", "dictionaries_symbols")
 
 
-class HubertUpstream(Upstream):
+class HubertUpstream(FairseqEncoder):
     """All 13 hidden states of a HuBERT model: the transformer input, then each layer's output.
 
     Same states as s3prl's HuBERT expert: inputs of encoder.layers[i] and the encoder output.
     """
 
-    group_prefixes = {
-        "model.feature_extractor": "cnn",
-        "model.layer_norm": "feature_projection",
-        "model.post_extract_proj": "feature_projection",
-        "model.encoder": "transformer",
-        "model.encoder.pos_conv": "positional_conv",
-        "model.mask_emb": "other",
-        "model.final_proj": "heads",
-        "model.label_embs_concat": "heads",
-    }
+    group_prefixes = {**FairseqEncoder.group_prefixes, "model.final_proj": "heads", "model.label_embs_concat": "heads"}
     # Pretraining-only parameters: never touched by forward, left out of packed files.
     unused_at_inference = ("model.final_proj", "model.label_embs_concat", "model.mask_emb")
 
     def __init__(self, model: HubertModel, task_cfg: HubertPretrainingConfig, symbols: list[list[str]], name: str):
         super().__init__()
-        self.name = name
-        self.model = model
-        self.task_cfg = task_cfg
-        self.symbols = symbols
-        model.feature_grad_mult = 0.0
-        model.encoder.layerdrop = 0.0
-        for module in model.modules():
-            # fairseq attention otherwise calls F.multi_head_attention_forward with the raw
-            # projection weights, bypassing the q/k/v/out Linear modules that we quantize,
-            # calibrate and count; the explicit path computes the same function.
-            if hasattr(module, "skip_embed_dim_check"):
-                module.skip_embed_dim_check = True
-        self.convs = [(layer[0].kernel_size[0], layer[0].stride[0]) for layer in model.feature_extractor.conv_layers]
-        self.hidden_size = model.encoder.embedding_dim
-        self.num_hidden_states = len(model.encoder.layers) + 1
+        self.name, self.symbols = name, symbols
+        self._setup(model, task_cfg)
 
-    def forward(self, wavs: torch.Tensor, wavs_len: torch.Tensor):
-        check_batch(wavs, wavs_len)
-        wavs_len = wavs_len.to(wavs.device)
-        pad = padding_mask(wavs_len, wavs.shape[1])
-        if self.task_cfg.normalize:  # per utterance, over its own samples, as s3prl does
-            wavs = torch.stack([
-                torch.nn.functional.pad(torch.nn.functional.layer_norm(w[:n], (int(n),)), (0, wavs.shape[1] - int(n)))
-                for w, n in zip(wavs, wavs_len)
-            ])
-        # Layer inputs are captured by hooks that live only for this call (so copies of this
-        # module never share them).
-        inputs: list[torch.Tensor] = []
-        handles = [
-            layer.register_forward_pre_hook(lambda _m, args: inputs.append(args[0].transpose(0, 1)))
-            for layer in self.model.encoder.layers
-        ]
-        try:
-            final, feat_pad = self.model.extract_features(wavs, padding_mask=pad, mask=False)
-        finally:
-            for h in handles:
-                h.remove()
-        frames = final.shape[1]
-        # The encoder pads its input to an even length internally; layer inputs carry that pad
-        # frame, so trim every state to the output length (s3prl's expert does the same).
-        states = [s[:, :frames] for s in inputs] + [final]
-        lengths = (~feat_pad).sum(1) if feat_pad is not None else torch.full_like(wavs_len, frames)
-        return states, [lengths] * len(states)
+    def _extract(self, wavs: torch.Tensor, pad: torch.Tensor):
+        return self.model.extract_features(wavs, padding_mask=pad, mask=False)
 
     def architecture(self) -> dict:
         """Everything needed to rebuild this architecture without its weights."""

@@ -59,6 +59,16 @@ def _distil_ckpt(path, name):
     return load_distiller_checkpoint(path, name)
 
 
+def _wav2vec2_random(name):
+    from .wav2vec2 import build_wav2vec2_base
+    return build_wav2vec2_base(name)
+
+
+def _wav2vec2_ckpt(path, name):
+    from .wav2vec2 import load_wav2vec2_checkpoint
+    return load_wav2vec2_checkpoint(path, name)
+
+
 def _whisper_random(name):
     from .whisper import build_whisper
     return build_whisper(name=name)
@@ -101,6 +111,12 @@ REGISTRY: dict[str, UpstreamSpec] = {
             "distilhubert", "DistilHuBERT (distilled from HuBERT Base), 2 layers; s3prl `distilhubert`",
             _distil_random, _distil_ckpt,
             "https://huggingface.co/leo19941227/distilhubert/resolve/main/distilhubert_ls960_4-8-12.ckpt",
+        ),
+        UpstreamSpec(
+            "wav2vec2_base", "wav2vec 2.0 Base (LibriSpeech 960 h, pretrained), 12 layers, 768 dims; s3prl "
+            "`wav2vec2` (myQASR's model family)",
+            _wav2vec2_random, _wav2vec2_ckpt,
+            "https://huggingface.co/s3prl/converted_ckpts/resolve/main/wav2vec_small.pt",
         ),
         UpstreamSpec(
             "whisper_tiny_en", "OpenAI Whisper tiny.en encoder (MIT), 4 layers, 384 dims; weights from the "
@@ -194,6 +210,9 @@ def build_architecture(arch: dict, name: str) -> Upstream:
     if family == "hubert":
         from .hubert import _build
         return _build(arch["model_cfg"], arch["task_cfg"], arch["symbols"], name)
+    if family == "wav2vec2":
+        from .wav2vec2 import build_wav2vec2
+        return build_wav2vec2(arch["model_cfg"], arch["task_cfg"], name)
     if family == "distiller":
         from .distiller import build_distiller
         return build_distiller(arch["config"], name)
@@ -203,7 +222,7 @@ def build_architecture(arch: dict, name: str) -> Upstream:
     if family == "fbank":
         from .fbank import FbankUpstream
         return FbankUpstream(name)
-    raise ValueError(f"unknown architecture family {family!r}; known: hubert, distiller, whisper, fbank")
+    raise ValueError(f"unknown architecture family {family!r}; known: hubert, wav2vec2, distiller, whisper, fbank")
 
 
 def _from_packed(path: Path, name: str, allow_quantized: bool) -> Upstream:

@@ -72,3 +72,63 @@ def check_batch(wavs: torch.Tensor, wavs_len: torch.Tensor) -> None:
         raise ValueError(f"wavs_len must be (batch,) = ({wavs.shape[0]},), got shape {tuple(wavs_len.shape)}")
     if wavs.device.type != "meta" and int(wavs_len.max()) > wavs.shape[1]:
         raise ValueError(f"wavs_len max {int(wavs_len.max())} exceeds padded length {wavs.shape[1]}")
+
+
+
+class FairseqEncoder(Upstream):
+    """What the s3prl fairseq-style models (HuBERT, wav2vec 2.0) share: all hidden states are the
+    inputs of each transformer layer and the encoder output, as s3prl's experts return them.
+    Subclasses give `_extract(wavs, pad) -> (final, feature padding mask)` and add their
+    pretraining heads to these groups."""
+
+    group_prefixes = {
+        "model.feature_extractor": "cnn",
+        "model.layer_norm": "feature_projection",
+        "model.post_extract_proj": "feature_projection",
+        "model.encoder": "transformer",
+        "model.encoder.pos_conv": "positional_conv",
+        "model.mask_emb": "other",
+    }
+
+    def _setup(self, model: nn.Module, task_cfg) -> None:
+        self.model, self.task_cfg = model, task_cfg
+        model.feature_grad_mult = 0.0
+        model.encoder.layerdrop = 0.0
+        for module in model.modules():
+            # fairseq attention otherwise calls F.multi_head_attention_forward with the raw
+            # projection weights, bypassing the q/k/v/out Linear modules that we quantize,
+            # calibrate and count; the explicit path computes the same function.
+            if hasattr(module, "skip_embed_dim_check"):
+                module.skip_embed_dim_check = True
+        self.convs = [(layer[0].kernel_size[0], layer[0].stride[0]) for layer in model.feature_extractor.conv_layers]
+        self.hidden_size = model.encoder.embedding_dim
+        self.num_hidden_states = len(model.encoder.layers) + 1
+
+    def _extract(self, wavs: torch.Tensor, pad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        raise NotImplementedError
+
+    def forward(self, wavs: torch.Tensor, wavs_len: torch.Tensor):
+        check_batch(wavs, wavs_len)
+        wavs_len = wavs_len.to(wavs.device)
+        pad = padding_mask(wavs_len, wavs.shape[1])
+        if self.task_cfg.normalize:  # per utterance, over its own samples, as s3prl does
+            wavs = torch.stack([
+                torch.nn.functional.pad(torch.nn.functional.layer_norm(w[:n], (int(n),)), (0, wavs.shape[1] - int(n)))
+                for w, n in zip(wavs, wavs_len)
+            ])
+        # Layer inputs are captured by hooks that live only for this call (so copies of this
+        # module never share them).
+        inputs: list[torch.Tensor] = []
+        handles = [layer.register_forward_pre_hook(lambda _m, args: inputs.append(args[0].transpose(0, 1)))
+                   for layer in self.model.encoder.layers]
+        try:
+            final, feat_pad = self._extract(wavs, pad)
+        finally:
+            for h in handles:
+                h.remove()
+        frames = final.shape[1]
+        # The encoder pads its input to an even length internally; layer inputs carry that pad
+        # frame, so trim every state to the output length (s3prl's expert does the same).
+        states = [s[:, :frames] for s in inputs] + [final]
+        lengths = (~feat_pad).sum(1) if feat_pad is not None else torch.full_like(wavs_len, frames)
+        return states, [lengths] * len(states)
