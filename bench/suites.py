@@ -90,6 +90,8 @@ class QuantSpec:
             return cls(method="qat", bits=int(parts[1]), qat_steps=steps)
         if len(parts) < 2 or not parts[1].isdigit():
             raise ValueError(f"quantization {text!r}: expected 'fp' or METHOD:BITS[:options], e.g. 'uniform:4'")
+        from upstream_quant.uniform import CLIP_METHODS as CLIPS
+
         spec = {"method": parts[0], "bits": int(parts[1])}
         for opt in parts[2:]:
             if opt in CLIPS:
@@ -189,9 +191,6 @@ class QuantSpec:
             return None
         return make_config(self.method, self.bits, self.group_size, self.clip, self.act_bits, ("transformer",),
                            plain=bool(self.plain), symmetric=self.symmetric, steps=self.steps)
-
-
-CLIPS = ("minmax", "mse", "output", "cosine", "hessian")
 
 
 def make_config(method: str, bits: int, group_size: int | None, clip: str, act_bits: int | None, targets: tuple[str, ...],

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -96,14 +97,25 @@ def _shapes(batch) -> str:
     return type(batch).__name__
 
 
-def _to(batch, device):
+def map_tensors(fn, batch):
+    """`batch` with `fn` applied to every tensor in it (nested tuples, lists and dicts)."""
     if isinstance(batch, torch.Tensor):
-        return batch.to(device)
+        return fn(batch)
     if isinstance(batch, dict):
-        return {k: _to(v, device) for k, v in batch.items()}
+        return {k: map_tensors(fn, v) for k, v in batch.items()}
     if isinstance(batch, (tuple, list)):
-        return type(batch)(_to(v, device) for v in batch)
+        return type(batch)(map_tensors(fn, v) for v in batch)
     return batch
+
+
+@contextmanager
+def removing(handles: list):
+    """Hooks that live for the `with` block only, removed whatever happens inside it."""
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def reusable(calibration):
@@ -159,7 +171,7 @@ def _run_calibration(model: nn.Module, calibration) -> int:
         for t in _tensors(batch):
             if t.is_floating_point() and not torch.isfinite(t).all():
                 raise CalibrationError(f"calibration batch {i} ({_shapes(batch)}) has NaN or infinite values")
-        moved = _to(batch, device)
+        moved = map_tensors(lambda t: t.to(device), batch)
         try:
             if isinstance(moved, dict):
                 model(**moved)
@@ -191,15 +203,9 @@ def collect_stats(
     stats = {name: LayerStats() for name, m in layers.items() if isinstance(m, nn.Linear)}
     if need_grads:
         return _collect_with_grads(model, layers, stats, calibration, seed)
-    handles = [
-        layers[name].register_forward_pre_hook(lambda _m, args, n=name: stats[n].add(args[0], need_hessian, need_sample))
-        for name in stats
-    ]
-    try:
+    with removing([layers[name].register_forward_pre_hook(lambda _m, args, n=name: stats[n].add(args[0], need_hessian, need_sample))
+                   for name in stats]):
         run_calibration(model, calibration)
-    finally:
-        for h in handles:
-            h.remove()
     return stats
 
 
@@ -238,10 +244,7 @@ def _collect_with_grads(model: nn.Module, layers: dict[str, nn.Module], stats: d
                 # no_grad): its output becomes the leaf they flow back to
                 output = output.detach().requires_grad_(True)
             if keep > 0:
-                x = args[0].detach().reshape(-1, args[0].shape[-1]).float()[:keep].cpu()
-                st._parts.append(x)
-                st._kept += x.shape[0]
-                st.rows += x.shape[0]
+                st.add(args[0], need_hessian=False, need_sample=True)  # keeps the first `keep` rows
                 output.register_hook(lambda g: st._grad_parts.append(g.detach().reshape(-1, g.shape[-1]).float()[:keep].pow(2).cpu()))
             # the model gets a copy: it may write into its layer outputs in place (fairseq scales
             # q in place), which would hide the gradient from the hook on the original
@@ -271,10 +274,9 @@ def _collect_with_grads(model: nn.Module, layers: dict[str, nn.Module], stats: d
     handles.append(model.register_forward_pre_hook(make_input_leaf, with_kwargs=True))
     handles.append(model.register_forward_hook(backward))
     try:
-        run_calibration(model, calibration, grad=True)
+        with removing(handles):
+            run_calibration(model, calibration, grad=True)
     finally:
-        for h in handles:
-            h.remove()
         for p, flag in frozen.items():
             p.requires_grad_(flag)
     return stats

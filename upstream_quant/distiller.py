@@ -58,7 +58,7 @@ class DistillerUpstream(Upstream):
         self.model = model
         self.config = dict(config)
         model.feature_grad_mult = 0.0
-        for module in model.modules():  # same reason as in hubert.py
+        for module in model.modules():  # same reason as in upstream.FairseqEncoder._setup
             if hasattr(module, "skip_embed_dim_check"):
                 module.skip_embed_dim_check = True
         self.convs = [(layer[0].kernel_size[0], layer[0].stride[0]) for layer in model.feature_extractor.conv_layers]

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from .gptq import GPTQConfig, gptq
 from .qweight import QuantizedLayer, QuantizedWeight
-from .sequential import Call, first_output
+from .sequential import Call, Segment, first_output
 
 ZETA, GAMMA = 1.1, -0.1  # AdaRound's stretch of the sigmoid, so that 0 and 1 are reached
 
@@ -114,13 +114,9 @@ class SoftQuantLinear(nn.Module):
 
 def _error(block: nn.Module, calls: list[Call], inputs: list[torch.Tensor], targets: list[torch.Tensor]) -> float:
     """Relative squared error of the block's outputs over all calibration calls."""
-    num = den = 0.0
-    with torch.no_grad():
-        for x, call, t in zip(inputs, calls, targets):
-            out = first_output(block(x, *call.args[1:], **call.kwargs))
-            num += float(((out - t) ** 2).sum())
-            den += float((t**2).sum())
-    return num / max(den, 1e-12)
+    outs = Segment(block, calls).run(inputs)
+    num = sum(float(((out - t) ** 2).sum()) for out, t in zip(outs, targets))
+    return num / max(sum(float((t**2).sum()) for t in targets), 1e-12)
 
 
 def refine_block(config: ReconConfig, block: nn.Module, path: str, layers: dict[str, QuantizedLayer], calls: list[Call],

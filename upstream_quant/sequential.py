@@ -24,7 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .accounting import under
-from .calibration import LayerStats, reusable, run_calibration
+from .calibration import LayerStats, map_tensors, removing, reusable, run_calibration
 
 
 @dataclass
@@ -33,16 +33,6 @@ class Call:
 
     args: tuple
     kwargs: dict
-
-
-def _detach(x):
-    if isinstance(x, torch.Tensor):
-        return x.detach()
-    if isinstance(x, (tuple, list)):
-        return type(x)(_detach(v) for v in x)
-    if isinstance(x, dict):
-        return {k: _detach(v) for k, v in x.items()}
-    return x
 
 
 def first_output(out) -> torch.Tensor:
@@ -121,7 +111,7 @@ def capture(model: nn.Module, blocks: nn.ModuleList, calibration, hooks: list) -
 
     def record(i):
         def hook(_m, args, kwargs):
-            call = Call(_detach(args), _detach(kwargs))
+            call = Call(map_tensors(torch.Tensor.detach, args), map_tensors(torch.Tensor.detach, kwargs))
             if i == 0:
                 calls.append(call)
             if len(calls) == 1 and i not in first:
@@ -129,12 +119,8 @@ def capture(model: nn.Module, blocks: nn.ModuleList, calibration, hooks: list) -
         return hook
 
     handles = [b.register_forward_pre_hook(record(i), with_kwargs=True) for i, b in enumerate(blocks)]
-    handles += [m.register_forward_pre_hook(h) for m, h in hooks]
-    try:
+    with removing(handles + [m.register_forward_pre_hook(h) for m, h in hooks]):
         run_calibration(model, calibration)
-    finally:
-        for h in handles:
-            h.remove()
     chained = len(first) == len(blocks) and all(first[i].args for i in first)
     with torch.no_grad():
         for i in range(len(blocks) - 1) if chained else ():
@@ -160,12 +146,8 @@ def stages(segment: Segment, names: dict[str, nn.Module]) -> list[list[str]]:
                 seen[name] = (len(seen), x.data_ptr(), tuple(x.shape), x)
         return fn
 
-    handles = [m.register_forward_pre_hook(hook(n)) for n, m in names.items()]
-    try:
+    with removing([m.register_forward_pre_hook(hook(n)) for n, m in names.items()]):
         segment.run(first_only=True)
-    finally:
-        for h in handles:
-            h.remove()
     groups: dict[tuple, list[str]] = {}
     for name in sorted(seen, key=lambda n: seen[n][0]):
         groups.setdefault(seen[name][1:3], []).append(name)
@@ -187,12 +169,8 @@ def collect(segment: Segment, layers: dict[str, nn.Module], need_hessian: bool, 
                 raise Stop
         return fn
 
-    handles = [m.register_forward_pre_hook(hook(n)) for n, m in layers.items()]
-    try:
+    with removing([m.register_forward_pre_hook(hook(n)) for n, m in layers.items()]):
         segment.run()
-    finally:
-        for h in handles:
-            h.remove()
     return stats
 
 
@@ -266,10 +244,7 @@ def _run_stages(root: nn.Module, segment: Segment, layers: dict[str, nn.Module],
 
 def _called_once(segment: Segment, layers: dict[str, nn.Module]) -> bool:
     counts = dict.fromkeys(layers, 0)
-    handles = [m.register_forward_pre_hook(lambda *_a, n=n: counts.__setitem__(n, counts[n] + 1)) for n, m in layers.items()]
-    try:
+    with removing([m.register_forward_pre_hook(lambda *_a, n=n: counts.__setitem__(n, counts[n] + 1))
+                   for n, m in layers.items()]):
         segment.run(first_only=True)
-    finally:
-        for h in handles:
-            h.remove()
     return all(c == 1 for c in counts.values())
