@@ -81,7 +81,7 @@ def _cost_packed(args: argparse.Namespace) -> int:
 
 
 def _cmd_table(args: argparse.Namespace) -> int:
-    from .tables import PAPER_NOTES, SUITE_NOTES, paper_table, suite_table, write_table
+    from .tables import PAPER_NOTES, SUITE_NOTES, metrics_legend, paper_table, suite_table, write_table
 
     root = default_store(args.suite, args.store)
     if args.suite == "paper":
@@ -90,7 +90,7 @@ def _cmd_table(args: argparse.Namespace) -> int:
         from .suites import load_suite
 
         suite = load_suite(args.suite)
-        df, notes = suite_table(suite.name, root), SUITE_NOTES.format(suite=suite.name, store=root)
+        df, notes = suite_table(suite.name, root), SUITE_NOTES.format(suite=suite.name, store=root, metrics=metrics_legend())
         if df.empty:
             raise FileNotFoundError(f"no finished runs in {root / suite.name / 'runs.jsonl'}; run `bench run {args.suite}` first")
     name = "paper" if args.suite == "paper" else suite.name
@@ -230,6 +230,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             return 1
         return 0
     check_output(store / suite.name / "runs.jsonl", "--store")
+    from .launch import argv_tail
+
     if args.launcher != "none":
         from .launch import launch
 
@@ -246,7 +248,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except RunInterrupted as exc:
         where = f"during run {exc.run}" if exc.run else "before the first run started"
         print(f"\nbench: interrupted by {signal.Signals(exc.signum).name} {where}; no row was written for it. "
-              f"Resume with: bench {shlex.join(['run', *_argv_tail(args)])}",
+              f"Resume with: bench {shlex.join(['run', *argv_tail(args)])}",
               file=sys.stderr)
         return 128 + exc.signum
     from .runner import is_rank_zero
@@ -263,20 +265,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if suite.name != "paper":
             _cmd_plot(args)
     return 1 if summary["failed"] else 0
-
-
-def _argv_tail(args: argparse.Namespace) -> list[str]:
-    """The `bench run` arguments that reproduce this invocation (for the resume hint)."""
-    out = [args.suite, "--store", str(args.store)]
-    for flag, values in (("--data", args.data), ("--checkpoint", args.checkpoint), ("--set", args.set)):
-        for value in values:
-            out += [flag, value]
-    if args.devices != 1:
-        out += ["--devices", str(args.devices)]
-    for flag in ("only", "shard", "device"):
-        if getattr(args, flag):
-            out += [f"--{flag}", getattr(args, flag)]
-    return out
 
 
 def _cmd_quantize(args: argparse.Namespace) -> int:
@@ -562,7 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
     data = p.add_subparsers(dest="what", required=True)
     q = data.add_parser("synth", help="synthetic TTS corpus in LibriSpeech / Speech Commands layout (cached, resumable)")
     q.add_argument("--out", required=True, help="corpus folder; each kind goes to OUT/KIND")
-    q.add_argument("--kind", default="digits", help="comma-separated: sentences,digits,commands (LibriSpeech layout), keywords (Speech Commands)")
+    q.add_argument("--kind", default="digits", help="comma-separated: sentences,digits,commands (LibriSpeech layout), keywords (Speech Commands), intents (Fluent Speech Commands)")
     q.add_argument("--minutes", type=float, default=10.0, help="audio per kind over train/dev/test (default 10)")
     q.add_argument("--voices", default=None, help="comma-separated voice names (default: 3 female, 5 male)")
     q.add_argument("--heldout-voice", default=None, help="voice kept out of train/dev/test, reading the test prompts into test-voice ('none' for no such split)")

@@ -24,7 +24,7 @@ def run_distill(args: argparse.Namespace) -> int:
     from upstream_quant.io import check_output, write_atomic
     from upstream_quant.loading import load_upstream
     from upstream_quant.upstream import pick_device
-    from upstream_quant.whisper import save_whisper, sha256_file
+    from upstream_quant.upstreams.whisper import save_whisper, sha256_file
 
     check_output(args.out)
     device = pick_device(args.device)

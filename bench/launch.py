@@ -16,22 +16,32 @@ from .results import load_runs
 from .suites import RunSpec, Suite
 
 
+def argv_tail(args: argparse.Namespace) -> list[str]:
+    """The `bench run` arguments that reproduce this invocation (for the resume hint)."""
+    out = [args.suite, "--store", str(args.store)]
+    for flag, values in (("--data", args.data), ("--checkpoint", args.checkpoint), ("--set", args.set)):
+        for value in values:
+            out += [flag, value]
+    if args.devices != 1:
+        out += ["--devices", str(args.devices)]
+    for flag in ("only", "shard", "device"):
+        if getattr(args, flag):
+            out += [f"--{flag}", getattr(args, flag)]
+    return out
+
+
 def job_argv(args: argparse.Namespace, run: RunSpec) -> list[str]:
     """The `bench run` arguments of the job for one run."""
-    from .cli import _argv_tail
-
-    tail = _argv_tail(argparse.Namespace(**{**vars(args), "only": None, "shard": None}))
+    tail = argv_tail(argparse.Namespace(**{**vars(args), "only": None, "shard": None}))
     return ["run", *tail, "--config-hash", run.config_hash, "--no-progress"]
 
 
-def run_job(argv: list[str]) -> int:
-    """What a job executes (module level: submitit pickles it by reference)."""
-    from .cli import main
+def job_command(argv: list[str]):
+    """What a job executes: the `bench` command itself in a fresh interpreter (submitit's
+    CommandFunction raises with the command's output when it exits non-zero)."""
+    from submitit.helpers import CommandFunction
 
-    code = main(argv)
-    if code:
-        raise RuntimeError(f"bench {' '.join(argv)} exited with {code}")
-    return code
+    return CommandFunction([sys.executable, "-m", "bench.cli", *argv], verbose=False)
 
 
 def launch(args: argparse.Namespace, suite: Suite, runs: list[RunSpec], store: Path) -> int:
@@ -52,7 +62,7 @@ def launch(args: argparse.Namespace, suite: Suite, runs: list[RunSpec], store: P
             params["slurm_partition"] = args.slurm_partition
     executor.update_parameters(**params)
     if args.launcher == "slurm":
-        jobs = [(run, executor.submit(run_job, job_argv(args, run))) for run in todo]
+        jobs = [(run, executor.submit(job_command(job_argv(args, run)))) for run in todo]
         print(f"suite {suite.name}: {len(jobs)} job(s) submitted (slurm), logs in {folder}")
         for run, job in jobs:
             print(f"  job {job.job_id}: {run.name}")
@@ -62,7 +72,7 @@ def launch(args: argparse.Namespace, suite: Suite, runs: list[RunSpec], store: P
     print(f"suite {suite.name}: {len(todo)} job(s) submitted (local), logs in {folder}")
     failed = 0
     for run in todo:
-        job = executor.submit(run_job, job_argv(args, run))
+        job = executor.submit(job_command(job_argv(args, run)))
         print(f"  job {job.job_id}: {run.name}", flush=True)
         try:
             job.result()

@@ -316,7 +316,7 @@ def perf_whisper(corpus: str = "data/synth/digits", split: str = "test", count: 
     from downstream import audio
     from downstream.librispeech import load_librispeech
     from upstream_quant import load_upstream
-    from upstream_quant.whisper import build_whisper
+    from upstream_quant.upstreams.whisper import build_whisper
 
     if not (Path(corpus) / split).is_dir():
         raise FileNotFoundError(f"{corpus}/{split} not found: build it with `bench data synth --out {Path(corpus).parent} "

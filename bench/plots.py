@@ -10,7 +10,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .reference import paper_reference  # noqa: E402
+from .reference import paper_reference, paper_task  # noqa: E402
+
+
+def _task(task: str):
+    """The registered TaskSpec of a results row's task."""
+    from downstream.tasks import get_task
+
+    return get_task(task)
 
 
 def _save(fig, path: Path) -> Path:
@@ -35,15 +42,17 @@ def pareto(points: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
     return pd.DataFrame(front)
 
 
-def plot_suite(rows: pd.DataFrame, out_dir: Path, metric: str = "test_wer") -> list[Path]:
-    """One PNG per (task, data) for WER vs storage and per bit width, plus the featurizer weights."""
+def plot_suite(rows: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """One PNG per (task, data) for the task's headline metric vs storage and per bit width, plus
+    the featurizer weights."""
     written = []
     deployed = rows[rows["deploy"].notna()] if "deploy" in rows else rows.iloc[:0]
     if not deployed.empty:
-        written += plot_deploy(deployed, out_dir, metric)
+        written += plot_deploy(deployed, out_dir)
         rows = rows[rows["deploy"].isna()]  # the other plots show each model once, on its reference path
     for (task, data), group in rows.groupby(["task", "data"]):
-        metric_col = metric if task == "asr" else "test_acc"
+        spec = _task(task)
+        metric_col = spec.headline
         g = group.dropna(subset=[metric_col]).groupby(["config", "upstream", "method", "bits", "protocol"], as_index=False,
                                                       dropna=False).agg(  # mixed precision has no single width
             value=(metric_col, "mean"), storage=("stored_mb", "mean"), runtime=("est_runtime", "mean"))
@@ -56,14 +65,14 @@ def plot_suite(rows: pd.DataFrame, out_dir: Path, metric: str = "test_wer") -> l
             for _, r in sub.iterrows():
                 ax.annotate(f"{r.upstream.replace('_tiny_en', '')} {r.method}{'' if r.method == 'fp' or pd.isna(r.bits) else int(r.bits)}",
                             (r.storage, r.value), fontsize=7, xytext=(3, 3), textcoords="offset points")
-        if task == "asr" and len(g) > 1:
+        if spec.mode == "min" and len(g) > 1:  # a front of low size and low error
             front = pareto(g, "storage", "value")
             ax.plot(front.storage, front.value, "k--", lw=0.8, label="Pareto front (ours)")
         ref = paper_reference().dropna(subset=["paper_storage_mb", "paper_wer"])
-        if task == "asr" and set(g.upstream) & {"hubert_base", "distilhubert"} and not ref.empty:
+        if task == paper_task() and set(g.upstream) & {"hubert_base", "distilhubert"} and not ref.empty:
             ax.scatter(ref.paper_storage_mb, ref.paper_wer, marker="*", s=120, c="red", label="paper (Yeh et al.)")
         ax.set_xlabel("stored size (MB)")
-        ax.set_ylabel("WER (%)" if task == "asr" else "accuracy (%)")
+        ax.set_ylabel(spec.axis_label)
         ax.set_title(f"{task} on {data}: quality against size")
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
@@ -78,7 +87,7 @@ def plot_suite(rows: pd.DataFrame, out_dir: Path, metric: str = "test_wer") -> l
             a1.axhline(r.value, ls=":", lw=0.8, c="gray")
             a1.annotate(f"{r.upstream} fp ({r.protocol})", (1, r.value), fontsize=7)
         a1.set_xlabel("weight bits")
-        a1.set_ylabel("WER (%)" if task == "asr" else "accuracy (%)")
+        a1.set_ylabel(spec.axis_label)
         a2.set_xlabel("weight bits")
         a2.set_ylabel("estimated runtime (rel. to HuBERT Base)")
         a1.legend(fontsize=7)
@@ -102,7 +111,7 @@ def plot_suite(rows: pd.DataFrame, out_dir: Path, metric: str = "test_wer") -> l
     return written
 
 
-def plot_deploy(rows: pd.DataFrame, out_dir: Path, metric: str = "test_wer") -> list[Path]:
+def plot_deploy(rows: pd.DataFrame, out_dir: Path) -> list[Path]:
     """Deployed rows: estimated against measured runtime per bit width, and quality against the
     weight memory they keep resident (fp32 of the same layers for reference)."""
     from matplotlib.ticker import NullFormatter, ScalarFormatter
@@ -111,7 +120,8 @@ def plot_deploy(rows: pd.DataFrame, out_dir: Path, metric: str = "test_wer") -> 
 
     written = []
     for (task, data), group in rows.groupby(["task", "data"]):
-        metric_col = metric if task == "asr" else "test_acc"
+        spec = _task(task)
+        metric_col = spec.headline
         fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
         for upstream, sub in group.groupby("upstream"):
             sub = sub.assign(width=sub.bit_widths.map(lambda w: max(w) if len(w) else 16),
@@ -130,7 +140,7 @@ def plot_deploy(rows: pd.DataFrame, out_dir: Path, metric: str = "test_wer") -> 
         a1.set_ylabel("runtime relative to the fp32 model")
         a1.set_title("estimated vs measured on this machine", fontsize=9)
         a2.set_xlabel("resident weight memory of the quantized layers (MB, log)")
-        a2.set_ylabel("WER (%)" if task == "asr" else "accuracy (%)")
+        a2.set_ylabel(spec.axis_label)
         a2.set_xscale("log")
         a2.xaxis.set_major_formatter(ScalarFormatter())
         a2.xaxis.set_minor_formatter(NullFormatter())

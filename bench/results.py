@@ -59,10 +59,12 @@ def load_rows(path: Path) -> list[dict]:
 
 
 def paper_config(row: dict) -> str | None:
-    """The paper table's row a results row corresponds to (``hubert_base/2bit``): ASR rows of a
+    """The paper table's row a results row corresponds to (``hubert_base/2bit``): rows of the paper's task (ASR) at a
     fixed bit width (full precision is ``fp16``), any method and protocol, a packed file by the
     one width its layers hold; None for others (mixed precision has no single width)."""
-    if row.get("task") != "asr" or "upstream" not in row or row.get("method") == "mixed":
+    from .reference import paper_task
+
+    if row.get("task") != paper_task() or "upstream" not in row or row.get("method") == "mixed":
         return None
     if row.get("method") == "fp":
         return f"{row['upstream']}/fp16"

@@ -119,16 +119,21 @@ class Runner:
             raise ValueError(f"{self.suite.path}: [data.{run.data}] has an unknown field ({exc})") from exc
 
     def task_config(self, run: RunSpec):
-        from downstream import tasks
+        """The run's TaskConfig: its schedule's ``preset`` (else the task's first preset) with the
+        schedule's other fields and the run's seed."""
+        from downstream.tasks import get_task, preset
 
         sched = dict(run.schedule)
-        preset = sched.pop("preset", "superb_asr" if run.task == "asr" else "superb_ks")
-        if not hasattr(tasks, preset):
-            raise ValueError(f"{self.suite.path}: [schedule.{run.task}] preset {preset!r} unknown (superb_asr, superb_ks, mini_asr)")
+        where = f"{self.suite.path}: [schedule.{run.task}]"
         try:
-            return getattr(tasks, preset)().with_(seed=run.seed, **sched)
+            spec = get_task(run.task)
+            base = preset(sched.pop("preset", next(iter(spec.presets))), run.task)
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from exc
+        try:
+            return base.with_(seed=run.seed, **sched)
         except TypeError as exc:
-            raise ValueError(f"{self.suite.path}: [schedule.{run.task}] has an unknown field ({exc})") from exc
+            raise ValueError(f"{where} has an unknown field ({exc})") from exc
 
     def upstream(self, run: RunSpec):
         from upstream_quant.loading import load_upstream

@@ -10,6 +10,8 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from downstream.tasks import DEFAULT_TASK, TASKS
+
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
@@ -508,7 +510,9 @@ def _load_suite(name_or_path: str) -> Suite:
                 raise SuiteError(f"{where}: {quant.label}: calib={quant.calib!r} is neither all, F, M, a speaker id "
                                  f"nor a data table; tables: {sorted(data)}")
         overrides = _field(group, "schedule", where, dict, {})
-        for task in _field(group, "tasks", where, list, ["asr"]):
+        for task in _field(group, "tasks", where, list, [DEFAULT_TASK]):
+            if task not in TASKS:
+                raise SuiteError(f"{where}: task {task!r} unknown; known: {', '.join(sorted(TASKS))}")
             if task not in schedules:
                 raise SuiteError(f"{where}: task {task!r} has no [schedule.{task}] table")
             for upstream in _field(group, "upstreams", where, list):

@@ -6,6 +6,7 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 log = logging.getLogger(__name__)
 
@@ -81,3 +82,12 @@ class Corpus:
     @property
     def hours(self) -> float:
         return sum(u.duration for u in self.utterances) / 3600
+
+
+# Data layout name -> reader(data_config, which split) -> Corpus. Each reader module registers
+# its layout; the task modules import the readers they use (downstream.datamodule.DataConfig).
+LAYOUTS: dict[str, Callable[..., Corpus]] = {}
+
+
+def register_layout(name: str, reader: Callable[..., Corpus]) -> None:
+    LAYOUTS[name] = reader

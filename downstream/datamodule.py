@@ -8,12 +8,14 @@ import lightning as L
 from torch.utils.data import BatchSampler, DataLoader
 
 from .batching import BalancedSampler, LengthBucketSampler, SpeechDataset, collate
-from .corpus import Corpus
+from .corpus import LAYOUTS, Corpus
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Where the data is. ``layout``: 'librispeech' (ASR) or 'speech_commands' (KS)."""
+    """Where the data is. ``layout``: a registered layout (`corpus.LAYOUTS`: 'librispeech',
+    'speech_commands', 'fluent_speech_commands'); ``train``/``dev``/``test``: that layout's split
+    names; ``speakers``/``gender``: keep only those speakers (layouts that know them)."""
 
     layout: str
     root: str
@@ -25,14 +27,11 @@ class DataConfig:
     gender: str | None = None
 
     def load(self, which: str) -> Corpus:
-        from .librispeech import load_librispeech
-        from .speech_commands import load_speech_commands
+        import downstream.tasks  # noqa: F401  (the task modules register the layouts they read)
 
-        if self.layout == "librispeech":
-            return load_librispeech(self.root, list(getattr(self, which)), speakers=self.speakers, gender=self.gender)
-        if self.layout == "speech_commands":
-            return load_speech_commands(self.root, {"train": "train", "dev": "dev", "test": "test"}[which], self.test_root)
-        raise ValueError(f"data layout must be 'librispeech' or 'speech_commands', got {self.layout!r}")
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"data layout must be one of {', '.join(sorted(LAYOUTS))}, got {self.layout!r}")
+        return LAYOUTS[self.layout](self, which)
 
 
 def loader_workers(requested: int | None) -> int:
@@ -49,7 +48,8 @@ def loader_workers(requested: int | None) -> int:
 
 
 class SpeechDataModule(L.LightningDataModule):
-    """Length-bucketed batches (ASR) or class-balanced batches (KS, as SUPERB samples them)."""
+    """Length-bucketed batches, or class-balanced ones by utterance label (``balanced``: KS, as
+    SUPERB samples it)."""
 
     def __init__(self, data: DataConfig, batch_size: int, max_batch_seconds: float, seed: int = 0,
                  balanced: bool = False, num_workers: int | None = None):

@@ -26,13 +26,14 @@ class ASRHead(nn.Module):
         return self.out(self.dropout(out)).log_softmax(-1)
 
 
-class KSHead(nn.Module):
-    """Linear(D->256), mean pooling over valid frames, Linear(256->classes), as SUPERB's KS."""
+class PooledHead(nn.Module):
+    """Linear(D->hidden), mean pooling over valid frames, Linear(hidden->outputs): SUPERB's KS head
+    (256 hidden, 12 classes), and IC's with one output per slot value."""
 
-    def __init__(self, in_dim: int, classes: int, hidden: int = 256):
+    def __init__(self, in_dim: int, outputs: int, hidden: int = 256):
         super().__init__()
         self.proj = nn.Linear(in_dim, hidden)
-        self.out = nn.Linear(hidden, classes)
+        self.out = nn.Linear(hidden, outputs)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Logits (batch, classes)."""

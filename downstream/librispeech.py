@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from . import audio, text
-from .corpus import Corpus, DropReport, Utterance
+from .corpus import Corpus, DropReport, Utterance, register_layout
 
 AUDIO_SUFFIXES = (".flac", ".wav")
 
@@ -118,3 +118,10 @@ def load_librispeech(
         raise ValueError(f"{root}: no utterances of gender {gender} in splits {list(splits)}")
     report.log()
     return Corpus(utterances, report)
+
+
+def _read(config, which: str) -> Corpus:
+    return load_librispeech(config.root, list(getattr(config, which)), speakers=config.speakers, gender=config.gender)
+
+
+register_layout("librispeech", _read)

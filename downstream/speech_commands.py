@@ -12,7 +12,7 @@ import hashlib
 from pathlib import Path
 
 from . import audio
-from .corpus import Corpus, DropReport, Utterance
+from .corpus import Corpus, DropReport, Utterance, register_layout
 
 COMMANDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
 UNKNOWN, SILENCE = "_unknown_", "_silence_"
@@ -106,3 +106,10 @@ def load_speech_commands(root: str | Path, split: str, test_root: str | Path | N
         raise ValueError(f"{base}: no usable utterances for split {split!r}")
     report.log()
     return Corpus(utterances + extra, report)
+
+
+def _read(config, which: str) -> Corpus:
+    return load_speech_commands(config.root, which, config.test_root)
+
+
+register_layout("speech_commands", _read)

@@ -3,7 +3,9 @@
 The offline default corpus: every machine here can build it (``scripts/setup.sh`` installs the
 engines), and the real readers load it unchanged. Each voice is a "speaker" with a gender.
 Kinds: ``sentences`` (read sentences), ``digits`` (TIDIGITS-like digit strings), ``commands``
-(short command phrases), all in LibriSpeech layout, and ``keywords`` (Speech Commands layout).
+(short command phrases), all in LibriSpeech layout, ``keywords`` (Speech Commands layout) and
+``intents`` (Fluent Speech Commands layout: spoken commands labelled with action, object and
+location slots).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from upstream_quant.io import write_atomic
 from . import text
 from .speech_commands import COMMANDS, NOISE_DIR
 
-KINDS = ("sentences", "digits", "commands", "keywords")
+KINDS = ("sentences", "digits", "commands", "keywords", "intents")
 ASR_SPLITS = ("train", "dev", "test", "test-voice")
 SPLIT_SHARE = {"train": 0.8, "dev": 0.1, "test": 0.1}
 CHAPTER = {"train": 1, "dev": 2, "test": 3, "test-voice": 4}
@@ -303,6 +305,71 @@ def plan_keywords(root: Path, minutes: float, voices: Sequence[Voice], seed: int
     return jobs, sorted(dev), sorted(test)
 
 
+# Fluent Speech Commands' slots (a subset of its values) and several phrasings per intent;
+# "{where}" is " in the LOCATION" or nothing for location "none".
+_LOCATIONS = ("none", "kitchen", "bedroom", "washroom")
+_INTENT_PHRASES = {
+    ("activate", "lights"): ("turn on the lights{where}", "switch on the lights{where}", "lights on{where}",
+                             "turn the lights on{where}"),
+    ("deactivate", "lights"): ("turn off the lights{where}", "switch off the lights{where}", "lights off{where}",
+                               "turn the lights off{where}"),
+    ("increase", "heat"): ("turn up the heat{where}", "increase the temperature{where}", "make it warmer{where}",
+                           "heat up{where}"),
+    ("decrease", "heat"): ("turn down the heat{where}", "decrease the temperature{where}", "make it cooler{where}",
+                           "too hot{where}"),
+}
+_PLAIN_INTENTS = {
+    ("increase", "volume"): ("turn up the volume", "increase the volume", "louder please", "make it louder"),
+    ("decrease", "volume"): ("turn down the volume", "decrease the volume", "quieter please", "make it quieter"),
+    ("activate", "music"): ("play the music", "start the music", "put some music on", "music on"),
+    ("deactivate", "music"): ("stop the music", "pause the music", "turn the music off", "music off"),
+    ("activate", "lamp"): ("turn on the lamp", "switch the lamp on", "lamp on"),
+    ("deactivate", "lamp"): ("turn off the lamp", "switch the lamp off", "lamp off"),
+    **{("bring", thing): (f"bring me the {thing}", f"get me the {thing}", f"fetch the {thing}")
+       for thing in ("newspaper", "juice", "socks", "shoes")},
+    **{("change language", lang): (f"switch to {lang}", f"change the language to {lang}", f"set the language to {lang}")
+       for lang in ("english", "german", "korean", "chinese")},
+}
+
+
+def intent_prompts() -> list[tuple[str, str, str, str]]:
+    """(phrase, action, object, location) for every phrasing of every intent."""
+    out = []
+    for (action, obj), phrases in _INTENT_PHRASES.items():
+        for loc in _LOCATIONS:
+            where = "" if loc == "none" else f" in the {loc}"
+            out += [(p.format(where=where), action, obj, loc) for p in phrases]
+    out += [(p, action, obj, "none") for (action, obj), phrases in _PLAIN_INTENTS.items() for p in phrases]
+    return out
+
+
+def plan_intents(root: Path, minutes: float, voices: Sequence[Voice], heldout: Voice | None, seed: int, perturb: float
+                 ) -> tuple[list[Job], dict[str, list[list[str]]]]:
+    """Jobs and CSV rows in Fluent Speech Commands layout, split by speaker as FSC is: the held-out
+    voice is the test speaker, the last reader the validation speaker, the others train. Each
+    voice reads a seeded share of the phrasings sized to ``minutes``."""
+    rng = random.Random(f"intents-{seed}")
+    pool = intent_prompts()
+    if heldout is None:
+        if len(voices) < 3:
+            raise SynthError("--kind intents needs three voices or more without a held-out voice (train, valid, test)")
+        voices, heldout = voices[:-1], voices[-1]
+    if len(voices) < 2:
+        raise SynthError("--kind intents needs two reading voices or more besides the held-out one (train and valid)")
+    speakers = [(v, "train") for v in voices[:-1]] + [(voices[-1], "valid"), (heldout, "test")]
+    mean = sum(estimate_seconds(p[0]) for p in pool) / len(pool)
+    per_voice = max(1, min(len(pool), round(minutes * 60 / (len(speakers) * mean))))
+    jobs: list[Job] = []
+    rows: dict[str, list[list[str]]] = {"train": [], "valid": [], "test": []}
+    for voice, split in speakers:
+        chosen = rng.sample(pool, per_voice)
+        for i, (phrase, action, obj, loc) in enumerate(chosen):
+            rel = f"wavs/speakers/{voice.speaker_id}/{voice.speaker_id}-{i:04d}.wav"
+            jobs.append(Job(str(root / rel), voice.name, phrase, _speed(rng, perturb)))
+            rows[split].append([rel, str(voice.speaker_id), phrase, action, obj, loc])
+    return jobs, rows
+
+
 def write_noise(root: Path, seed: int, seconds: int = 20) -> None:
     """Background noise files for the _silence_ class: white, pink and brown noise at two levels."""
     rng = np.random.default_rng(seed)
@@ -379,9 +446,11 @@ def build(out: str | Path, args: SynthArgs, workers: int | None = None, force: b
     write_atomic(args_file, json.dumps(wanted, indent=1))
 
     heldout = VOICES[args.heldout_voice] if args.heldout_voice and args.kind != "keywords" else None
+    trans, intent_rows = {}, {}
     if args.kind == "keywords":
         jobs, dev, test = plan_keywords(root, args.minutes, everyone, args.seed, args.perturb)
-        trans = {}
+    elif args.kind == "intents":
+        jobs, intent_rows = plan_intents(root, args.minutes, readers, heldout, args.seed, args.perturb)
     else:
         jobs, trans = plan_asr(args.kind, root, args.minutes, readers, heldout, args.seed, args.perturb,
                                SPLIT_NAMES[args.split_names])
@@ -400,6 +469,13 @@ def build(out: str | Path, args: SynthArgs, workers: int | None = None, force: b
         write_atomic(root / "validation_list.txt", "".join(f"{r}\n" for r in dev))
         write_atomic(root / "testing_list.txt", "".join(f"{r}\n" for r in test))
         summary["all"] = {"utterances": len(jobs), "minutes": round(sum(seconds.values()) / 60, 2)}
+    elif args.kind == "intents":
+        for split, split_rows in intent_rows.items():
+            header = ",path,speakerId,transcription,action,object,location\n"  # FSC's own header, index column first
+            body = "".join(f"{i},{','.join(r)}\n" for i, r in enumerate(split_rows))
+            write_atomic(root / "data" / f"{split}_data.csv", header + body)
+            secs = [seconds[str(root / r[0])] for r in split_rows]
+            summary[split] = {"utterances": len(secs), "minutes": round(sum(secs) / 60, 2)}
     else:
         chapters: dict[Path, list[str]] = {}
         for (split, spk, utt), words in sorted(trans.items()):

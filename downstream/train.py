@@ -20,7 +20,7 @@ from upstream_quant.upstream import pick_device
 
 from .datamodule import DataConfig, SpeechDataModule
 from .features import FeatureCache, FrozenUpstream
-from .tasks import TaskConfig, make_task
+from .tasks import TaskConfig, get_task, make_task
 
 # Our tasks move only the tensors of a batch (its utterance records stay on the host), which is
 # intended; Lightning warns whenever a module overrides this hook next to a data module.
@@ -39,7 +39,10 @@ def _trainer(task: TaskConfig, device: torch.device, devices: int, work_dir: Pat
 
 
 def _datamodule(task: TaskConfig, data: DataConfig) -> SpeechDataModule:
-    return SpeechDataModule(data, task.batch_size, task.max_batch_seconds, task.seed, balanced=task.task == "ks",
+    spec = get_task(task.task)
+    if data.layout not in spec.layouts:
+        raise ValueError(f"task {task.task!r} reads data in layout(s) {', '.join(spec.layouts)}; got {data.layout!r}")
+    return SpeechDataModule(data, task.batch_size, task.max_batch_seconds, task.seed, balanced=spec.balanced,
                             num_workers=task.num_workers)
 
 
@@ -60,9 +63,10 @@ def train_and_evaluate(upstream: torch.nn.Module, task: TaskConfig, data: DataCo
     dev = pick_device(device)
     L.seed_everything(task.seed, workers=True, verbose=False)
     cache = FeatureCache(task.cache_mb, spill_dir=work_dir / "features") if task.cache_features else None
-    module = make_task(FrozenUpstream(upstream, cache), task)
     dm = _datamodule(task, data)
     dm.setup("fit")
+    task = get_task(task.task).prepare(task, dm.corpora["train"])  # labels the task takes from its training data
+    module = make_task(FrozenUpstream(upstream, cache), task)
     steps_per_epoch = len(dm.train_dataloader()) // max(devices, 1) or 1
     every = task.val_every_epochs
     epochs = math.ceil(math.ceil(task.max_steps / steps_per_epoch) / every) * every
@@ -153,6 +157,6 @@ def sweep_lr(upstream: torch.nn.Module, task: TaskConfig, data: DataConfig, work
     """SUPERB tuned the learning rate per upstream: train one head per rate, keep the best by dev metric."""
     runs = {lr: train_and_evaluate(upstream, task.with_(lr=lr), data, Path(work_dir) / f"lr{lr:g}", **kwargs) for lr in lrs}
     key = next(k for k in next(iter(runs.values()))["metrics"] if k.startswith("best_dev_"))
-    better = min if task.task == "asr" else max
+    better = min if get_task(task.task).mode == "min" else max
     best_lr = better(runs, key=lambda lr: runs[lr]["metrics"][key])
     return runs[best_lr] | {"lr_sweep": {f"{lr:g}": runs[lr]["metrics"][key] for lr in lrs}, "lr": best_lr}

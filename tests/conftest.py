@@ -29,7 +29,7 @@ TINY_DISTILLER = {
 
 @pytest.fixture
 def tiny_hubert():
-    from upstream_quant.hubert import _build
+    from upstream_quant.upstreams.hubert import _build
 
     torch.manual_seed(0)
     return _build(TINY_HUBERT["model_cfg"], TINY_HUBERT["task_cfg"], [list("abcdefgh")], "hubert_base").eval()
@@ -37,7 +37,7 @@ def tiny_hubert():
 
 @pytest.fixture
 def tiny_distiller():
-    from upstream_quant.distiller import build_distiller
+    from upstream_quant.upstreams.distiller import build_distiller
 
     torch.manual_seed(0)
     return build_distiller(TINY_DISTILLER, "distilhubert").eval()

@@ -62,7 +62,7 @@ def test_reference_file_is_labelled_as_the_papers():
     from bench.reference import paper_reference
 
     ref = paper_reference()
-    assert list(ref.columns) == ["paper_storage_mb", "paper_est_runtime", "paper_wer", "paper_source"]
+    assert list(ref.columns) == ["paper_task", "paper_storage_mb", "paper_est_runtime", "paper_wer", "paper_source"]
     assert ref.loc["hubert_base/1bit", "paper_storage_mb"] == 25.23
 
 

@@ -34,7 +34,7 @@ Dictionary.__module__ = "fairseq.data.dictionary"
 
 def write_fairseq_hubert(path: Path) -> None:
     """A HuBERT checkpoint as fairseq writes it (cfg/model/task_state with a pickled Dictionary)."""
-    from upstream_quant.hubert import _build, build_hubert_base
+    from upstream_quant.upstreams.hubert import _build, build_hubert_base
 
     from conftest import TINY_HUBERT
 
@@ -59,7 +59,7 @@ def write_fairseq_hubert(path: Path) -> None:
 
 
 def write_s3prl_distilhubert(path: Path) -> None:
-    from upstream_quant.distiller import build_distilhubert, build_distiller
+    from upstream_quant.upstreams.distiller import build_distilhubert, build_distiller
 
     from conftest import TINY_DISTILLER
 

@@ -9,7 +9,7 @@ from upstream_quant.checkpoints import CheckpointError
 from upstream_quant.gptq import GPTQConfig
 from upstream_quant.packed import load_packed, save_packed
 from upstream_quant.quantize import quantize
-from upstream_quant.wav2vec2 import build_wav2vec2
+from upstream_quant.upstreams.wav2vec2 import build_wav2vec2
 
 TINY = {
     "model_cfg": {"encoder_layers": 2, "encoder_embed_dim": 32, "encoder_ffn_embed_dim": 64, "encoder_attention_heads": 4,

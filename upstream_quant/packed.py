@@ -187,7 +187,7 @@ def load_packed(path: str | Path, device: str | torch.device | None = None):
 
 
 def _rebuild(path: Path, manifest: dict, tensors: dict[str, torch.Tensor]):
-    from .loading import build_architecture
+    from .upstreams import build_architecture
 
     upstream = build_architecture(manifest["architecture"], manifest["upstream"])
     for name, spec in manifest["layers"].items():

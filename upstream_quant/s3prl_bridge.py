@@ -39,10 +39,11 @@ class S3PRLCompatible(nn.Module):
 
 def load_any(ckpt: str | Path, device: str | None = None) -> nn.Module:
     """A packed quantized file (.safetensors from save_packed) or a registry name."""
-    from .loading import REGISTRY, load_upstream
+    from .loading import load_upstream
+    from .upstreams import UPSTREAMS
     from .packed import load_packed
 
-    if str(ckpt) in REGISTRY:
+    if str(ckpt) in UPSTREAMS:
         return load_upstream(str(ckpt), device=device)
     return load_packed(ckpt, device=device)
 

@@ -5,9 +5,10 @@ from pathlib import Path
 
 import torch
 
-from .checkpoints import CheckpointError, read_checkpoint, to_plain
-from .compat import ensure_torchaudio
-from .upstream import FairseqEncoder
+from ..checkpoints import CheckpointError, read_checkpoint, to_plain
+from ..compat import ensure_torchaudio
+from ..upstream import FairseqEncoder
+from . import UpstreamSpec, register_family, register_upstream
 
 ensure_torchaudio()
 from s3prl.upstream.hubert.hubert_model import HubertConfig, HubertModel, HubertPretrainingConfig  # noqa: E402
@@ -102,3 +103,14 @@ def load_hubert_checkpoint(path: str | Path, name: str = "hubert_base") -> Huber
     except RuntimeError as err:
         raise CheckpointError(f"checkpoint {path} does not match the HuBERT architecture it describes: {err}") from err
     return upstream
+
+
+def _hubert_family(arch: dict, name: str) -> HubertUpstream:
+    return _build(arch["model_cfg"], arch["task_cfg"], arch["symbols"], name)
+
+
+register_family("hubert", _hubert_family)
+register_upstream(UpstreamSpec(
+    "hubert_base", "HuBERT Base (LibriSpeech 960 h), 12 layers, 768 dims; s3prl `hubert`",
+    build_hubert_base, load_hubert_checkpoint,
+    "https://huggingface.co/s3prl/converted_ckpts/resolve/main/hubert_base_ls960.pt"))

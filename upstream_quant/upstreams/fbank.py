@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .upstream import Upstream, check_batch
+from ..upstream import Upstream, check_batch
+from . import UpstreamSpec, register_family, register_upstream
 from .whisper import HOP, LogMel
 
 
@@ -59,3 +60,13 @@ class FbankUpstream(Upstream):
 
     def architecture(self) -> dict:
         return {"family": "fbank"}
+
+
+def _fbank(name: str, *_) -> FbankUpstream:
+    return FbankUpstream(name)
+
+
+register_family("fbank", _fbank)
+register_upstream(UpstreamSpec(
+    "fbank", "80 log-mel filterbanks + deltas (240 dims, 100 Hz), no parameters; SUPERB's FBANK row",
+    _fbank, _fbank, load_embedded=_fbank))

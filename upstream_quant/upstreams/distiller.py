@@ -8,9 +8,10 @@ from pathlib import Path
 
 import torch
 
-from .checkpoints import CheckpointError, read_checkpoint, to_plain
-from .compat import ensure_torchaudio
-from .upstream import Upstream, check_batch, padding_mask
+from ..checkpoints import CheckpointError, read_checkpoint, to_plain
+from ..compat import ensure_torchaudio
+from ..upstream import Upstream, check_batch, padding_mask
+from . import UpstreamSpec, register_family, register_upstream
 
 ensure_torchaudio()
 from s3prl.upstream.distiller.model import DistillerConfig, DistillerModel  # noqa: E402
@@ -111,3 +112,10 @@ def load_distiller_checkpoint(path: str | Path, name: str = "distilhubert") -> D
     except RuntimeError as err:
         raise CheckpointError(f"checkpoint {path} does not match the Distiller architecture it describes: {err}") from err
     return upstream
+
+
+register_family("distiller", lambda arch, name: build_distiller(arch["config"], name))
+register_upstream(UpstreamSpec(
+    "distilhubert", "DistilHuBERT (distilled from HuBERT Base), 2 layers; s3prl `distilhubert`",
+    build_distilhubert, load_distiller_checkpoint,
+    "https://huggingface.co/leo19941227/distilhubert/resolve/main/distilhubert_ls960_4-8-12.ckpt"))

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import torch
 
-from .checkpoints import CheckpointError, read_checkpoint, to_plain
-from .compat import ensure_torchaudio
-from .upstream import FairseqEncoder
+from ..checkpoints import CheckpointError, read_checkpoint, to_plain
+from ..compat import ensure_torchaudio
+from ..upstream import FairseqEncoder
+from . import UpstreamSpec, register_family, register_upstream
 
 ensure_torchaudio()
 from s3prl.upstream.utils import merge_with_parent  # noqa: E402
@@ -88,3 +89,11 @@ def load_wav2vec2_checkpoint(path: str | Path, name: str = "wav2vec2_base") -> W
     except RuntimeError as err:
         raise CheckpointError(f"checkpoint {path} does not match the wav2vec 2.0 architecture it describes: {err}") from err
     return upstream
+
+
+register_family("wav2vec2", lambda arch, name: build_wav2vec2(arch["model_cfg"], arch["task_cfg"], name))
+register_upstream(UpstreamSpec(
+    "wav2vec2_base", "wav2vec 2.0 Base (LibriSpeech 960 h, pretrained), 12 layers, 768 dims; s3prl `wav2vec2` "
+    "(myQASR's model family)",
+    build_wav2vec2_base, load_wav2vec2_checkpoint,
+    "https://huggingface.co/s3prl/converted_ckpts/resolve/main/wav2vec_small.pt"))

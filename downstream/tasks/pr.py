@@ -1,0 +1,81 @@
+"""PR (SUPERB): phoneme recognition, CTC over phones with a linear head; phone error rate (PER).
+
+Phones come from the word transcripts through a lexicon (downstream.phonemes): SUPERB's
+LibriSpeech lexicon file on a GPU box, espeak-ng's phonemizer on the synthetic corpora. The phone
+inventory is read from the training transcripts and kept with the checkpoint."""
+
+from __future__ import annotations
+
+import jiwer
+import torch
+from torch import nn
+
+from .. import librispeech  # noqa: F401  (registers its layout)
+from ..features import FrozenUpstream
+from ..phonemes import ESPEAK, Phonemizer
+from .base import TaskConfig, TaskSpec, register_task
+from .ctc import CTCTask
+
+
+class LinearCTCHead(nn.Module):
+    """SUPERB's PR head: one linear layer from features to phone log-probabilities."""
+
+    def __init__(self, in_dim: int, vocab: int):
+        super().__init__()
+        self.out = nn.Linear(in_dim, vocab)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self.out(x).log_softmax(-1)
+
+
+class PRTask(CTCTask):
+    metric_name, metric_mode = "per", "min"
+
+    def __init__(self, upstream: FrozenUpstream, config: TaskConfig):
+        super().__init__(upstream, config)
+        if not config.labels or "phones" not in config.labels:
+            raise ValueError("PR needs its phone inventory (config.labels['phones']): train it with train_and_evaluate, "
+                             "which reads it from the training transcripts")
+        self.vocab = ("<blank>", *config.labels["phones"])
+        self.index = {p: i for i, p in enumerate(self.vocab)}
+        self.phonemizer = Phonemizer(config.lexicon or ESPEAK)
+        self.head = LinearCTCHead(upstream.hidden_size, len(self.vocab))
+
+    def targets(self, utterance) -> list[int]:
+        # a phone the training transcripts never had cannot be a target (training sees only those)
+        return [self.index[p] for p in self.phonemizer.phones(utterance.transcript) if p in self.index]
+
+    def reference(self, utterance) -> str:
+        return " ".join(self.phonemizer.phones(utterance.transcript))
+
+    def decode(self, ids: list[int]) -> str:
+        return " ".join(self.vocab[i] for i in ids)
+
+    @staticmethod
+    def score(pairs: list[tuple[str, str]]) -> dict[str, float]:
+        """Corpus-level phone error rate: edits over reference phones (jiwer's WER on phone strings)."""
+        return {"per": 100 * jiwer.wer([r for r, _ in pairs], [h for _, h in pairs])}
+
+
+def prepare(config: TaskConfig, train) -> TaskConfig:
+    """The phone inventory of the training transcripts (sorted), through the config's lexicon."""
+    phonemizer = Phonemizer(config.lexicon or ESPEAK)
+    phonemizer.add([u.transcript for u in train.utterances])
+    phones = sorted({p for u in train.utterances for p in phonemizer.phones(u.transcript)})
+    return config.with_(lexicon=config.lexicon or ESPEAK, labels={"phones": phones})
+
+
+def superb_pr() -> TaskConfig:
+    """SUPERB's PR recipe: linear head, Adam 1e-2, 100k steps, batch 16 (no SpecAugment)."""
+    return TaskConfig(task="pr", lr=1e-2, max_steps=100_000, batch_size=16, specaug=False)
+
+
+def mini_pr() -> TaskConfig:
+    """CPU scale model: SUPERB's head and learning rate, about 300 steps on cached features."""
+    return TaskConfig(task="pr", lr=1e-2, max_steps=300, batch_size=16, specaug=False, max_batch_seconds=120.0,
+                      val_every_epochs=4, cache_features=True, cache_mb=1024, normalize=True)
+
+
+SPEC = register_task(TaskSpec(
+    name="pr", title="PR", module=PRTask, metrics=("per",), axis_label="PER (%)", layouts=("librispeech",),
+    presets={"superb_pr": superb_pr, "mini_pr": mini_pr}, prepare=prepare))
