@@ -207,11 +207,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"suite {suite.name} ({suite.path}): {len(runs)} run(s), store {store / suite.name / 'runs.jsonl'}")
         for run in runs:
             state = "done" if run.config_hash in done and not args.force else "todo"
-            if run.quant.method == "mixed":
-                print(f"  [{state}] {run.name:<60} budget {run.quant.budget_mb:g} MB (allocated at run time)")
-                continue
             if run.quant.method == "packed":
                 print(f"  [{state}] {run.name:<60} packed file {run.quant.file} (bench cost --packed for its cost)")
+                continue
+            if run.quant.registered is not None and not run.quant.registered.bits:
+                print(f"  [{state}] {run.name:<60} budget {run.quant.budget_mb:g} MB (allocated at run time)")
                 continue
             report = cost_report(run.upstream, run.quant.bits if run.quant.method != "fp" else 16)
             print(f"  [{state}] {run.name:<60} stored {report.storage_mb['stored']:7.2f} MB  est_runtime {report.est_runtime['encoder']:.3f}")
@@ -274,19 +274,46 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     from upstream_quant.packed import save_packed
     from upstream_quant.quantize import quantize
 
-    from .suites import make_config
+    from .suites import QuantSpec
 
+    token = _quant_token(args)
     try:
-        config = make_config(args.method, args.bits, args.group_size, args.clip, args.act_bits, tuple(args.targets.split(",")),
-                             plain=args.plain, symmetric=False if args.asym else None, steps=args.steps)
+        spec = QuantSpec.parse(token)
+        config = spec.config(tuple(args.targets.split(",")))
     except ValueError as err:
         raise SystemExit(f"bench quantize: {err}")
+    if config is None:
+        raise SystemExit(f"bench quantize: {token!r} is not a post-training weight method (fp, a packed file, or a method "
+                         "with its own command: bench mixed, bench qat); see bench methods")
     check_output(args.out)
     calib = load_calibration_dir(args.calib, args.calib_count) if args.calib else None
     upstream = load_upstream(args.upstream, checkpoint=args.checkpoint, random_init=args.random_init, device=args.device)
     model = quantize(upstream, config, calibration=calib)
     path = save_packed(model, args.out)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB): {args.upstream} {config}")
+    return 0
+
+
+def _quant_token(args: argparse.Namespace) -> str:
+    """The suite token `bench quantize` was given: ``--quant`` itself, or one composed from
+    ``--method --bits`` and the option flags (the method's parser then checks them)."""
+    if args.quant:
+        if args.method:
+            raise SystemExit("bench quantize: give --quant TOKEN or --method/--bits, not both")
+        return args.quant
+    if not args.method or args.bits is None:
+        raise SystemExit("bench quantize: give --quant TOKEN (e.g. gptq:3:g128) or --method NAME --bits B; see bench methods")
+    options = [f"g{args.group_size}" if args.group_size else None, args.clip if args.clip != "minmax" else None,
+               f"a{args.act_bits}" if args.act_bits else None, "asym" if args.asym else None, "plain" if args.plain else None,
+               f"s{args.steps}" if args.steps is not None else None]
+    return ":".join([args.method, str(args.bits), *(o for o in options if o)])
+
+
+def _cmd_methods(args: argparse.Namespace) -> int:
+    from upstream_quant.methods import METHODS
+
+    for m in METHODS.values():
+        print(f"{m.name:<9} {m.grammar}\n          {m.summary}")
     return 0
 
 
@@ -396,7 +423,7 @@ def calibration_audio(args: argparse.Namespace) -> list:
 def _cmd_mixed(args: argparse.Namespace) -> int:
     from upstream_quant import load_upstream
     from upstream_quant.io import check_output, write_atomic
-    from upstream_quant.mixed import mixed_precision, plot_bit_map
+    from upstream_quant.methods.mixed import mixed_precision, plot_bit_map
     from upstream_quant.packed import save_packed
 
     check_output(args.out)
@@ -421,7 +448,7 @@ def _cmd_qat(args: argparse.Namespace) -> int:
     from upstream_quant.distill import stream_files
     from upstream_quant.io import check_output, write_atomic
     from upstream_quant.packed import save_packed
-    from upstream_quant.qat import QATConfig, train_qat
+    from upstream_quant.methods.qat import QATConfig, train_qat
     from upstream_quant.upstream import pick_device
 
     if args.method == "binary" and args.bits != 1 or args.method == "uniform" and not 2 <= args.bits <= 8:
@@ -505,14 +532,15 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--checkpoint", default=None, help="local s3prl/fairseq checkpoint")
     src.add_argument("--random-init", action="store_true", help="exact architecture, random weights")
-    p.add_argument("--method", required=True, choices=["binary", "uniform", "gptq", "recon"])
-    p.add_argument("--bits", type=int, required=True, choices=range(1, 9), metavar="{1..8}")
+    p.add_argument("--quant", default=None, metavar="TOKEN",
+                   help="the method as a suite token, e.g. gptq:3:g128, uniform:4:mse, recon:2:asym (bench methods lists them)")
+    p.add_argument("--method", default=None, help="or: a method name (bench methods), with --bits and the flags below")
+    p.add_argument("--bits", type=int, default=None)
     p.add_argument("--group-size", type=int, default=None, help="inputs per scale (default: one scale per output row)")
-    p.add_argument("--asym", action="store_true", help="gptq, recon: asymmetric levels (a zero-point per row or group)")
-    p.add_argument("--plain", action="store_true", help="gptq: as first published (one pass, natural order, min-max ranges)")
-    p.add_argument("--steps", type=int, default=None, help="recon: optimizer steps per block (default 300)")
-    p.add_argument("--clip", default="minmax", choices=["minmax", "mse", "output", "cosine", "hessian"],
-                   help="uniform: range search (mse: weight error; output: output error from calibration, see README)")
+    p.add_argument("--asym", action="store_true", help="asymmetric levels, a zero-point per row or group (token option asym)")
+    p.add_argument("--plain", action="store_true", help="GPTQ as first published (token option plain)")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps per block of block reconstruction (token option sN)")
+    p.add_argument("--clip", default="minmax", help="range search of round-to-nearest (token option; see bench methods)")
     p.add_argument("--act-bits", type=int, default=None, help="also fake-quantize layer inputs (e.g. 8)")
     p.add_argument("--targets", default="transformer", help="comma-separated groups: transformer,cnn,feature_projection,positional_conv or *")
     p.add_argument("--calib", default=None, help="directory of unlabelled 16 kHz .wav/.flac (gptq, recon, --clip output|cosine)")
@@ -520,6 +548,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None)
     p.add_argument("--out", required=True)
     p.set_defaults(func=_cmd_quantize)
+
+    p = sub.add_parser("methods", help="the registered quantization methods, their suite tokens and what they do")
+    p.set_defaults(func=_cmd_methods)
 
     p = sub.add_parser("perf", help="benchmarks: quantize (timings, peak memory), upstream (our forward vs s3prl's), "
                                     "qat (cosine to fp at 1-2 bits), stream (QAT memory vs corpus size), "

@@ -15,11 +15,11 @@ def perf_quantize(calib_count: int = 32, seconds: float = 4.0) -> int:
     """Round-to-nearest per bit width and GPTQ (sequential, as published, and block
     reconstruction) on random-init HuBERT Base (72 transformer linears)."""
     from upstream_quant import load_upstream
-    from upstream_quant.binary import BinaryConfig
-    from upstream_quant.gptq import GPTQConfig
+    from upstream_quant.methods.binary import BinaryConfig
+    from upstream_quant.methods.gptq import GPTQConfig
     from upstream_quant.quantize import quantize
-    from upstream_quant.recon import ReconConfig
-    from upstream_quant.uniform import UniformConfig
+    from upstream_quant.methods.recon import ReconConfig
+    from upstream_quant.methods.uniform import UniformConfig
 
     torch.manual_seed(0)
     up = load_upstream("hubert_base", random_init=True, device="cpu")
@@ -47,7 +47,7 @@ def perf_clip(calib_dir: str, count: int = 32, bits: tuple[int, ...] = (4, 3)) -
     from upstream_quant import load_upstream
     from upstream_quant.calibration import collect_stats, load_calibration_dir
     from upstream_quant.quantize import quantize, target_layers
-    from upstream_quant.uniform import UniformConfig, quantize_uniform
+    from upstream_quant.methods.uniform import UniformConfig, quantize_uniform
 
     torch.manual_seed(0)
     up = load_upstream("whisper_tiny_en", device="cpu").eval()
@@ -142,11 +142,11 @@ def perf_qat(corpus: str = "data/synth/digits", steps: int = 150, count: int = 6
     from downstream import audio
     from downstream.librispeech import load_librispeech
     from upstream_quant import load_upstream
-    from upstream_quant.binary import BinaryConfig
-    from upstream_quant.gptq import GPTQConfig
-    from upstream_quant.qat import QATConfig, train_qat
+    from upstream_quant.methods.binary import BinaryConfig
+    from upstream_quant.methods.gptq import GPTQConfig
+    from upstream_quant.methods.qat import QATConfig, train_qat
     from upstream_quant.quantize import quantize
-    from upstream_quant.uniform import UniformConfig
+    from upstream_quant.methods.uniform import UniformConfig
 
     fp = load_upstream("whisper_tiny_en", device="cpu")
     load = lambda split, n: [torch.from_numpy(audio.read(u.path)) for u in load_librispeech(corpus, [split]).sample(n)]  # noqa: E731
@@ -185,7 +185,7 @@ _STREAM_CHILD = """
 import json, resource, sys, tempfile
 from upstream_quant import load_upstream
 from upstream_quant.calibration import audio_files
-from upstream_quant.qat import QATConfig, train_qat
+from upstream_quant.methods.qat import QATConfig, train_qat
 files = audio_files(sys.argv[1])
 up = load_upstream("distil_whisper_tiny_en", device="cpu")
 with tempfile.TemporaryDirectory() as work:
@@ -385,10 +385,10 @@ def deploy_probe(upstream: str, bits: int, backend: str, group_size: int | None,
     import gc
 
     from upstream_quant import load_upstream
-    from upstream_quant.binary import BinaryConfig
+    from upstream_quant.methods.binary import BinaryConfig
     from upstream_quant.deploy import deploy, resident_weight_bytes
     from upstream_quant.quantize import quantize, target_layers
-    from upstream_quant.uniform import UniformConfig
+    from upstream_quant.methods.uniform import UniformConfig
     from upstream_quant.upstream import pick_device
 
     torch.manual_seed(0)

@@ -64,7 +64,10 @@ def paper_config(row: dict) -> str | None:
     one width its layers hold; None for others (mixed precision has no single width)."""
     from .reference import paper_task
 
-    if row.get("task") != paper_task() or "upstream" not in row or row.get("method") == "mixed":
+    if row.get("task") != paper_task() or "upstream" not in row:
+        return None
+    bits = row.get("bits")
+    if row.get("method") not in ("fp", "packed") and (bits is None or bits != bits):  # no single width (mixed); NaN in frames
         return None
     if row.get("method") == "fp":
         return f"{row['upstream']}/fp16"
@@ -87,7 +90,8 @@ def runs_frame(suite: str, root: Path | None = None):
                                         "est_runtime_full", "wall_seconds", "git_commit")}
         base["featurizer_weights"] = row.get("featurizer_weights")
         base["bit_widths"] = row.get("bit_widths") or []
-        if row.get("method") == "mixed" and row.get("bit_map"):  # for the allocation-difference column
+        if row.get("bit_map") and row.get("spec", {}).get("quant", {}).get("budget_mb") is not None:
+            # a model allocated to a budget from a calibration group: for the allocation-difference column
             q = row.get("spec", {}).get("quant", {})
             base["bit_map"] = row["bit_map"]
             base["alloc_key"] = (row.get("upstream"), q.get("budget_mb"), q.get("order"), q.get("clip"), q.get("act_bits"))

@@ -175,33 +175,24 @@ class Runner:
         return cap_hours([(u.path, u.duration) for u in corpus.utterances], max_hours, run.seed)
 
     def _build_quantized(self, run: RunSpec):
+        """The run's model from its method: `quantize()` with the method's config, or the method's
+        own build step (mixed precision, QAT) given the audio and folders it may ask for."""
         q = run.quant
         base = self.upstream(run)
-        if q.method == "mixed":
-            from upstream_quant.mixed import mixed_precision
+        method = q.registered
+        if method.build is not None:
+            from upstream_quant.methods import BuildContext
 
-            model, report = mixed_precision(base, self.calibration(run, group=q.calib), q.budget_mb, order=q.order,
-                                            clip=q.clip, act_bits=q.act_bits, seed=run.seed)
-            return model, {"mixed": report}
-        if q.method == "qat":
-            from upstream_quant.qat import QATConfig, train_qat
-            from upstream_quant.upstream import pick_device
-
-            opts = dict(run.options.get("qat", {}))
-            max_hours = opts.pop("max_hours", None)
-            workers = opts.pop("num_workers", None)
-            opts.setdefault("steps", q.qat_steps)
-            config = QATConfig(method="binary" if q.bits == 1 else "uniform", bits=q.bits, seed=run.seed,
-                               **{k: (int(v) if k in ("steps", "batch_size") else float(v)) for k, v in opts.items()})
-            device = pick_device(self.device)
-            model, summary = train_qat(base, self.unlabelled_files(run, max_hours), config,
-                                       self.work / f"qat-{self.model_key(run)}", accelerator="gpu" if device.type == "cuda" else "cpu",
-                                       devices=run.devices, progress=self.progress, num_workers=workers)
-            return model, {"qat": summary}
+            context = BuildContext(
+                calibration=lambda group: self.calibration(run, group=group),
+                unlabelled_files=lambda max_hours: self.unlabelled_files(run, max_hours),
+                work_dir=self.work / f"{q.method}-{self.model_key(run)}", device=self.device, devices=run.devices,
+                seed=run.seed, options=dict(run.options.get(q.method, {})), progress=self.progress)
+            return method.build(base, q, context)
         from upstream_quant.quantize import quantize
 
         config = q.config()
-        calib = self.calibration(run) if getattr(config, "needs_calibration", False) else None
+        calib = self.calibration(run) if q.calibrates else None
         started = time.time()
         model = quantize(base, config, calibration=calib, progress=False)
         return model, {"quantize_seconds": round(time.time() - started, 2), "blocks": model.quantization.get("blocks")}
@@ -278,10 +269,10 @@ class Runner:
         config = run.quant.model.config()
         if config is not None:  # every setting of the method, defaults included: a changed default is a new model
             body["config"] = {k: v for k, v in dataclasses.asdict(config).items() if k != "targets"}
-        if run.quant.method in ("mixed", "qat") or getattr(config, "needs_calibration", False):
+        if run.quant.calibrates or run.quant.trains:
             table = self.suite.data_tables[run.head_data]
             body |= {"audio": {k: v for k, v in table.items() if k not in LOCATION_FIELDS}, "seed": run.seed}
-            if run.quant.method == "mixed" and run.quant.calib in self.suite.data_tables:  # calibrated on that table
+            if run.quant.calib in self.suite.data_tables:  # calibrated on that table
                 body["calib_audio"] = {k: v for k, v in self.suite.data_tables[run.quant.calib].items() if k not in LOCATION_FIELDS}
         return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -356,7 +347,7 @@ class Runner:
             "config": run.config_name,
             "upstream": run.upstream,
             "method": q.method,
-            "bits": q.bits if q.method not in ("mixed", "packed") else None,
+            "bits": q.bits or None,  # mixed precision and packed files have no single width
             "group_size": q.group_size,
             "clip": q.clip,
             "act_bits": q.act_bits,
@@ -376,10 +367,7 @@ class Runner:
             "dev_curve": result.get("dev_curve"),
             "resumes": (result if run.protocol == "retrain" else head_result).get("resumes", 0),
             "resumed": bool((result if run.protocol == "retrain" else head_result).get("resumes", 0)),
-            "qat": info.get("qat"),
-            "mixed": info.get("mixed"),
-            "packed": info.get("packed"),
-            "quantize_seconds": info.get("quantize_seconds"),
+            **info,  # what building the model reported: the method's summary under its name, quantize_seconds, ...
             **(self.deploy_measurements(run, runs_on) if run.quant.deploy else {}),
             "train": {k: result.get(k) for k in ("steps", "epochs", "train_seconds", "train_utterances_per_second",
                                                  "upstream_seconds", "head_seconds", "feature_cache")},

@@ -27,20 +27,23 @@ class SuiteError(ValueError):
 
 @dataclass(frozen=True)
 class QuantSpec:
-    """``fp`` or ``METHOD:BITS[:OPTION...]`` with options ``gN`` (group size), ``minmax|mse|cosine``
-    (clipping) and ``aN`` (activation bits), e.g. ``uniform:4:mse``, ``gptq:3:g128``, ``binary:1``."""
+    """A run's quantization, from a suite token: ``fp``, ``packed:FILE``, or a registered method's
+    ``NAME:BITS[:OPTION...]`` (``NAME:...`` for methods without one width), e.g. ``uniform:4:mse``,
+    ``gptq:3:g128``, ``binary:1``, ``mixed:4.5:calib=F``; each method's grammar is in
+    `upstream_quant.methods` (``bench quantize --help`` lists them). ``SPEC@BACKEND`` evaluates the
+    model deployed on a low-bit backend. The fields are the union of what the methods read; their
+    values (defaults included) are the run's hash, so they keep their names and defaults."""
 
     method: str = "fp"
     bits: int = 16
     group_size: int | None = None
     clip: str = "minmax"
     act_bits: int | None = None
-    # mixed precision (myQASR): ``mixed:BUDGET_MB[:calib=GROUP][:ORDER][:cosine|hessian][:aN]``, GROUP
-    # being F, M, a speaker id, or 'all' (the run's training split).
+    # mixed precision (myQASR): budget, calibration group (F, M, a speaker id, a data table, 'all'), order
     budget_mb: float | None = None
     calib: str = "all"
     order: str = "descending"
-    # quantization-aware distillation: ``qat:BITS[:sSTEPS]`` (1 bit: binary, else uniform)
+    # quantization-aware distillation: optimizer steps
     qat_steps: int | None = None
     # an existing model: ``packed:FILE`` (a packed file from bench quantize/mixed/qat), evaluated
     # as it is; ``file_sha256`` (the manifest's) identifies it in hashes wherever the file lives
@@ -49,9 +52,7 @@ class QuantSpec:
     # ``SPEC@BACKEND``: evaluate the model deployed on a low-bit backend (upstream_quant.deploy),
     # with its latency and resident weight memory measured against the fp32 upstream
     deploy: str | None = None
-    # ``gptq:B:plain``: GPTQ as first published (one pass, natural column order, min-max ranges),
-    # for ablations; ``asym``: asymmetric (zero-point) levels; ``recon:B[:gN][:sSTEPS]``: GPTQ then
-    # block-wise reconstruction (upstream_quant.recon), STEPS optimizer steps per block
+    # GPTQ as first published (``plain``), zero-points (``asym``: symmetric False), recon's steps
     plain: bool | None = None
     symmetric: bool | None = None
     steps: int | None = None
@@ -73,66 +74,30 @@ class QuantSpec:
 
     @classmethod
     def _parse(cls, text: str) -> "QuantSpec":
+        from upstream_quant.methods import METHODS
+
         parts = text.strip().split(":")
         if parts == ["fp"]:
             return cls()
         if parts[0] == "packed":
             return cls._parse_packed(text.strip().removeprefix("packed:"))
-        if parts[0] == "mixed":
-            return cls._parse_mixed(text, parts)
-        if parts[0] == "qat":
-            if len(parts) < 2 or not parts[1].isdigit() or not 1 <= int(parts[1]) <= 8:
-                raise ValueError(f"quantization {text!r}: expected qat:BITS[:sSTEPS] with BITS in 1..8")
-            steps = 300
-            for opt in parts[2:]:
-                if opt[:1] == "s" and opt[1:].isdigit():
-                    steps = int(opt[1:])
-                else:
-                    raise ValueError(f"quantization {text!r}: unknown option {opt!r} (sSTEPS)")
-            return cls(method="qat", bits=int(parts[1]), qat_steps=steps)
-        if len(parts) < 2 or not parts[1].isdigit():
-            raise ValueError(f"quantization {text!r}: expected 'fp' or METHOD:BITS[:options], e.g. 'uniform:4'")
-        from upstream_quant.uniform import CLIP_METHODS as CLIPS
-
-        spec = {"method": parts[0], "bits": int(parts[1])}
-        for opt in parts[2:]:
-            if opt in CLIPS:
-                spec["clip"] = opt
-            elif opt[:1] == "g" and opt[1:].isdigit():
-                spec["group_size"] = int(opt[1:])
-            elif opt[:1] == "a" and opt[1:].isdigit():
-                spec["act_bits"] = int(opt[1:])
-            elif opt == "plain" and parts[0] == "gptq":
-                spec["plain"] = True
-            elif opt in ("asym", "sym") and parts[0] in ("gptq", "recon"):
-                spec["symmetric"] = opt == "sym"
-            elif opt[:1] == "s" and opt[1:].isdigit() and parts[0] == "recon":
-                spec["steps"] = int(opt[1:])
-            else:
-                raise ValueError(f"quantization {text!r}: unknown option {opt!r} (gN, {'|'.join(CLIPS)}, aN; "
-                                 "gptq: plain, asym|sym; recon: sSTEPS, asym|sym)")
-        quant = cls(**spec)
-        quant.config()  # validates method and bits
+        if parts[0] not in METHODS:
+            raise ValueError(f"quantization {text!r}: unknown method {parts[0]!r}; expected 'fp', 'packed:FILE' or one of "
+                             + "; ".join(m.grammar for m in METHODS.values()))
+        method = METHODS[parts[0]]
+        if method.bits:
+            if len(parts) < 2 or not parts[1].isdigit():
+                raise ValueError(f"quantization {text!r}: expected {method.grammar}")
+            bits, (lo, hi) = int(parts[1]), method.bit_range
+            if not lo <= bits <= hi:
+                widths = f"{lo} bit{'s' if lo > 1 else ''}" if lo == hi else f"{lo}..{hi} bits"
+                raise ValueError(f"quantization {text!r}: {method.name} takes {widths} ({method.grammar})")
+            fields = {"method": method.name, "bits": bits} | method.parse(text, bits, parts[2:])
+        else:
+            fields = {"method": method.name, "bits": 0} | method.parse(text, None, parts[1:])
+        quant = cls(**fields)
+        quant.config()  # the method's own checks
         return quant
-
-    @classmethod
-    def _parse_mixed(cls, text: str, parts: list[str]) -> "QuantSpec":
-        try:
-            spec = {"method": "mixed", "bits": 0, "budget_mb": float(parts[1])}
-        except (IndexError, ValueError):
-            raise ValueError(f"quantization {text!r}: expected mixed:BUDGET_MB[:calib=GROUP][:ORDER], e.g. 'mixed:4.5:calib=F'") from None
-        for opt in parts[2:]:
-            if opt.startswith("calib="):
-                spec["calib"] = opt.removeprefix("calib=")
-            elif opt in ("descending", "ascending", "shuffled"):
-                spec["order"] = opt
-            elif opt in ("minmax", "cosine", "hessian"):
-                spec["clip"] = opt
-            elif opt[:1] == "a" and opt[1:].isdigit():
-                spec["act_bits"] = int(opt[1:])
-            else:
-                raise ValueError(f"quantization {text!r}: unknown option {opt!r} (calib=GROUP, descending|ascending|shuffled, minmax|cosine|hessian, aN)")
-        return cls(**spec)
 
     @classmethod
     def _parse_packed(cls, file: str) -> "QuantSpec":
@@ -164,6 +129,13 @@ class QuantSpec:
         return dataclasses.replace(self, deploy=None)
 
     @property
+    def registered(self):
+        """The method's `MethodSpec`; None for ``fp`` and ``packed:FILE``, which are no method."""
+        from upstream_quant.methods import get_method
+
+        return None if self.method in ("fp", "packed") else get_method(self.method)
+
+    @property
     def label(self) -> str:
         if self.deploy is not None:
             return f"{self.model.label}@{self.deploy}"
@@ -171,59 +143,25 @@ class QuantSpec:
             return "fp"
         if self.method == "packed":
             return f"packed-{Path(self.file).stem}"
-        if self.method == "mixed":
-            extra = "".join(f"-{x}" for x in (self.order if self.order != "descending" else None,
-                                               self.clip if self.clip != "minmax" else None) if x)
-            return f"mixed{self.budget_mb:g}MB-{self.calib}{extra}"
-        if self.method == "qat":
-            return f"qat{self.bits}"
-        extra = "".join(f"-{x}" for x in (
-            self.clip if self.clip != "minmax" else None,
-            f"g{self.group_size}" if self.group_size else None,
-            f"a{self.act_bits}" if self.act_bits else None,
-            "plain" if self.plain else None,
-            None if self.symmetric is None else ("sym" if self.symmetric else "asym"),
-            f"s{self.steps}" if self.steps is not None else None) if x)
-        return f"{self.method}{self.bits}{extra}"
+        return self.registered.label(self)
 
-    def config(self):
-        """The quantizer's config object (None for full precision and mixed precision, which is
-        allocated per run from calibration audio)."""
-        if self.method in ("fp", "mixed", "qat", "packed"):
+    def config(self, targets: tuple[str, ...] = ("transformer",)):
+        """The method's `quantize()` config (None for full precision, a packed file, and methods
+        with their own build step: mixed precision allocates per run from calibration audio)."""
+        method = self.registered
+        if method is None or method.config is None:
             return None
-        return make_config(self.method, self.bits, self.group_size, self.clip, self.act_bits, ("transformer",),
-                           plain=bool(self.plain), symmetric=self.symmetric, steps=self.steps)
+        return method.config(self, targets)
 
+    @property
+    def calibrates(self) -> bool:
+        """Whether the model is made from unlabelled calibration audio."""
+        return self.registered is not None and self.registered.calibrates(self)
 
-def make_config(method: str, bits: int, group_size: int | None, clip: str, act_bits: int | None, targets: tuple[str, ...],
-                plain: bool = False, symmetric: bool | None = None, steps: int | None = None):
-    """A post-training quantization config from its parts (suite tokens, CLI flags); errors name the bad value."""
-    from upstream_quant.binary import BinaryConfig
-    from upstream_quant.gptq import GPTQConfig
-    from upstream_quant.recon import ReconConfig
-    from upstream_quant.uniform import UniformConfig
-
-    sym = {} if symmetric is None else {"symmetric": symmetric}
-    if plain and method != "gptq":
-        raise ValueError(f"'plain' is a GPTQ variant; method {method!r} has none")
-    if steps is not None and method != "recon":
-        raise ValueError(f"steps are recon's (optimizer steps per block); method {method!r} has none")
-    if sym and method == "binary":
-        raise ValueError("binary weights have no asymmetric variant (use center=True through the Python API)")
-    if method == "recon":
-        return ReconConfig(bits=bits, group_size=group_size, act_bits=act_bits, targets=targets, **sym,
-                           **({} if steps is None else {"steps": steps}))
-
-    if method == "binary":
-        if bits != 1:
-            raise ValueError(f"--method binary is 1 bit; got --bits {bits}")
-        return BinaryConfig(group_size=group_size, act_bits=act_bits, targets=targets)
-    if method == "uniform":
-        return UniformConfig(bits=bits, group_size=group_size, clip=clip, act_bits=act_bits, targets=targets, **sym)
-    if method == "gptq":
-        variant = {"sequential": False, "act_order": False, "scale_search": "minmax"} if plain else {}
-        return GPTQConfig(bits=bits, group_size=group_size, act_bits=act_bits, targets=targets, **sym, **variant)
-    raise ValueError(f"unknown method {method!r}; known: binary, uniform, gptq, recon")
+    @property
+    def trains(self) -> bool:
+        """Whether the model is trained on the data's audio (QAT)."""
+        return self.registered is not None and self.registered.trains
 
 
 # Where data lives on this machine does not change a result: left out of the config hash.
@@ -328,10 +266,12 @@ def _field(table: dict, key: str, where: str, kind=None, default=...):
 
 
 # Sections of ``--set SECTION.FIELD=VALUE`` beyond the suite's tasks (whose fields are TaskConfig's).
-OPTION_SECTIONS = {
-    "qat": ("steps", "batch_size", "lr", "scale_lr", "crop_seconds", "max_hours", "num_workers"),
-    "calibration": ("count",),
-}
+def option_sections() -> dict[str, tuple[str, ...]]:
+    """``calibration`` (for every method that calibrates: ``count`` utterances) and the schedule
+    fields of each method that trains (its ``option_fields``, e.g. ``qat.steps``)."""
+    from upstream_quant.methods import METHODS
+
+    return {"calibration": ("count",)} | {m.name: m.option_fields for m in METHODS.values() if m.trains}
 
 
 @dataclass(frozen=True)
@@ -340,7 +280,7 @@ class Overrides:
 
     ``data``: data table -> root folder (``NAME.test_root``: its separate test set); ``checkpoints``: upstream -> local weights file;
     ``settings``: section -> field -> value, sections being the suite's tasks (TaskConfig fields,
-    e.g. ``asr.max_steps``) or `OPTION_SECTIONS`; ``devices``: DDP processes per training run."""
+    e.g. ``asr.max_steps``) or `option_sections()`; ``devices``: DDP processes per training run."""
 
     data: dict = field(default_factory=dict)
     checkpoints: dict = field(default_factory=dict)
@@ -400,10 +340,11 @@ class Overrides:
             if not Path(path).is_file():
                 raise SuiteError(f"--checkpoint {name}={path}: no such file")
         hints = typing.get_type_hints(TaskConfig)
-        fields = {f.name for f in dataclasses.fields(TaskConfig)}
+        fields = {f.name for f in dataclasses.fields(TaskConfig)} - {"labels"}  # labels come from the data
+        sections = option_sections()
         for section, values in self.settings.items():
-            if section in OPTION_SECTIONS:
-                allowed = OPTION_SECTIONS[section]
+            if section in sections:
+                allowed = sections[section]
                 for key, value in values.items():
                     if key not in allowed:
                         raise SuiteError(f"--set {section}.{key}: unknown field; {section} has {', '.join(allowed)}")
@@ -412,7 +353,7 @@ class Overrides:
                 continue
             if section not in suite.schedules:
                 raise SuiteError(f"--set {section}.*: the suite has no task {section!r} "
-                                 f"(tasks: {sorted(suite.schedules)}; also {sorted(OPTION_SECTIONS)})")
+                                 f"(tasks: {sorted(suite.schedules)}; also {sorted(sections)})")
             for key, value in values.items():
                 if key not in fields or key in ("task", "seed"):
                     raise SuiteError(f"--set {section}.{key}: unknown field; TaskConfig fields: "
@@ -459,12 +400,11 @@ def apply_overrides(suite: "Suite", overrides: Overrides) -> "Suite":
         places.setdefault(name, {})[field_name] = path
     data = {k: v | places.get(k, {}) for k, v in suite.data.items()}
     tables = {k: v | places.get(k, {}) for k, v in suite.data_tables.items()}
-    options = {k: v for k, v in overrides.settings.items() if k in OPTION_SECTIONS}
+    options = {k: v for k, v in overrides.settings.items() if k in option_sections()}
     runs = []
     for run in suite.runs:
         dcfg = run.data_config | places.get(run.data, {})
-        uses = {"qat": run.quant.method == "qat",
-                "calibration": run.quant.method in ("gptq", "recon", "mixed") or run.quant.clip in ("cosine", "output", "hessian")}
+        uses = {k: (run.quant.calibrates if k == "calibration" else run.quant.method == k) for k in options}
         runs.append(dataclasses.replace(
             run, schedule=run.schedule | overrides.settings.get(run.task, {}), data_config=dcfg,
             checkpoint=overrides.checkpoints.get(run.upstream, run.checkpoint),

@@ -39,7 +39,11 @@ PAPER_COLUMNS = [
 ]
 # Order of our rows under one paper row: protocols, then methods (trained before post-training).
 _PROTOCOL_ORDER = {"retrain": 0, "reuse": 1}
-_METHOD_ORDER = {"fp": 0, "qat": 1, "binary": 2, "uniform": 3, "gptq": 4}
+def _method_order(method: str) -> int:
+    """Full precision first, then the registered methods by their ``order`` (trained ones first)."""
+    from upstream_quant.methods import METHODS
+
+    return 0 if method == "fp" else METHODS[method].order if method in METHODS else 9
 
 
 def paper_table(results_root: Path | None = None, seconds: float = 10.0) -> pd.DataFrame:
@@ -65,7 +69,7 @@ def paper_table(results_root: Path | None = None, seconds: float = 10.0) -> pd.D
         storage = "storage_mb" if spec.convention == "paper" else "fp16_mb"
         groups = sorted(mine.groupby("config", sort=False),
                         key=lambda kv: (_PROTOCOL_ORDER.get(kv[1]["protocol"].iloc[0], 9),
-                                        _METHOD_ORDER.get(kv[1]["method"].iloc[0], 9), kv[0]))
+                                        _method_order(kv[1]["method"].iloc[0]), kv[0]))
         for config, group in groups:
             first = group.iloc[0]
             wer = group["test_wer"] if "test_wer" in group else pd.Series(dtype=float)

@@ -83,8 +83,25 @@ def test_bench_quantize_writes_a_packed_file(tmp_path, capsys, monkeypatch):
     manifest = read_manifest(out)
     assert manifest["upstream"] == "distilhubert" and manifest["quantization"]["config"]["bits"] == 2
     assert {spec["method"] for spec in manifest["layers"].values()} == {"gptq"}
-    with pytest.raises(SystemExit, match="binary is 1 bit"):
+    with pytest.raises(SystemExit, match="binary takes 1 bit"):
         main(["quantize", "--upstream", "distilhubert", "--random-init", "--method", "binary", "--bits", "2", "--out", str(out)])
+    # the same model from its suite token; options a method lacks are refused by its own parser
+    again = tmp_path / "e.safetensors"
+    assert main(["quantize", "--upstream", "distilhubert", "--random-init", "--quant", "gptq:2:g128", "--calib", str(calib),
+                 "--out", str(again)]) == 0
+    assert read_manifest(again)["quantization"] == manifest["quantization"]
+    with pytest.raises(SystemExit, match="unknown option 'mse'"):
+        main(["quantize", "--upstream", "distilhubert", "--random-init", "--quant", "gptq:2:mse", "--out", str(out)])
+    with pytest.raises(SystemExit, match="not a post-training weight method"):
+        main(["quantize", "--upstream", "distilhubert", "--random-init", "--quant", "mixed:3", "--out", str(out)])
+
+
+def test_methods_command_lists_the_registry(capsys):
+    from upstream_quant.methods import METHODS
+
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    assert all(m.grammar in out for m in METHODS.values()) and {"binary", "uniform", "gptq", "recon", "mixed", "qat"} <= set(METHODS)
 
 
 def test_calibration_dir_errors(tmp_path):

@@ -7,14 +7,14 @@ import pytest
 import torch
 
 from bench.cli import main
-from upstream_quant.binary import BinaryConfig
+from upstream_quant.methods.binary import BinaryConfig
 from upstream_quant.deploy import (
     DeployError, Int4WeightLayer, Int8DynamicLayer, PackedLayer, deploy, resident_weight_bytes, unpack, why_not,
 )
 from upstream_quant.packed import load_packed, pack_codes, save_packed, unpack_codes
 from upstream_quant.qweight import QuantizedLayer
 from upstream_quant.quantize import quantize
-from upstream_quant.uniform import UniformConfig
+from upstream_quant.methods.uniform import UniformConfig
 
 
 @pytest.mark.parametrize("bits", range(1, 9))
@@ -81,7 +81,7 @@ def test_int4_weight_runs_pytorchs_kernel_close_to_the_reference(tiny_hubert, ba
 
 
 def test_auto_takes_int8_kernels_where_they_run_and_packed_elsewhere(tiny_hubert):
-    from upstream_quant.mixed import MixedPrecisionConfig
+    from upstream_quant.methods.mixed import MixedPrecisionConfig
     from upstream_quant.quantize import target_layers
 
     layers = sorted(target_layers(tiny_hubert, ("transformer",)))

@@ -10,12 +10,12 @@ import torch
 from torch import nn
 
 from upstream_quant import compat
-from upstream_quant.binary import BinaryConfig
-from upstream_quant.gptq import GPTQConfig
+from upstream_quant.methods.binary import BinaryConfig
+from upstream_quant.methods.gptq import GPTQConfig
 from upstream_quant.qweight import QuantizedLayer
 from upstream_quant.quantize import quantize
-from upstream_quant.recon import ReconConfig
-from upstream_quant.uniform import UniformConfig
+from upstream_quant.methods.recon import ReconConfig
+from upstream_quant.methods.uniform import UniformConfig
 
 compat.ensure_torchaudio()  # transformers imports torchaudio when it is installed
 from transformers import Wav2Vec2Config, Wav2Vec2Model, WhisperConfig  # noqa: E402

@@ -11,13 +11,13 @@ import soundfile as sf
 import torch
 
 from bench.cli import main
-from upstream_quant.binary import BinaryConfig
+from upstream_quant.methods.binary import BinaryConfig
 from upstream_quant.calibration import CalibrationError, check_calibration
 from upstream_quant.io import write_atomic
-from upstream_quant.mixed import BudgetError, SizeModel, allocate_bits
+from upstream_quant.methods.mixed import BudgetError, SizeModel, allocate_bits
 from upstream_quant.packed import save_packed
 from upstream_quant.quantize import quantize
-from upstream_quant.uniform import UniformConfig
+from upstream_quant.methods.uniform import UniformConfig
 
 
 @pytest.mark.parametrize("act_bits", [0, 1, 17, 99])

@@ -7,12 +7,12 @@ import torch
 from torch import nn
 
 from bench.cli import main
-from upstream_quant.mixed import (
+from upstream_quant.methods.mixed import (
     BudgetError, MixedPrecisionConfig, SizeModel, allocate_bits, coverage, mixed_precision, sensitivity, size_model,
 )
 from upstream_quant.packed import load_packed
 from upstream_quant.quantize import quantize
-from upstream_quant.uniform import UniformConfig, quantize_uniform
+from upstream_quant.methods.uniform import UniformConfig, quantize_uniform
 
 
 def _sizes(n=6):

@@ -13,7 +13,7 @@ from upstream_quant.accounting import cost_report, model_cost
 from upstream_quant.packed import load_packed, save_packed
 from upstream_quant.qweight import QuantizedLayer
 from upstream_quant.quantize import quantize
-from upstream_quant.uniform import UniformConfig
+from upstream_quant.methods.uniform import UniformConfig
 
 from conftest import tiny_corpus, tiny_suite_toml
 

@@ -16,11 +16,11 @@ import torch
 
 from bench.suites import Overrides, SuiteError, load_suite
 from upstream_quant.accounting import model_cost, stored_bytes
-from upstream_quant.binary import BinaryConfig
-from upstream_quant.mixed import MixedPrecisionConfig
+from upstream_quant.methods.binary import BinaryConfig
+from upstream_quant.methods.mixed import MixedPrecisionConfig
 from upstream_quant.packed import save_packed
 from upstream_quant.quantize import quantize, target_layers
-from upstream_quant.uniform import UniformConfig
+from upstream_quant.methods.uniform import UniformConfig
 
 from conftest import tiny_corpus, tiny_suite_toml
 
@@ -65,7 +65,7 @@ def test_activation_bits_lower_the_estimated_runtime(tiny_hubert):
 
 
 def test_mixed_size_model_agrees_with_the_packed_file(tiny_hubert, tmp_path):
-    from upstream_quant.mixed import coverage, size_model
+    from upstream_quant.methods.mixed import coverage, size_model
 
     layers = coverage(tiny_hubert, "transformer")
     sizes = size_model(tiny_hubert, layers)

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from upstream_quant.packed import load_packed, save_packed
-from upstream_quant.qat import FakeQuantLinear, QATConfig, export, prepare_qat, train_qat
+from upstream_quant.methods.qat import FakeQuantLinear, QATConfig, export, prepare_qat, train_qat
 from upstream_quant.qweight import QuantizedLayer
 
 

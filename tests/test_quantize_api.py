@@ -9,12 +9,12 @@ import pytest
 import torch
 from torch import nn
 
-from upstream_quant.binary import BinaryConfig
+from upstream_quant.methods.binary import BinaryConfig
 from upstream_quant.calibration import CalibrationError, LayerStats
-from upstream_quant.gptq import GPTQConfig
+from upstream_quant.methods.gptq import GPTQConfig
 from upstream_quant.qweight import QuantizedLayer
 from upstream_quant.quantize import METHODS, quantize
-from upstream_quant.uniform import UniformConfig, quantize_uniform
+from upstream_quant.methods.uniform import UniformConfig, quantize_uniform
 
 
 class Block(nn.Module):

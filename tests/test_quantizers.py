@@ -2,13 +2,13 @@ import pytest
 import torch
 from torch import nn
 
-from upstream_quant.binary import BinaryConfig, binarize
+from upstream_quant.methods.binary import BinaryConfig, binarize
 from upstream_quant.calibration import CalibrationError, LayerStats
-from upstream_quant.gptq import GPTQConfig, quantize_gptq
+from upstream_quant.methods.gptq import GPTQConfig, quantize_gptq
 from upstream_quant.packed import PackedFileError, load_packed, pack_codes, save_packed, unpack_codes
 from upstream_quant.qweight import QuantizedLayer
 from upstream_quant.quantize import quantize
-from upstream_quant.uniform import UniformConfig, quantize_uniform
+from upstream_quant.methods.uniform import UniformConfig, quantize_uniform
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ from upstream_quant import compat
 from upstream_quant.packed import save_packed
 from upstream_quant.quantize import quantize
 from upstream_quant.s3prl_bridge import S3PRLCompatible, UpstreamExpert
-from upstream_quant.uniform import UniformConfig
+from upstream_quant.methods.uniform import UniformConfig
 
 
 def test_s3prl_featurizer_and_expert_take_a_quantized_upstream(tiny_hubert, batch, tmp_path):

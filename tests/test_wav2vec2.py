@@ -6,7 +6,7 @@ import torch
 from upstream_quant import load_upstream
 from upstream_quant.accounting import inventory_summary, param_inventory
 from upstream_quant.checkpoints import CheckpointError
-from upstream_quant.gptq import GPTQConfig
+from upstream_quant.methods.gptq import GPTQConfig
 from upstream_quant.packed import load_packed, save_packed
 from upstream_quant.quantize import quantize
 from upstream_quant.upstreams.wav2vec2 import build_wav2vec2

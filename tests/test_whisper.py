@@ -12,7 +12,7 @@ from upstream_quant.loading import load_upstream
 from upstream_quant.packed import load_packed, save_packed
 from upstream_quant.qweight import QuantizedLayer
 from upstream_quant.quantize import quantize
-from upstream_quant.uniform import UniformConfig
+from upstream_quant.methods.uniform import UniformConfig
 from upstream_quant.upstreams.whisper import (
     WeightsFileError, build_whisper, load_ctranslate2_whisper, load_whisper_checkpoint, save_whisper,
     sinusoids, slaney_mel_filters, wheel_model_path,

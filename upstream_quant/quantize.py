@@ -1,6 +1,8 @@
 """`quantize(module, config)`: the one entry point for weight quantization, in the spirit of
-torchao's `quantize_`. A method is a frozen config dataclass plus a function registered here;
-adding one touches nothing else."""
+torchao's `quantize_`. A method is a frozen config dataclass plus a per-layer function, which
+its module under methods/ registers here (`register_method`, through `methods.register`); this
+module names no method: a config's own attributes say what it needs (``needs_calibration``,
+``needs_hessian``, ``needs_grads``, ``sequential``, ``layer_types``, ``per_layer``)."""
 from __future__ import annotations
 
 import copy
@@ -12,25 +14,16 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .binary import BinaryConfig, binarize
 from .calibration import CalibrationError, collect_stats
-from .gptq import GPTQConfig, quantize_gptq
-from .recon import ReconConfig, quantize_recon_init, refine_block
 from .qweight import QuantizedLayer, QuantizedWeight, check_act_bits, check_group_size
 from .select import ALL, FilterFn, select_layers, targets_record  # noqa: F401 (ALL: re-exported)
 from .sequential import quantize_sequential
-from .uniform import UniformConfig, quantize_uniform
 
-Method = Callable[..., QuantizedWeight]
-METHODS: dict[type, Method] = {
-    BinaryConfig: lambda w, cfg, stats: binarize(w, cfg),
-    UniformConfig: quantize_uniform,
-    GPTQConfig: quantize_gptq,
-    ReconConfig: quantize_recon_init,
-}
+Method = Callable[..., QuantizedWeight]  # (weight, config, layer statistics or None) -> QuantizedWeight
+METHODS: dict[type, Method] = {}
 # Block-level methods: after a block's layers are quantized (sequentially), refine(config, block,
 # path, layers, calls, inputs, targets) improves them against the full-precision block's output.
-REFINERS: dict[type, Callable] = {ReconConfig: refine_block}
+REFINERS: dict[type, Callable] = {}
 
 
 def register_method(config_cls: type, fn: Method, refine: Callable | None = None) -> None:

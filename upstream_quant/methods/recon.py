@@ -25,8 +25,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .gptq import GPTQConfig, gptq
-from .qweight import QuantizedLayer, QuantizedWeight
-from .sequential import Call, Segment, first_output
+from ..qweight import QuantizedLayer, QuantizedWeight
+from ..sequential import Call, Segment, first_output
+from . import MethodSpec, common_label, parse_options, register
 
 ZETA, GAMMA = 1.1, -0.1  # AdaRound's stretch of the sigmoid, so that 0 and 1 are reached
 
@@ -169,3 +170,20 @@ def refine_block(config: ReconConfig, block: nn.Module, path: str, layers: dict[
         for name, layer in layers.items():
             block.set_submodule(name, layer)
     return {"block": path, "gptq_error": start_error, "recon_error": end_error, "kept": kept}
+
+
+def _parse(token: str, bits: int, options: list[str]) -> dict:
+    return parse_options(token, options, group=True, act=True, asym=True, steps="steps")
+
+
+def _config(spec, targets: tuple = ("transformer",)) -> ReconConfig:
+    sym = {} if spec.symmetric is None else {"symmetric": spec.symmetric}
+    steps = {} if spec.steps is None else {"steps": spec.steps}
+    return ReconConfig(bits=spec.bits, group_size=spec.group_size, act_bits=spec.act_bits, targets=targets, **sym, **steps)
+
+
+register(MethodSpec(
+    name="recon", summary="GPTQ, then block-wise reconstruction of the rounding and scales against the "
+    "full-precision block (label-free)",
+    grammar="recon:BITS[:gN][:asym|sym][:sSTEPS][:aN]", parse=_parse, label=common_label, config=_config,
+    calibrates=lambda spec: True, order=5, config_cls=ReconConfig, weight_fn=quantize_recon_init, refine=refine_block))

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .qweight import QuantizedWeight, grouped
+from ..qweight import QuantizedWeight, grouped
+from . import MethodSpec, common_label, parse_options, register
 
 
 @dataclass(frozen=True)
@@ -31,3 +32,21 @@ def binarize(weight: torch.Tensor, config: BinaryConfig) -> QuantizedWeight:
     scale = (2 * alpha).squeeze(-1)
     zero = (0.5 - mean / (2 * alpha)).squeeze(-1)
     return QuantizedWeight(codes.reshape(weight.shape), scale, zero, 1, config.group_size, "binary")
+
+
+def _parse(token: str, bits: int, options: list[str]) -> dict:
+    if bits != 1:
+        raise ValueError(f"quantization {token!r}: binary weights are 1 bit (binary:1)")
+    return parse_options(token, options, group=True, act=True)
+
+
+def _config(spec, targets: tuple = ("transformer",)) -> BinaryConfig:
+    if spec.symmetric is not None:
+        raise ValueError("binary weights have no asymmetric variant (use center=True through the Python API)")
+    return BinaryConfig(group_size=spec.group_size, act_bits=spec.act_bits, targets=targets)
+
+
+register(MethodSpec(
+    name="binary", summary="1-bit sign weights with a mean-magnitude scale per row or group (XNOR-Net)",
+    grammar="binary:1[:gN][:aN]", parse=_parse, label=common_label, config=_config, order=2, bit_range=(1, 1),
+    config_cls=BinaryConfig, weight_fn=lambda w, cfg, stats: binarize(w, cfg)))

@@ -16,8 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .qweight import QuantizedLayer, QuantizedWeight
-from .quantize import copy_module, target_layers
+from ..qweight import QuantizedLayer, QuantizedWeight
+from ..quantize import copy_module, target_layers
+from . import MethodSpec, register
 
 
 def _fp16(x: torch.Tensor) -> torch.Tensor:
@@ -98,7 +99,7 @@ class QATConfig:
     seed: int = 0
 
     def __post_init__(self):
-        from .distill import check_schedule
+        from ..distill import check_schedule
 
         check_schedule(self)
 
@@ -128,7 +129,7 @@ def export(model: nn.Module, config: QATConfig) -> nn.Module:
 def _lightning_module():
     import lightning as L
 
-    from .distill import distill_loss
+    from ..distill import distill_loss
 
     class QATLightning(L.LightningModule):
         """Frozen full-precision teacher (eval, no grad), fake-quantized student on every hidden state."""
@@ -167,7 +168,7 @@ def train_qat(upstream: nn.Module, audio: list, config: QATConfig, work_dir,
               callbacks: list | None = None, num_workers: int | None = None) -> tuple[nn.Module, dict]:
     """QAT of ``upstream`` on unlabelled ``audio`` (waveforms, or file paths streamed from disk);
     returns the exported quantized model and a summary. Resumes from ``work_dir/last.ckpt``."""
-    from .distill import fit_unlabelled
+    from ..distill import fit_unlabelled
 
     torch.manual_seed(config.seed)
     student = prepare_qat(upstream, config).train()
@@ -178,3 +179,44 @@ def train_qat(upstream: nn.Module, audio: list, config: QATConfig, work_dir,
     tail = losses[-20:] or [float("nan")]
     return model, {"steps": int(trainer.global_step), "seconds": round(seconds, 1), "first_loss": losses[0] if losses else None,
                    "final_loss": sum(tail) / len(tail), "loss_curve": losses[:: max(1, len(losses) // 50)]}
+
+
+# ---------------------------------------------------------------- suite token
+
+OPTION_FIELDS = ("steps", "batch_size", "lr", "scale_lr", "crop_seconds", "max_hours", "num_workers")
+
+
+def _parse(token: str, bits: int, options: list[str]) -> dict:
+    """``qat:BITS[:sSTEPS]`` (1 bit: binary weights, else uniform); 300 steps unless given."""
+    out = {"qat_steps": 300}
+    for opt in options:
+        if opt[:1] == "s" and opt[1:].isdigit():
+            out["qat_steps"] = int(opt[1:])
+        else:
+            raise ValueError(f"quantization {token!r}: unknown option {opt!r} (sSTEPS)")
+    return out
+
+
+def _build(base: nn.Module, spec, context) -> tuple[nn.Module, dict]:
+    """Distil the quantized student from ``base`` on the data's training audio, streamed from
+    disk; ``--set qat.FIELD=VALUE`` (``context.options``) overrides the schedule."""
+    from ..upstream import pick_device
+
+    opts = dict(context.options)
+    max_hours = opts.pop("max_hours", None)
+    workers = opts.pop("num_workers", None)
+    opts.setdefault("steps", spec.qat_steps)
+    config = QATConfig(method="binary" if spec.bits == 1 else "uniform", bits=spec.bits, seed=context.seed,
+                       **{k: (int(v) if k in ("steps", "batch_size") else float(v)) for k, v in opts.items()})
+    device = pick_device(context.device)
+    model, summary = train_qat(base, context.unlabelled_files(max_hours), config, context.work_dir,
+                               accelerator="gpu" if device.type == "cuda" else "cpu", devices=context.devices,
+                               progress=context.progress, num_workers=workers)
+    return model, {"qat": summary}
+
+
+register(MethodSpec(
+    name="qat", summary="quantization-aware distillation from the full-precision upstream on unlabelled audio "
+    "(1 bit: binary, else uniform)",
+    grammar="qat:BITS[:sSTEPS]", parse=_parse, label=lambda spec: f"qat{spec.bits}", build=_build, trains=True,
+    option_fields=OPTION_FIELDS, order=1))

@@ -27,10 +27,11 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .accounting import StoredWeight, stored_bytes, under_any, weight_bytes
-from .calibration import check_calibration
-from .quantize import effective_weight, target_layers
+from ..accounting import StoredWeight, stored_bytes, under_any, weight_bytes
+from ..calibration import check_calibration
+from ..quantize import effective_weight, target_layers
 from .uniform import UniformConfig, quantize_uniform
+from . import MethodSpec, register
 
 STATISTICS = ("median", "mean", "max", "l1", "l2")
 ORDERS = ("descending", "ascending", "shuffled")
@@ -231,7 +232,7 @@ def mixed_precision(upstream: nn.Module, wavs: Sequence[torch.Tensor], budget_mb
                     seed: int = 0, progress: bool = False) -> tuple[nn.Module, dict]:
     """The whole method: sensitivity on ``wavs``, allocation to ``budget_mb``, quantization.
     Returns the quantized copy and a report (scores, bit map, sizes)."""
-    from .quantize import quantize
+    from ..quantize import quantize
 
     if not wavs:
         raise ValueError("mixed precision needs calibration audio: the calibration set is empty")
@@ -259,7 +260,7 @@ def plot_bit_map(report: dict, path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .io import write_atomic
+    from ..io import write_atomic
 
     layers = report["layers"]
     fig, ax = plt.subplots(figsize=(max(6, 0.12 * len(layers)), 3.5))
@@ -274,3 +275,52 @@ def plot_bit_map(report: dict, path) -> None:
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     write_atomic(path, buf.getvalue())
+
+
+# ---------------------------------------------------------------- suite token
+
+ORDERS = ("descending", "ascending", "shuffled")
+SCALE_SEARCHES = ("minmax", "cosine", "hessian")
+
+
+def _parse(token: str, _bits, options: list[str]) -> dict:
+    """``mixed:BUDGET_MB[:calib=GROUP][:ORDER][:minmax|cosine|hessian][:aN]``; GROUP: F, M, a
+    speaker id, a data table of the suite, or 'all' (the head's training split)."""
+    if not options:
+        raise ValueError(f"quantization {token!r}: expected mixed:BUDGET_MB[:calib=GROUP][:ORDER], e.g. 'mixed:4.5:calib=F'")
+    try:
+        out = {"bits": 0, "budget_mb": float(options[0])}
+    except ValueError:
+        raise ValueError(f"quantization {token!r}: budget {options[0]!r} is not a number of MB") from None
+    for opt in options[1:]:
+        if opt.startswith("calib="):
+            out["calib"] = opt.removeprefix("calib=")
+        elif opt in ORDERS:
+            out["order"] = opt
+        elif opt in SCALE_SEARCHES:
+            out["clip"] = opt
+        elif opt[:1] == "a" and opt[1:].isdigit():
+            out["act_bits"] = int(opt[1:])
+        else:
+            raise ValueError(f"quantization {token!r}: unknown option {opt!r} (calib=GROUP, {'|'.join(ORDERS)}, "
+                             f"{'|'.join(SCALE_SEARCHES)}, aN)")
+    return out
+
+
+def _label(spec) -> str:
+    extra = "".join(f"-{x}" for x in (spec.order if spec.order != "descending" else None,
+                                       spec.clip if spec.clip != "minmax" else None) if x)
+    return f"mixed{spec.budget_mb:g}MB-{spec.calib}{extra}"
+
+
+def _build(base: nn.Module, spec, context) -> tuple[nn.Module, dict]:
+    model, report = mixed_precision(base, context.calibration(spec.calib), spec.budget_mb, order=spec.order,
+                                    clip=spec.clip, act_bits=spec.act_bits, seed=context.seed)
+    return model, {"mixed": report}
+
+
+register(MethodSpec(
+    name="mixed", summary="myQASR: per-layer bit widths to a memory budget from label-free sensitivity "
+    "(calibration audio of a group)",
+    grammar="mixed:BUDGET_MB[:calib=GROUP][:descending|ascending|shuffled][:minmax|cosine|hessian][:aN]",
+    parse=_parse, label=_label, build=_build, calibrates=lambda spec: True, bits=False))

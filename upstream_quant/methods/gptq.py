@@ -23,9 +23,10 @@ from dataclasses import dataclass
 
 import torch
 
-from .calibration import LayerStats
-from .qweight import QuantizedWeight, grouped
+from ..calibration import LayerStats
+from ..qweight import QuantizedWeight, grouped
 from .uniform import minmax_params, round_codes, search_range
+from . import MethodSpec, common_label, parse_options, register
 
 SCALE_SEARCHES = ("minmax", "hessian")
 
@@ -118,3 +119,20 @@ def gptq(weight: torch.Tensor, stats: LayerStats | None, config: GPTQConfig) -> 
 
 def quantize_gptq(weight: torch.Tensor, config: GPTQConfig, stats: LayerStats | None) -> QuantizedWeight:
     return gptq(weight, stats, config)[0]
+
+
+def _parse(token: str, bits: int, options: list[str]) -> dict:
+    return parse_options(token, options, group=True, act=True, asym=True, flags=("plain",))
+
+
+def _config(spec, targets: tuple = ("transformer",)) -> GPTQConfig:
+    sym = {} if spec.symmetric is None else {"symmetric": spec.symmetric}
+    variant = {"sequential": False, "act_order": False, "scale_search": "minmax"} if spec.plain else {}
+    return GPTQConfig(bits=spec.bits, group_size=spec.group_size, act_bits=spec.act_bits, targets=targets, **sym, **variant)
+
+
+register(MethodSpec(
+    name="gptq", summary="GPTQ: error-compensating rounding from calibration inputs (sequential, act-order, "
+    "Hessian range search; plain: as first published)",
+    grammar="gptq:BITS[:gN][:asym|sym][:plain][:aN]", parse=_parse, label=common_label, config=_config,
+    calibrates=lambda spec: True, order=4, config_cls=GPTQConfig, weight_fn=quantize_gptq))

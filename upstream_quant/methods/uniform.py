@@ -11,8 +11,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .calibration import LayerStats
-from .qweight import QuantizedWeight, dequantize, grouped
+from ..calibration import LayerStats
+from ..qweight import QuantizedWeight, dequantize, grouped
+from . import MethodSpec, common_label, parse_options, register
 
 CLIP_METHODS = ("minmax", "mse", "output", "cosine", "hessian")
 
@@ -144,3 +145,20 @@ def _cosine(ref, x, cand, config, shape) -> float:
     deq = dequantize(codes.reshape(shape[0], -1), scale.half().float(), zero.half().float(), config.group_size)
     out = F.linear(x, deq)
     return float(F.cosine_similarity(ref.flatten(), out.flatten(), dim=0))
+
+
+def _parse(token: str, bits: int, options: list[str]) -> dict:
+    return parse_options(token, options, group=True, clips=CLIP_METHODS, act=True)
+
+
+def _config(spec, targets: tuple = ("transformer",)) -> UniformConfig:
+    sym = {} if spec.symmetric is None else {"symmetric": spec.symmetric}
+    return UniformConfig(bits=spec.bits, group_size=spec.group_size, clip=spec.clip, act_bits=spec.act_bits,
+                         targets=targets, **sym)
+
+
+register(MethodSpec(
+    name="uniform", summary="round-to-nearest k-bit levels; min-max, weight-MSE, output-aware, cosine or Hessian ranges",
+    grammar=f"uniform:BITS[:gN][:{'|'.join(CLIP_METHODS)}][:aN]", parse=_parse, label=common_label, config=_config,
+    calibrates=lambda spec: spec.clip in ("cosine", "output", "hessian"), order=3, bit_range=(2, 8),
+    config_cls=UniformConfig, weight_fn=quantize_uniform))
