@@ -402,9 +402,6 @@ def _cmd_data(args: argparse.Namespace) -> int:
 
 def calibration_audio(args: argparse.Namespace) -> list:
     """Unlabelled calibration waveforms from a folder, or a speaker's / gender's utterances of a corpus."""
-    import torch
-
-    from downstream import audio
     from downstream.librispeech import load_librispeech
     from upstream_quant.calibration import load_calibration_dir
 
@@ -417,7 +414,7 @@ def calibration_audio(args: argparse.Namespace) -> list:
         raise ValueError("--speaker/--gender select utterances of a LibriSpeech-layout corpus: add --corpus ROOT")
     corpus = load_librispeech(args.corpus, args.splits.split(","), speakers=[args.speaker] if args.speaker else None,
                               gender=args.gender)
-    return [torch.from_numpy(audio.read(u.path)) for u in corpus.sample(args.count, seed=args.seed)]
+    return corpus.waveforms(args.count, seed=args.seed)
 
 
 def _cmd_mixed(args: argparse.Namespace) -> int:

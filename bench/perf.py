@@ -139,7 +139,6 @@ def perf_qat(corpus: str = "data/synth/digits", steps: int = 150, count: int = 6
 
     import torch.nn.functional as F
 
-    from downstream import audio
     from downstream.librispeech import load_librispeech
     from upstream_quant import load_upstream
     from upstream_quant.methods.binary import BinaryConfig
@@ -149,7 +148,7 @@ def perf_qat(corpus: str = "data/synth/digits", steps: int = 150, count: int = 6
     from upstream_quant.methods.uniform import UniformConfig
 
     fp = load_upstream("whisper_tiny_en", device="cpu")
-    load = lambda split, n: [torch.from_numpy(audio.read(u.path)) for u in load_librispeech(corpus, [split]).sample(n)]  # noqa: E731
+    load = lambda split, n: load_librispeech(corpus, [split]).waveforms(n)  # noqa: E731
     train_files = [u.path for u in load_librispeech(corpus, ["train"]).utterances]  # QAT streams them from disk
     calib, test = load("train", 32), load("test", count)
 

@@ -159,12 +159,8 @@ class Runner:
         """Unlabelled calibration audio from the training split of the head's data: ``count``
         utterances (32, or ``--set calibration.count=N``) drawn at random (seeded by the run), of
         one gender (F/M) or speaker when ``group`` says so."""
-        import torch
-
-        from downstream import audio
-
         count = int(run.options.get("calibration", {}).get("count", 32))
-        return [torch.from_numpy(audio.read(u.path)) for u in self._train_corpus(run, group).sample(count, seed=run.seed)]
+        return self._train_corpus(run, group).waveforms(count, seed=run.seed)
 
     def unlabelled_files(self, run: RunSpec, max_hours: float | None) -> list[str]:
         """Paths of the training split's audio (streamed from disk by QAT), at most ``max_hours``

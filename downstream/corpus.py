@@ -79,6 +79,15 @@ class Corpus:
         keep = set(random.Random(seed).sample(range(len(self.utterances)), count))
         return [u for i, u in enumerate(self.utterances) if i in keep]
 
+    def waveforms(self, count: int, seed: int = 0) -> list:
+        """The audio of ``count`` utterances drawn as `sample` draws them, as 1-D float32 tensors:
+        the unlabelled calibration audio the commands and the runner hand to the methods."""
+        import torch
+
+        from . import audio
+
+        return [torch.from_numpy(audio.read(u.path, start=u.offset, frames=u.frames)) for u in self.sample(count, seed)]
+
     @property
     def hours(self) -> float:
         return sum(u.duration for u in self.utterances) / 3600

@@ -10,7 +10,7 @@ import soundfile as sf
 from downstream.datamodule import DataConfig
 from downstream.fluent_commands import load_fluent_commands
 from downstream.phonemes import LexiconError, Phonemizer, espeak_lexicon
-from downstream.tasks import TASKS, TaskConfig, get_task, preset
+from downstream.tasks import TASKS, get_task, preset
 from downstream.train import evaluate, train_and_evaluate
 from upstream_quant.loading import load_upstream
 

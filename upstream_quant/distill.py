@@ -75,32 +75,50 @@ class PredictionHeads(nn.Module):
         return [h(x) for h in self.heads]
 
 
-class DistillModule(L.LightningModule):
-    """Lightning module: frozen teacher (eval, no grad), trainable student and heads."""
+class TeacherStudent(L.LightningModule):
+    """The one teacher-to-student training module (distillation and QAT): a frozen teacher run
+    under no_grad (held in a list, so it is neither a submodule nor saved), a trainable student;
+    a subclass gives ``terms(wavs, lengths, targets) -> {name: (weight, loss)}``, whose weighted
+    sum is the loss (each term logged under its name), and its optimizer."""
 
-    def __init__(self, student: Upstream, teacher: Upstream, config: DistillConfig):
+    def __init__(self, student: nn.Module, teacher: nn.Module):
         super().__init__()
-        self.student, self.config = student, config
-        self.heads = PredictionHeads(student.hidden_size, teacher.hidden_size, len(config.teacher_layers))
-        self.teacher = [teacher.eval()]  # a list: not a submodule, not saved; used under no_grad
+        self.student = student
+        self.teacher = [teacher.eval()]
 
-    def forward(self, wavs: torch.Tensor, lengths: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-        states, lens = self.student(wavs, lengths)
-        return self.heads(states[-1]), lens[-1]
+    def terms(self, wavs: torch.Tensor, lengths: torch.Tensor, targets: list[torch.Tensor]) -> dict:
+        raise NotImplementedError
 
     def training_step(self, batch, _idx):
         wavs, lengths = batch
         teacher = self.teacher[0].to(wavs.device)
         with torch.no_grad():
             targets, _ = teacher(wavs, lengths)
-        preds, lens = self(wavs, lengths)
-        losses = [distill_loss(p, targets[i][:, : p.shape[1]], lens, self.config.cos_weight)
-                  for p, i in zip(preds, self.config.teacher_layers)]
-        loss = torch.stack(losses).sum()
+        terms = self.terms(wavs, lengths, targets)
+        loss = torch.stack([w * part for w, part in terms.values()]).sum()
         self.log("loss", loss, prog_bar=True)
-        for i, part in zip(self.config.teacher_layers, losses):
-            self.log(f"loss_layer{i}", part)
+        for name, (_, part) in terms.items():
+            self.log(name, part)
         return loss
+
+
+class DistillModule(TeacherStudent):
+    """DistilHuBERT: prediction heads on the student's last state regress chosen teacher layers
+    (their losses summed)."""
+
+    def __init__(self, student: Upstream, teacher: Upstream, config: DistillConfig):
+        super().__init__(student, teacher)
+        self.config = config
+        self.heads = PredictionHeads(student.hidden_size, teacher.hidden_size, len(config.teacher_layers))
+
+    def forward(self, wavs: torch.Tensor, lengths: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        states, lens = self.student(wavs, lengths)
+        return self.heads(states[-1]), lens[-1]
+
+    def terms(self, wavs, lengths, targets):
+        preds, lens = self(wavs, lengths)
+        return {f"loss_layer{i}": (1.0, distill_loss(p, targets[i][:, : p.shape[1]], lens, self.config.cos_weight))
+                for p, i in zip(preds, self.config.teacher_layers)}
 
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]

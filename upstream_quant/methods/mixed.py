@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from ..accounting import StoredWeight, stored_bytes, under_any, weight_bytes
-from ..calibration import check_calibration
+from ..calibration import check_calibration, removing, run_calibration
 from ..quantize import effective_weight, target_layers
 from .uniform import UniformConfig, quantize_uniform
 from . import MethodSpec, register
@@ -89,17 +89,12 @@ def sensitivity(upstream: nn.Module, wavs: Sequence[torch.Tensor], layers: dict[
                 samples[name].append(flat.cpu())
         return fn
 
-    handles = [layer.register_forward_hook(hook(name)) for name, layer in layers.items()]
     was_training = upstream.training
     upstream.eval()
-    device = next(upstream.parameters()).device
-    try:
-        with torch.no_grad():
-            for wav in wavs:  # one at a time: no padding enters the statistics
-                upstream(wav[None].to(device), torch.tensor([wav.numel()], device=device))
+    try:  # waveforms run one at a time: no padding enters the statistics
+        with removing([layer.register_forward_hook(hook(name)) for name, layer in layers.items()]):
+            run_calibration(upstream, list(wavs))
     finally:
-        for h in handles:
-            h.remove()
         upstream.train(was_training)
     if statistic == "median":
         return {n: float(torch.cat(s).median()) for n, s in samples.items()}

@@ -127,32 +127,24 @@ def export(model: nn.Module, config: QATConfig) -> nn.Module:
 
 
 def _lightning_module():
-    import lightning as L
+    from ..distill import TeacherStudent, distill_loss
 
-    from ..distill import distill_loss
-
-    class QATLightning(L.LightningModule):
-        """Frozen full-precision teacher (eval, no grad), fake-quantized student on every hidden state."""
+    class QATLightning(TeacherStudent):
+        """The fake-quantized student matches the full-precision teacher on every hidden state
+        (``layer_weights`` weight them), learning its scales at their own rate."""
 
         def __init__(self, student: nn.Module, teacher: nn.Module, config: QATConfig):
-            super().__init__()
-            self.student, self.config = student, config
-            self.teacher = [teacher.eval()]  # used under no_grad; the caller's module is not modified
+            super().__init__(student, teacher)
+            self.config = config
 
-        def training_step(self, batch, _idx):
-            wavs, lengths = batch
-            teacher = self.teacher[0].to(wavs.device)
-            with torch.no_grad():
-                targets, _ = teacher(wavs, lengths)
+        def terms(self, wavs, lengths, targets):
             preds, lens = self.student(wavs, lengths)
             weights = self.config.layer_weights or (1.0,) * len(preds)
             if len(weights) != len(preds):
                 raise ValueError(f"layer_weights has {len(weights)} entries; the upstream has {len(preds)} hidden states")
-            losses = [w * distill_loss(p, t, lens[i], self.config.cos_weight)
-                      for i, (w, p, t) in enumerate(zip(weights, preds, targets)) if w]
-            loss = torch.stack(losses).sum() / sum(weights)
-            self.log("loss", loss, prog_bar=True)
-            return loss
+            total = sum(weights)
+            return {f"loss_state{i}": (w / total, distill_loss(p, t, lens[i], self.config.cos_weight))
+                    for i, (w, p, t) in enumerate(zip(weights, preds, targets)) if w}
 
         def configure_optimizers(self):
             scales = [p for n, p in self.student.named_parameters() if n.endswith(".scale")]
