@@ -381,12 +381,20 @@ def preflight(suite: Suite, runs: list[RunSpec]) -> tuple[list[str], list[str]]:
     from upstream_quant.loading import weights_status
 
     runner, notes, problems = Runner(suite, DEFAULT_STORE, progress=False), [], []
+    from downstream.tasks import get_task
+
     for run in runs:
         for check in (runner.task_config, runner.data_config):
             try:
                 check(run)
             except ValueError as exc:
                 problems.append(str(exc))
+        try:
+            problem = get_task(run.task).check(runner.task_config(run))
+        except ValueError:
+            problem = None  # reported above
+        if problem:
+            problems.append(f"{suite.path}: [schedule.{run.task}] {problem}")
     for name in sorted({r.data for r in runs} | {r.head_data for r in runs}):
         table = suite.data_tables[name]
         for key in LOCATION_FIELDS:

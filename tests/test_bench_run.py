@@ -67,6 +67,11 @@ def test_shipped_suites_parse_and_expand():
     shards = [select(mini.runs, shard=f"{i}/3") for i in range(3)]
     assert sorted(r.config_hash for s in shards for r in s) == sorted(hashes)
     assert all("gptq" in r.name for r in select(mini.runs, only="*gptq*"))
+    # the plug-in tasks run in mini on their own data; the post-training ablations in mini-ptq
+    assert {(r.task, r.data) for r in mini.runs} == {("asr", "digits"), ("pr", "digits"), ("ic", "intents")}
+    assert {r.quant.method for r in load_suite("mini-ptq").runs} == {"uniform", "gptq", "recon"}
+    superb = load_suite("paper-superb")
+    assert {r.task for r in superb.runs} == {"asr", "pr", "ic", "ks"} and {r.upstream for r in superb.runs} == {"hubert_base", "distilhubert"}
 
 
 def test_suite_errors_name_file_and_field(tmp_path, tiny_suite):

@@ -70,7 +70,9 @@ class TaskSpec:
     selection monitors, ``module.metric_mode`` its direction); ``layouts``: data layouts it reads
     (see downstream.datamodule.LAYOUTS); ``presets``: named schedules a suite's ``preset`` picks,
     the first the default; ``balanced``: class-balanced training batches (SUPERB's KS sampler);
-    ``prepare(config, train_corpus)``: fills ``config.labels`` from the training data."""
+    ``prepare(config, train_corpus)``: fills ``config.labels`` from the training data;
+    ``check(config)``: what would stop a run before it starts (a missing lexicon), or None, for
+    dry runs."""
 
     name: str
     title: str
@@ -81,6 +83,7 @@ class TaskSpec:
     presets: dict[str, Callable[[], TaskConfig]]
     balanced: bool = False
     prepare: Callable[[TaskConfig, object], TaskConfig] = lambda config, corpus: config
+    check: Callable[[TaskConfig], str | None] = lambda config: None
 
     @property
     def mode(self) -> str:
