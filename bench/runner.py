@@ -110,6 +110,7 @@ class Runner:
 
         cfg = dict(table if table is not None else run.data_config)
         cfg.pop("head_data", None)
+        cfg.pop("model_audio", None)
         for key in ("train", "dev", "test", "speakers"):
             if cfg.get(key) is not None:
                 cfg[key] = tuple(str(x) for x in cfg[key])
@@ -144,11 +145,12 @@ class Runner:
         return self._upstreams[key]
 
     def _train_corpus(self, run: RunSpec, group: str = "all"):
-        """The training split of the head's data, or of one group: F/M (gender), a speaker id,
-        or the name of another data table of the suite (its own speakers/gender filter)."""
+        """The training split of the data the model's audio comes from (`RunSpec.model_data`: the
+        head's data unless the table names ``model_audio``), or of one group: F/M (gender), a
+        speaker id, or the name of another data table of the suite (its own speakers/gender filter)."""
         if group in self.suite.data_tables:
             return self.data_config(run, self.suite.data_tables[group]).load("train")
-        data = self.data_config(run, self.suite.data_tables[run.head_data])
+        data = self.data_config(run, self.suite.data_tables[run.model_data])
         if group in ("F", "M"):
             data = dataclasses.replace(data, gender=group)
         elif group != "all":
@@ -156,7 +158,7 @@ class Runner:
         return data.load("train")
 
     def calibration(self, run: RunSpec, group: str = "all"):
-        """Unlabelled calibration audio from the training split of the head's data: ``count``
+        """Unlabelled calibration audio from the training split of the model's data: ``count``
         utterances (32, or ``--set calibration.count=N``) drawn at random (seeded by the run), of
         one gender (F/M) or speaker when ``group`` says so."""
         count = int(run.options.get("calibration", {}).get("count", 32))
@@ -266,7 +268,7 @@ class Runner:
         if config is not None:  # every setting of the method, defaults included: a changed default is a new model
             body["config"] = {k: v for k, v in dataclasses.asdict(config).items() if k != "targets"}
         if run.quant.calibrates or run.quant.trains:
-            table = self.suite.data_tables[run.head_data]
+            table = self.suite.data_tables[run.model_data]
             body |= {"audio": {k: v for k, v in table.items() if k not in LOCATION_FIELDS}, "seed": run.seed}
             if run.quant.calib in self.suite.data_tables:  # calibrated on that table
                 body["calib_audio"] = {k: v for k, v in self.suite.data_tables[run.quant.calib].items() if k not in LOCATION_FIELDS}

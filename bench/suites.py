@@ -199,6 +199,13 @@ class RunSpec:
         return self.data_config.get("head_data", self.data)
 
     @property
+    def model_data(self) -> str:
+        """The data whose training audio calibrates or trains the run's quantized model
+        (``model_audio`` in the data table, else the head's data): the tasks of a suite then
+        evaluate one model per method instead of one per task's corpus."""
+        return self.data_config.get("model_audio", self.head_data)
+
+    @property
     def needs_fp_upstream(self) -> bool:
         """Whether the run loads the full-precision upstream: all do but a ``packed:FILE`` run
         retrained on (its model is the file; a reuse head or a deploy measurement needs fp)."""
@@ -460,8 +467,9 @@ def _load_suite(name_or_path: str) -> Suite:
                     for data_name in group["data"]:
                         for seed in _field(group, "seeds", where, list, [0]):
                             dcfg = {k: v for k, v in data[data_name].items() if k != "synth"}
-                            if "head_data" in dcfg and dcfg["head_data"] not in data:
-                                raise SuiteError(f"{path}: [data.{data_name}] head_data {dcfg['head_data']!r} is not defined")
+                            for key in ("head_data", "model_audio"):
+                                if key in dcfg and dcfg[key] not in data:
+                                    raise SuiteError(f"{path}: [data.{data_name}] {key} {dcfg[key]!r} is not defined")
                             runs.append(RunSpec(name, upstream, quant, task, data_name, protocol, int(seed),
                                                 dict(schedules[task]) | overrides, dcfg))
     from upstream_quant.loading import known_upstreams

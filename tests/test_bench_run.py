@@ -69,7 +69,7 @@ def test_shipped_suites_parse_and_expand():
     assert all("gptq" in r.name for r in select(mini.runs, only="*gptq*"))
     # the plug-in tasks run in mini on their own data; the post-training ablations in mini-ptq
     assert {(r.task, r.data) for r in mini.runs} == {("asr", "digits"), ("pr", "digits"), ("ic", "intents")}
-    assert {r.quant.method for r in load_suite("mini-ptq").runs} == {"uniform", "gptq", "recon"}
+    assert {r.quant.method for r in load_suite("mini-ptq").runs} == {"uniform", "binary", "gptq", "recon"}
     superb = load_suite("paper-superb")
     assert {r.task for r in superb.runs} == {"asr", "pr", "ic", "ks"} and {r.upstream for r in superb.runs} == {"hubert_base", "distilhubert"}
 
@@ -136,4 +136,45 @@ def test_a_calibration_group_that_is_no_table_gender_or_speaker_is_refused(tmp_p
     bad = tmp_path / "personal.toml"
     bad.write_text(text.replace("calib=digits_espeak", "calib=digits_espeek", 1))
     with pytest.raises(SuiteError, match=r"calib='digits_espeek' is neither all, F, M, a speaker id nor a data table"):
+        load_suite(str(bad))
+
+
+def test_model_audio_lets_the_tasks_of_a_suite_share_one_quantized_model(tmp_path):
+    from bench.runner import Runner
+
+    def suite(model_audio: str) -> Path:
+        path = tmp_path / f"s{len(model_audio)}.toml"
+        path.write_text(f'''name = "share"
+[data.a]
+layout = "librispeech"
+root = "{tmp_path}/a"
+[data.b]
+layout = "fluent_speech_commands"
+root = "{tmp_path}/b"
+{model_audio}
+[schedule.asr]
+preset = "mini_asr"
+[schedule.ic]
+preset = "mini_ic"
+[[runs]]
+upstreams = ["whisper_tiny_en"]
+quant = ["gptq:3", "uniform:4"]
+tasks = ["asr"]
+data = ["a"]
+[[runs]]
+upstreams = ["whisper_tiny_en"]
+quant = ["gptq:3", "uniform:4"]
+tasks = ["ic"]
+data = ["b"]
+''')
+        return path
+
+    for model_audio, shared in (("", False), ('model_audio = "a"', True)):
+        s = load_suite(str(suite(model_audio)))
+        runner = Runner(s, tmp_path / "store", progress=False)
+        keys = {(r.quant.label, r.task): runner.model_key(r) for r in s.runs}
+        assert (keys["gptq3", "asr"] == keys["gptq3", "ic"]) is shared  # calibrated on a's audio, or on each task's own
+        assert keys["uniform4", "asr"] == keys["uniform4", "ic"]  # rounding uses no audio: one model either way
+    bad = suite('model_audio = "c"')
+    with pytest.raises(SuiteError, match="model_audio 'c' is not defined"):
         load_suite(str(bad))

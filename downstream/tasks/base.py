@@ -135,6 +135,14 @@ class DownstreamTask(L.LightningModule):
         self.head_seconds = 0.0
         self.save_hyperparameters({"config": asdict(config)})
 
+    def data_labels(self, key: str, what: str) -> list:
+        """``config.labels[key]``: labels the task's `prepare` read from the training data (a
+        checkpoint carries them); without them the head has no outputs to build."""
+        if not self.config.labels or key not in self.config.labels:
+            raise ValueError(f"{self.config.task.upper()} needs its {what} (config.labels[{key!r}]): train it with "
+                             "train_and_evaluate, which reads them from the training data")
+        return self.config.labels[key]
+
     def features(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         keys = [u.id for u in batch["utterances"]] if self.upstream.cache is not None else None
         states, lengths = self.upstream(batch["wavs"], batch["lengths"], keys)

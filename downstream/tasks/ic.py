@@ -19,10 +19,7 @@ class ICTask(DownstreamTask):
 
     def __init__(self, upstream: FrozenUpstream, config: TaskConfig):
         super().__init__(upstream, config)
-        if not config.labels or "slots" not in config.labels:
-            raise ValueError("IC needs its slot values (config.labels['slots']): train it with train_and_evaluate, "
-                             "which reads them from the training data")
-        self.values = [tuple(v) for v in config.labels["slots"]]
+        self.values = [tuple(v) for v in self.data_labels("slots", "slot values")]
         self.index = [{v: i for i, v in enumerate(values)} for values in self.values]
         self.head = PooledHead(upstream.hidden_size, sum(len(v) for v in self.values), 256)
 

@@ -33,10 +33,7 @@ class PRTask(CTCTask):
 
     def __init__(self, upstream: FrozenUpstream, config: TaskConfig):
         super().__init__(upstream, config)
-        if not config.labels or "phones" not in config.labels:
-            raise ValueError("PR needs its phone inventory (config.labels['phones']): train it with train_and_evaluate, "
-                             "which reads it from the training transcripts")
-        self.vocab = ("<blank>", *config.labels["phones"])
+        self.vocab = ("<blank>", *self.data_labels("phones", "phone inventory"))
         self.index = {p: i for i, p in enumerate(self.vocab)}
         self.phonemizer = Phonemizer(config.lexicon or ESPEAK)
         self.head = LinearCTCHead(upstream.hidden_size, len(self.vocab))
