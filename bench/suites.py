@@ -344,8 +344,8 @@ class Overrides:
         for name, path in self.checkpoints.items():
             if name not in upstreams:
                 raise SuiteError(f"--checkpoint {name}={path}: the suite runs no upstream {name!r}; it runs {sorted(upstreams)}")
-            if not Path(path).is_file():
-                raise SuiteError(f"--checkpoint {name}={path}: no such file")
+            if not Path(path).exists():
+                raise SuiteError(f"--checkpoint {name}={path}: no such file or folder")
         hints = typing.get_type_hints(TaskConfig)
         fields = {f.name for f in dataclasses.fields(TaskConfig)} - {"labels"}  # labels come from the data
         sections = option_sections()
@@ -462,6 +462,10 @@ def _load_suite(name_or_path: str) -> Suite:
                 raise SuiteError(f"{where}: task {task!r} unknown; known: {', '.join(sorted(TASKS))}")
             if task not in schedules:
                 raise SuiteError(f"{where}: task {task!r} has no [schedule.{task}] table")
+            if protocol == "reuse" and not TASKS[task].trains_head:
+                raise SuiteError(f"{where}: task {task!r} trains no head (it decodes with the upstream's own output "
+                                 "layer), so it has no full-precision head to reuse: use protocol = \"retrain\", which "
+                                 "evaluates each model as it is")
             for upstream in _field(group, "upstreams", where, list):
                 for quant in quants:
                     for data_name in group["data"]:

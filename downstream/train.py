@@ -63,6 +63,8 @@ def train_and_evaluate(upstream: torch.nn.Module, task: TaskConfig, data: DataCo
     dev = pick_device(device)
     L.seed_everything(task.seed, workers=True, verbose=False)
     cache = FeatureCache(task.cache_mb, spill_dir=work_dir / "features") if task.cache_features else None
+    if not get_task(task.task).trains_head:
+        return _test_as_it_is(upstream, task, data, dev, progress)
     dm = _datamodule(task, data)
     dm.setup("fit")
     task = get_task(task.task).prepare(task, dm.corpora["train"])  # labels the task takes from its training data
@@ -108,6 +110,20 @@ def train_and_evaluate(upstream: torch.nn.Module, task: TaskConfig, data: DataCo
         "checkpoint": best,
         "device": str(dev),
     }
+
+
+def _test_as_it_is(upstream: torch.nn.Module, task: TaskConfig, data: DataConfig, dev: torch.device, progress: bool) -> dict:
+    """A task with no head to train (its output layer is the upstream's): the test split only."""
+    module = make_task(FrozenUpstream(upstream), task)
+    dm = _datamodule(task, data)
+    dm.setup("test")
+    started = time.time()
+    tested = _trainer(task, dev, 1, None, progress, []).test(module, datamodule=dm, verbose=False)[0]
+    return {"task": task.task, "config": asdict(task), "metrics": {k: round(float(v), 3) for k, v in tested.items()},
+            "dev_curve": [], "resumes": 0, "steps": 0, "epochs": 0, "train_seconds": 0.0,
+            "test_seconds": round(time.time() - started, 2), "train_utterances_per_second": None,
+            "upstream_seconds": round(module.upstream.seconds, 2), "head_seconds": 0.0, "feature_cache": None,
+            "featurizer_weights": module.featurizer.layer_weights(), "checkpoint": None, "device": str(dev)}
 
 
 def _finished(work_dir: Path) -> bool:

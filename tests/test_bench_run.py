@@ -59,9 +59,11 @@ def test_shipped_suites_parse_and_expand():
     assert [r.schedule.get("layer") for r in paper.runs if r.upstream == "distilhubert"] == ["last_transformer"]
     load_suite("paper-ks")
     personal = load_suite("paper-personal")
-    mixed = [r for r in personal.runs if r.quant.method == "mixed"]
+    mixed = [r for r in personal.runs if r.quant.method == "mixed" and r.task == "asr"]
     assert {r.quant.clip for r in mixed} == {"minmax", "cosine", "hessian"} and len(mixed) == 2 * (48 + 8 + 96)
-    assert {r.upstream for r in personal.runs} == {"wav2vec2_base", "hubert_base"}
+    e2e = [r for r in personal.runs if r.task == "e2e_asr"]  # myQASR's own end-to-end evaluation
+    assert {r.upstream for r in e2e} == {"wav2vec2_base_960h"} and len([r for r in e2e if r.quant.method == "mixed"]) == 48
+    assert {r.upstream for r in personal.runs} == {"wav2vec2_base", "hubert_base", "wav2vec2_base_960h"}
     assert all(r.quant.calib in personal.data_tables for r in mixed)
     hashes = [r.config_hash for r in mini.runs]
     shards = [select(mini.runs, shard=f"{i}/3") for i in range(3)]

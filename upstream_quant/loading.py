@@ -41,7 +41,7 @@ def weights_status(name: str, checkpoint: str | Path | None = None, timeout: flo
     spec = get_upstream(name)
     if checkpoint is not None:
         path = Path(checkpoint)
-        return (True, f"checkpoint {path}") if path.is_file() else (False, f"checkpoint {path}: no such file")
+        return (True, f"checkpoint {path}") if path.exists() else (False, f"checkpoint {path}: no such file or folder")
     if spec.load_embedded is not None:
         return True, "weights in the installation"
     if spec.hub_url is None:

@@ -148,6 +148,8 @@ def read_manifest(path: str | Path) -> dict:
 def is_packed_file(path: str | Path) -> bool:
     """Whether `path` is a safetensors file carrying our manifest (read from its header only; a
     damaged manifest still counts, so that loading it names the damage)."""
+    if not Path(path).is_file():  # a checkpoint folder (transformers) is no packed file
+        return False
     try:
         return '"lowbit-packed/' in _metadata(path).get("manifest", "")
     except PackedFileError:

@@ -72,7 +72,8 @@ class TaskSpec:
     the first the default; ``balanced``: class-balanced training batches (SUPERB's KS sampler);
     ``prepare(config, train_corpus)``: fills ``config.labels`` from the training data;
     ``check(config)``: what would stop a run before it starts (a missing lexicon), or None, for
-    dry runs."""
+    dry runs; ``trains_head``: False for a task evaluated with the upstream's own output layer
+    (end-to-end ASR), which is tested as it is (protocol ``retrain`` then trains nothing)."""
 
     name: str
     title: str
@@ -84,6 +85,7 @@ class TaskSpec:
     balanced: bool = False
     prepare: Callable[[TaskConfig, object], TaskConfig] = lambda config, corpus: config
     check: Callable[[TaskConfig], str | None] = lambda config: None
+    trains_head: bool = True
 
     @property
     def mode(self) -> str:
