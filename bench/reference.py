@@ -1,6 +1,7 @@
 """The papers' published figures: one data file, always labelled as the paper's."""
 from __future__ import annotations
 
+from functools import lru_cache
 from importlib import resources
 
 import pandas as pd
@@ -19,6 +20,7 @@ def paper_reference() -> pd.DataFrame:
     return df.set_index("config").rename(columns={c: f"paper_{c}" for c in ("task", *COLUMNS, "source")})
 
 
+@lru_cache(maxsize=1)  # read once: results.paper_config asks for every row of a store
 def paper_task() -> str:
     """The task the paper's table reports (its rows' ``task``), which our rows are matched on."""
     tasks = set(paper_reference()["paper_task"])

@@ -156,7 +156,7 @@ class QuantSpec:
     @property
     def calibrates(self) -> bool:
         """Whether the model is made from unlabelled calibration audio."""
-        return self.registered is not None and self.registered.calibrates(self)
+        return self.registered is not None and self.registered.uses_calibration(self)
 
     @property
     def trains(self) -> bool:

@@ -14,6 +14,9 @@ from functools import lru_cache
 from pathlib import Path
 
 ESPEAK = "espeak"
+# espeak-ng's phones of every word looked up in this process: a task's `prepare` and its module
+# phonemize the same transcripts, and one subprocess call per word set is enough.
+_ESPEAK_WORDS: dict[str, tuple[str, ...]] = {}
 ESPEAK_VOICE = "en-us"
 
 
@@ -64,7 +67,7 @@ class Phonemizer:
 
     def __init__(self, lexicon: str):
         self.lexicon = lexicon
-        self._words: dict[str, tuple[str, ...]] = {} if lexicon == ESPEAK else read_lexicon(lexicon)
+        self._words = _ESPEAK_WORDS if lexicon == ESPEAK else read_lexicon(lexicon)
 
     def add(self, transcripts) -> None:
         """Look up every word of ``transcripts`` at once (espeak: one call, not one per word)."""

@@ -62,9 +62,9 @@ def train_and_evaluate(upstream: torch.nn.Module, task: TaskConfig, data: DataCo
     work_dir.mkdir(parents=True, exist_ok=True)
     dev = pick_device(device)
     L.seed_everything(task.seed, workers=True, verbose=False)
-    cache = FeatureCache(task.cache_mb, spill_dir=work_dir / "features") if task.cache_features else None
     if not get_task(task.task).trains_head:
         return _test_as_it_is(upstream, task, data, dev, progress)
+    cache = FeatureCache(task.cache_mb, spill_dir=work_dir / "features") if task.cache_features else None
     dm = _datamodule(task, data)
     dm.setup("fit")
     task = get_task(task.task).prepare(task, dm.corpora["train"])  # labels the task takes from its training data

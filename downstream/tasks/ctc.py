@@ -10,8 +10,14 @@ from .base import DownstreamTask
 
 
 class CTCTask(DownstreamTask):
-    """Subclasses set ``self.head`` (log-probabilities over ``len(vocab)`` tokens, 0 = blank) and
-    give ``targets(utterance) -> token ids`` and ``reference(utterance) / decode(ids) -> str``."""
+    """Subclasses set ``self.head`` (log-probabilities over ``len(vocab)`` tokens, ``blank`` the
+    CTC blank's index) and give ``targets(utterance) -> token ids`` and ``reference(utterance) /
+    decode(ids) -> str``; `log_probs` is where the head meets the features."""
+
+    blank = 0
+
+    def log_probs(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self.head(x, lengths)
 
     def targets(self, utterance) -> list[int]:
         raise NotImplementedError
@@ -23,17 +29,17 @@ class CTCTask(DownstreamTask):
         raise NotImplementedError
 
     def loss(self, x, lengths, batch):
-        log_probs = self.head(x, lengths)
+        log_probs = self.log_probs(x, lengths)
         targets = [torch.tensor(self.targets(u), dtype=torch.long) for u in batch["utterances"]]
         target_lengths = torch.tensor([len(t) for t in targets])
         return F.ctc_loss(log_probs.transpose(0, 1).float(), torch.cat(targets).to(x.device), lengths.cpu(), target_lengths,
-                          blank=0, zero_infinity=True)
+                          blank=self.blank, zero_infinity=True)
 
     def predict(self, batch) -> list[tuple[str, str]]:
         x, lengths = self.features(batch)
-        best = self.head(x, lengths).argmax(-1).cpu()
+        best = self.log_probs(x, lengths).argmax(-1).cpu()
         out = []
         for ids, n, utt in zip(best, lengths.cpu(), batch["utterances"]):
             ids = torch.unique_consecutive(ids[: int(n)]).tolist()
-            out.append((self.reference(utt), self.decode([i for i in ids if i != 0])))
+            out.append((self.reference(utt), self.decode([i for i in ids if i != self.blank])))
         return out

@@ -25,18 +25,17 @@ class E2EASRTask(CTCTask):
             raise ValueError(f"task e2e_asr decodes with the upstream's own CTC output layer; {model.name} has none. Give a "
                              "fine-tuned checkpoint (a fairseq wav2vec 2.0 CTC .pt with its dict.ltr.txt, or a transformers "
                              "Wav2Vec2ForCTC folder), e.g. upstream wav2vec2_base_960h")
-        self.output = model.ctc
+        self.output, self.blank = model.ctc, model.ctc.blank
         self.head = model.ctc_head  # the upstream's, frozen with it
 
-    def predict(self, batch) -> list[tuple[str, str]]:
-        x, lengths = self.features(batch)
-        with torch.no_grad():
-            best = self.head(x.to(self.head.weight.dtype)).argmax(-1).cpu()
-        out = []
-        for ids, n, utt in zip(best, lengths.cpu(), batch["utterances"]):
-            ids = torch.unique_consecutive(ids[: int(n)]).tolist()
-            out.append((utt.transcript, self.output.decode(ids)))
-        return out
+    def log_probs(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self.head(x.to(self.head.weight.dtype))  # logits: greedy decoding needs no softmax
+
+    def reference(self, utterance) -> str:
+        return utterance.transcript
+
+    def decode(self, ids: list[int]) -> str:
+        return self.output.decode(ids)
 
     score = staticmethod(ASRTask.score)
 

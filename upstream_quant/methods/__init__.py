@@ -45,7 +45,8 @@ class MethodSpec:
     a bad option; ``label(spec)``:
     its name in tables (``gptq3-g64``); ``config(spec)``: its `quantize()` config, or ``build(base,
     spec, context) -> (model, info)`` for methods with their own procedure; ``calibrates(spec)``:
-    whether it reads unlabelled calibration audio (``--set calibration.count``); ``trains``:
+    whether it reads unlabelled calibration audio (``--set calibration.count``), by default what
+    its config's ``needs_calibration`` says; ``trains``:
     whether its model comes from training on the data's audio (``--set NAME.*``, fields
     ``option_fields``); ``order``: its place among a paper row's methods (trained before
     post-training); ``bit_range``: the widths it takes (``bits`` False: none, a budget instead)."""
@@ -57,7 +58,7 @@ class MethodSpec:
     label: Callable[[object], str]
     config: Callable[[object], object] | None = None
     build: Callable[..., tuple] | None = None
-    calibrates: Callable[[object], bool] = lambda spec: False
+    calibrates: Callable[[object], bool] | None = None  # None: its config's needs_calibration
     trains: bool = False
     option_fields: tuple[str, ...] = ()
     order: int = 9
@@ -67,6 +68,14 @@ class MethodSpec:
     config_cls: type | None = None
     weight_fn: Callable | None = None
     refine: Callable | None = None
+
+
+    def uses_calibration(self, spec) -> bool:
+        """Whether the spec's model is made from calibration audio: ``calibrates`` when given
+        (a build step), else what the method's `quantize()` config says of itself."""
+        if self.calibrates is not None:
+            return self.calibrates(spec)
+        return self.config is not None and bool(getattr(self.config(spec), "needs_calibration", False))
 
 
 METHODS: dict[str, MethodSpec] = {}

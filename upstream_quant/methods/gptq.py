@@ -135,4 +135,4 @@ register(MethodSpec(
     name="gptq", summary="GPTQ: error-compensating rounding from calibration inputs (sequential, act-order, "
     "Hessian range search; plain: as first published)",
     grammar="gptq:BITS[:gN][:asym|sym][:plain][:aN]", parse=_parse, label=common_label, config=_config,
-    calibrates=lambda spec: True, order=4, config_cls=GPTQConfig, weight_fn=quantize_gptq))
+    order=4, config_cls=GPTQConfig, weight_fn=quantize_gptq))

@@ -186,4 +186,4 @@ register(MethodSpec(
     name="recon", summary="GPTQ, then block-wise reconstruction of the rounding and scales against the "
     "full-precision block (label-free)",
     grammar="recon:BITS[:gN][:asym|sym][:sSTEPS][:aN]", parse=_parse, label=common_label, config=_config,
-    calibrates=lambda spec: True, order=5, config_cls=ReconConfig, weight_fn=quantize_recon_init, refine=refine_block))
+    order=5, config_cls=ReconConfig, weight_fn=quantize_recon_init, refine=refine_block))

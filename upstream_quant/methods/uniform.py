@@ -160,5 +160,5 @@ def _config(spec, targets: tuple = ("transformer",)) -> UniformConfig:
 register(MethodSpec(
     name="uniform", summary="round-to-nearest k-bit levels; min-max, weight-MSE, output-aware, cosine or Hessian ranges",
     grammar=f"uniform:BITS[:gN][:{'|'.join(CLIP_METHODS)}][:aN]", parse=_parse, label=common_label, config=_config,
-    calibrates=lambda spec: spec.clip in ("cosine", "output", "hessian"), order=3, bit_range=(2, 8),
+    order=3, bit_range=(2, 8),
     config_cls=UniformConfig, weight_fn=quantize_uniform))

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..accounting import under_any
 from ..checkpoints import CheckpointError, read_checkpoint, to_plain
 from ..compat import ensure_torchaudio
 from ..upstream import FairseqEncoder
@@ -29,6 +30,8 @@ from s3prl.upstream.wav2vec2.wav2vec2_model import AudioPretrainingConfig, Wav2V
 # "default" extractor with one group norm) and unnormalised input, as the released checkpoint.
 WAV2VEC2_BASE = {"model_cfg": {"extractor_mode": "default"}, "task_cfg": {"sample_rate": 16000, "normalize": False}}
 S3PRL_KEYS = ("task_cfg", "model_cfg", "model_weight")
+# fairseq's Dictionary starts with these; <s> is the CTC blank of its fine-tuned models.
+FAIRSEQ_SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")
 
 
 @dataclass(frozen=True)
@@ -128,15 +131,15 @@ def load_wav2vec2_checkpoint(path: str | Path, name: str = "wav2vec2_base") -> W
 
 def _assemble(path, model_cfg: dict, task_cfg: dict, weights: dict, name: str, ctc: CTCOutput | None,
               head: dict | None, missing_ok: tuple[str, ...] = ()) -> Wav2Vec2Upstream:
-    """Build the architecture a checkpoint describes and load its weights; ``missing_ok``: prefixes
-    (pretraining-only) a source may lack."""
+    """Build the architecture a checkpoint describes and load its weights; ``missing_ok``: module
+    paths (pretraining-only) a source may lack."""
     try:
         upstream = build_wav2vec2(model_cfg, task_cfg, name, ctc)
     except (TypeError, ValueError, SyntaxError) as err:
         raise CheckpointError(f"{path}: not a wav2vec 2.0 configuration ({err})") from err
     try:
         result = upstream.model.load_state_dict(weights, strict=not missing_ok)
-        missing = [k for k in result.missing_keys if not k.startswith(missing_ok)] if missing_ok else []
+        missing = [k for k in result.missing_keys if not under_any(k, missing_ok)] if missing_ok else []
         if missing or (missing_ok and result.unexpected_keys):
             raise RuntimeError(f"missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}")
         if ctc is not None:
@@ -153,7 +156,7 @@ def fairseq_letters(dict_file: Path, checkpoint) -> CTCOutput:
         raise CheckpointError(f"{checkpoint} is a fine-tuned (CTC) fairseq checkpoint, which does not hold its letter "
                               f"dictionary: put the dict.ltr.txt it was fine-tuned with beside it ({dict_file})")
     letters = [line.split()[0] for line in dict_file.read_text().splitlines() if line.strip()]
-    return CTCOutput(("<s>", "<pad>", "</s>", "<unk>", *letters), blank=0)
+    return CTCOutput((*FAIRSEQ_SPECIALS, *letters), blank=0)
 
 
 # transformers' Wav2Vec2 parameter names -> s3prl's (fairseq's): (pattern, replacement). The
@@ -252,7 +255,7 @@ def load_transformers_folder(folder: str | Path, name: str = "wav2vec2_base") ->
     if unknown:
         raise CheckpointError(f"{folder}: parameters this loader does not know: {unknown[:5]}")
     return _assemble(folder, model_cfg, {"sample_rate": 16000, "normalize": normalize}, weights, name, ctc, head,
-                     missing_ok=("quantizer.", "project_q.", "final_proj.", "mask_emb"))
+                     missing_ok=tuple(p.removeprefix("model.") for p in Wav2Vec2Upstream.unused_at_inference))
 
 
 # For the random-init fine-tuned architecture only (a checkpoint brings its own letters):
@@ -265,7 +268,7 @@ def build_wav2vec2_base_960h(name: str = "wav2vec2_base_960h") -> Wav2Vec2Upstre
     random weights (offline)."""
     arch = WAV2VEC2_BASE
     return build_wav2vec2(arch["model_cfg"], arch["task_cfg"], name,
-                          CTCOutput(("<s>", "<pad>", "</s>", "<unk>", *LIBRISPEECH_LETTERS)))
+                          CTCOutput((*FAIRSEQ_SPECIALS, *LIBRISPEECH_LETTERS)))
 
 
 def load_ctc_checkpoint(path: str | Path, name: str = "wav2vec2_base_960h") -> Wav2Vec2Upstream:
