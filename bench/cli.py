@@ -338,23 +338,29 @@ def _cmd_perf(args: argparse.Namespace) -> int:
     return perf_quantize(args.calib_count, args.seconds)
 
 
-def parse_deploy_configs(text: str) -> list[tuple[int, str, int | None]]:
-    """``BITS:BACKEND[:gN],...`` (e.g. ``8:int8-dynamic,4:int4-weight:g64,2:packed``)."""
+def parse_deploy_configs(text: str) -> list[tuple[int, str, int | None, str]]:
+    """``BITS:BACKEND[:gN][:all],...`` (e.g. ``8:int8-dynamic,8:int8-dynamic:all,4:int4-weight:g64,2:packed``):
+    the transformer's linears are quantized, or with ``all`` every linear and convolution (the CNN,
+    the feature projection and the positional convolution too)."""
     from upstream_quant.deploy import BACKENDS
 
     out = []
     for item in text.split(","):
         parts = item.strip().split(":")
+        layers = "all" if parts[-1] == "all" else "transformer"
+        if layers == "all":
+            parts = parts[:-1]
         try:
             bits, backend = int(parts[0]), parts[1]
             group = int(parts[2][1:]) if len(parts) > 2 and parts[2][:1] == "g" else None
             if len(parts) > 3 or (len(parts) == 3 and group is None):
                 raise ValueError
         except (ValueError, IndexError):
-            raise ValueError(f"--configs {item!r}: expected BITS:BACKEND[:gN], e.g. 8:int8-dynamic or 4:int4-weight:g64") from None
+            raise ValueError(f"--configs {item!r}: expected BITS:BACKEND[:gN][:all], e.g. 8:int8-dynamic, "
+                             f"8:int8-dynamic:all or 4:int4-weight:g64") from None
         if backend not in BACKENDS or not 1 <= bits <= 8:
             raise ValueError(f"--configs {item!r}: bits 1..8 and a backend of {', '.join(BACKENDS)}")
-        out.append((bits, backend, group))
+        out.append((bits, backend, group, layers))
     return out
 
 
@@ -558,8 +564,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("what", choices=["quantize", "upstream", "qat", "stream", "step", "whisper", "deploy", "clip"])
     p.add_argument("--calib", default=None, help="clip: folder of 16 kHz audio (default: CORPUS/train)")
     p.add_argument("--upstream", default="hubert_base", help="deploy: the upstream (random weights where none ship)")
-    p.add_argument("--configs", default="8:int8-dynamic,4:int4-weight:g64,4:packed,2:packed,1:packed",
-                   help="deploy: comma-separated BITS:BACKEND[:gN]")
+    p.add_argument("--configs", default="8:int8-dynamic,8:int8-dynamic:all,4:int4-weight:g64,4:packed,2:packed,1:packed",
+                   help="deploy: comma-separated BITS:BACKEND[:gN][:all] (all: every linear and convolution, "
+                        "else the transformer's linears)")
     p.add_argument("--device", default=None, help="deploy: cpu or cuda (default: auto)")
     p.add_argument("--out", default=None, help="deploy: also write the measurements as JSON (bench table paper reads "
                                                "STORE/deploy/UPSTREAM.json)")

@@ -368,6 +368,10 @@ def measure_latency(model, wavs: torch.Tensor, lens: torch.Tensor, reps: int) ->
     return statistics.median(times)
 
 
+# ``all`` in perf deploy: every layer that computes features (not the pretraining heads)
+ALL_LAYERS = ("cnn", "feature_projection", "positional_conv", "transformer")
+
+
 def _status_kb(field: str) -> int:
     with open("/proc/self/status") as fh:
         for line in fh:
@@ -377,14 +381,17 @@ def _status_kb(field: str) -> int:
 
 
 def deploy_probe(upstream: str, bits: int, backend: str, group_size: int | None, seconds: float, reps: int, batch: int,
-                 device: str | None) -> dict:
+                 device: str | None, layers: str = "transformer") -> dict:
     """One measurement of `perf_deploy`, meant to run in a process of its own: build the model
-    (fp32 when `bits` is 16; else quantized, 1 bit binary, and deployed on `backend`), drop
-    everything else, reset the peak-RSS counter, then time `reps` forward passes after a warm-up."""
+    (fp32 when `bits` is 16; else quantized, 1 bit binary, and deployed on `backend`; the
+    transformer's linears, or with `layers` ``all`` every linear and convolution), drop
+    everything else, reset the peak-RSS counter, then time `reps` forward passes after a warm-up.
+    The ``linears`` columns count the transformer's linears whatever `layers` is."""
     import gc
 
     from upstream_quant import load_upstream
     from upstream_quant.methods.binary import BinaryConfig
+    from upstream_quant.accounting import group_of
     from upstream_quant.deploy import deploy, resident_weight_bytes
     from upstream_quant.quantize import quantize, target_layers
     from upstream_quant.methods.uniform import UniformConfig
@@ -401,10 +408,13 @@ def deploy_probe(upstream: str, bits: int, backend: str, group_size: int | None,
     if bits == 16:
         model, linear_bytes = base.to(dev), fp_bytes
     else:
-        config = BinaryConfig(group_size=group_size) if bits == 1 else UniformConfig(bits=bits, group_size=group_size)
+        targets = ALL_LAYERS if layers == "all" else ("transformer",)
+        config = (BinaryConfig(group_size=group_size, targets=targets) if bits == 1
+                  else UniformConfig(bits=bits, group_size=group_size, targets=targets))
         quantized = quantize(base, config, progress=False)
         model = deploy(quantized, backend, device=dev)
-        linear_bytes = resident_weight_bytes(model)
+        linear_bytes = sum(resident_weight_bytes(model.get_submodule(name)) for name in model.deploy_backends
+                           if group_of(name, model.group_prefixes) == "transformer")
         del quantized, base
     gc.collect()
     try:  # hand freed heap back to the system, so the resident set is what the model holds
@@ -421,13 +431,14 @@ def deploy_probe(upstream: str, bits: int, backend: str, group_size: int | None,
     latency = measure_latency(model, wavs, lens, reps)
     ideal = n_weights * bits / 8 + groups * 2 if bits != 16 else None  # codes, and an fp16 scale per row or group
     return {"bits": bits, "backend": backend if bits != 16 else "fp32", "group_size": group_size,
+            "layers": layers if bits != 16 else None,
             "latency_s": latency, "rss_mb": rss_kb / 1e3, "peak_rss_mb": _status_kb("VmHWM") / 1e3,
             "linear_weights_mb": linear_bytes / 1e6, "ideal_mb": None if ideal is None else ideal / 1e6,
             "all_weights_mb": resident_weight_bytes(model, quantized_only=False) / 1e6,
             "threads": torch.get_num_threads(), "device": str(dev)}
 
 
-def perf_deploy(upstream: str, configs: list[tuple[int, str, int | None]], seconds: float, reps: int, batch: int,
+def perf_deploy(upstream: str, configs: list[tuple[int, str, int | None, str]], seconds: float, reps: int, batch: int,
                 device: str | None = None, out: str | None = None, rounds: int = 1) -> int:
     """Measured latency, throughput and memory of deployed low-bit models beside fp32 and the
     estimate. Each configuration runs in a fresh process (freed heap handed back with malloc_trim
@@ -441,20 +452,19 @@ def perf_deploy(upstream: str, configs: list[tuple[int, str, int | None]], secon
     import sys
 
     from upstream_quant.accounting import cost_report
-
-    plan = [(16, "fp32", None), *configs]
+    plan = [(16, "fp32", None, None), *configs]
     measured: dict[tuple, list[dict]] = {key: [] for key in plan}
     for round_ in range(rounds):
-        for bits, backend, group in plan:
+        for bits, backend, group, layers in plan:
             code = (f"import json; from bench.perf import deploy_probe; print('RESULT', json.dumps(deploy_probe("
-                    f"{upstream!r}, {bits}, {backend!r}, {group!r}, {seconds}, {reps}, {batch}, {device!r})))")
+                    f"{upstream!r}, {bits}, {backend!r}, {group!r}, {seconds}, {reps}, {batch}, {device!r}, {layers!r})))")
             env = os.environ | {"PYTHONWARNINGS": "ignore"}
             proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
             line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
             if proc.returncode or line is None:
                 print(f"{bits}-bit {backend}: failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}")
                 continue
-            measured[(bits, backend, group)].append(json.loads(line[7:]) | {"round": round_})
+            measured[(bits, backend, group, layers)].append(json.loads(line[7:]) | {"round": round_})
             print(f"  measured {bits}-bit {backend} (round {round_ + 1}/{rounds})", file=sys.stderr)
     fp_runs = {r["round"]: r["latency_s"] for r in measured[plan[0]]}
     if not fp_runs:
@@ -471,18 +481,22 @@ def perf_deploy(upstream: str, configs: list[tuple[int, str, int | None]], secon
     fp = rows[0]
     print(f"{upstream}: {batch} x {seconds:g} s utterance(s), median of {reps} forward passes after a warm-up, "
           f"{rounds} round(s), {fp['threads']} threads, {fp['device']}; each measurement in its own process")
-    print(f"{'bits':>4} {'backend':<13} {'latency s':>9} {'vs fp32':>7} {'range':>11} {'est':>6} {'RSS MB':>7} "
-          f"{'peak MB':>8} {'linears MB':>10} {'ideal MB':>8} {'all MB':>7}")
+    print(f"{'bits':>4} {'backend':<13} {'layers':<11} {'latency s':>9} {'vs fp32':>7} {'range':>11} {'est':>6} {'est full':>8} "
+          f"{'RSS MB':>7} {'peak MB':>8} {'linears MB':>10} {'ideal MB':>8} {'all MB':>7}")
     for r in rows:
-        est = cost_report(upstream, r["bits"], seconds).est_runtime["encoder"]
+        groups = ALL_LAYERS if r.get("layers") == "all" else ("transformer",)
+        est = cost_report(upstream, r["bits"], seconds, groups).est_runtime
         ideal = f"{r['ideal_mb']:8.2f}" if r["ideal_mb"] is not None else f"{'':>8}"
         lo, hi = r["measured_range"]
-        print(f"{r['bits']:>4} {r['backend']:<13} {r['latency_s']:9.3f} {r['measured_runtime']:7.2f} {f'{lo:.2f}-{hi:.2f}':>11} "
-              f"{est:6.3f} {r['rss_mb']:7.0f} {r['peak_rss_mb']:8.0f} {r['linear_weights_mb']:10.2f} {ideal} {r['all_weights_mb']:7.1f}")
-    print("vs fp32: median over rounds of the latency over the same round's fp32 latency (range: min-max); est: the "
-          "bit-operation estimate (encoder, relative to fp HuBERT Base); linears MB: resident bytes of the quantized "
-          "transformer linears; ideal MB: bits x weights / 8 plus one fp16 scale per row or group; all MB: every "
-          "parameter and buffer of the model (RSS, peak and MB columns from the first round)")
+        print(f"{r['bits']:>4} {r['backend']:<13} {r.get('layers') or '':<11} {r['latency_s']:9.3f} {r['measured_runtime']:7.2f} "
+              f"{f'{lo:.2f}-{hi:.2f}':>11} {est['encoder']:6.3f} {est['full']:8.3f} {r['rss_mb']:7.0f} {r['peak_rss_mb']:8.0f} "
+              f"{r['linear_weights_mb']:10.2f} {ideal} {r['all_weights_mb']:7.1f}")
+    print("layers: transformer = its linears quantized, all = every linear and convolution (CNN, feature projection and "
+          "positional convolution too); vs fp32: median over rounds of the latency over the same round's fp32 latency "
+          "(range: min-max); est / est full: the bit-operation estimate of the transformer encoder / of the whole "
+          "model, relative to fp HuBERT Base; linears MB: resident bytes of the quantized transformer linears; ideal "
+          "MB: bits x weights / 8 plus one fp16 scale per row or group; all MB: every parameter and buffer of the "
+          "model (RSS, peak and MB columns from the first round)")
     if out:
         import platform
 

@@ -14,7 +14,7 @@ from upstream_quant.deploy import (
 from upstream_quant.packed import load_packed, pack_codes, save_packed, unpack_codes
 from upstream_quant.qweight import QuantizedLayer
 from upstream_quant.quantize import quantize
-from upstream_quant.methods.uniform import UniformConfig
+from upstream_quant.methods.uniform import UniformConfig, quantize_uniform
 
 
 @pytest.mark.parametrize("bits", range(1, 9))
@@ -55,15 +55,67 @@ def test_packed_backend_is_the_reference_exactly_and_holds_bits_over_8_bytes(tin
                                                          + sum(m.bias.numel() * 4 for m in layers.values()))
 
 
-def test_int8_dynamic_runs_fbgemm_from_our_codes_close_to_the_reference(tiny_hubert, batch):
+def _quantized_layer(original, seed):
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        original.weight.normal_(0, 0.05)
+    return QuantizedLayer(original, quantize_uniform(original.weight.detach(), UniformConfig(bits=8)))
+
+
+@pytest.mark.parametrize("original, shape", [
+    (torch.nn.Linear(24, 40), (3, 17, 24)),
+    (torch.nn.Conv1d(16, 32, 3, stride=2), (1, 16, 16500)),  # 8249 frames out: oneDNN's own zero point fails here
+    (torch.nn.Conv1d(1, 8, 10, stride=5, bias=False), (2, 1, 400)),
+    (torch.nn.Conv1d(64, 64, 16, padding=8, groups=2), (1, 64, 60)),  # HuBERT's positional conv, in small
+])
+def test_int8_dynamic_is_exact_on_its_8_bit_inputs(original, shape):
+    """The kernel computes with our codes (no re-rounding) on the input's 8-bit codes: its output is
+    the reference layer's on the dequantized input, to float rounding, even off-centre inputs on
+    wide and padded convolutions."""
+    from upstream_quant.deploy import quantize_input
+
+    layer = _quantized_layer(original, sum(shape))
+    deployed = Int8DynamicLayer(layer)
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(1)) + 0.7  # a zero point far from 0
+    codes, scale, zero = quantize_input(x)
+    assert codes.dtype == torch.uint8 and 100 < zero < 255
+    with torch.no_grad():
+        # a single-channel convolution (the waveform's) runs in fp32 on its 8-bit weights: exact on x itself
+        expected = layer(x if deployed.single_channel else (codes.float() - zero) * scale)
+        got = deployed(x)
+    assert deployed.single_channel == (original.in_channels == 1 if isinstance(original, torch.nn.Conv1d) else False)
+    assert got.shape == expected.shape
+    assert float((got - expected).abs().max() / expected.abs().max()) < 1e-5
+
+
+def test_a_layer_the_kernel_gets_wrong_is_refused_or_left_to_packed(tiny_hubert, monkeypatch):
+    from upstream_quant import deploy as deploy_module
+
     reference = quantize(tiny_hubert, UniformConfig(bits=8), progress=False)
+    real = torch.ops.onednn.qlinear_pointwise
+    wrong = lambda *args: real(*args) * 1.01  # a kernel 1 % off
+    monkeypatch.setattr(deploy_module, "_qlinear", wrong)
+    with pytest.raises(DeployError, match=r"computes this .* wrongly \(relative error 0.01.*backends that can: reference, packed"):
+        deploy(reference, "int8-dynamic")
+    assert set(deploy(reference, "auto").deploy_backends.values()) == {"packed"}
+
+
+def test_input_codes_keep_a_transposed_layout_and_equal_the_contiguous_ones():
+    from upstream_quant.deploy import quantize_input
+
+    x = torch.randn(2, 50, 16).transpose(1, 2)  # (2, 16, 50), channels last in memory
+    codes, scale, zero = quantize_input(x)
+    again, scale2, zero2 = quantize_input(x.contiguous())
+    assert codes.stride() == x.stride() and torch.equal(codes, again) and (scale, zero) == (scale2, zero2)
+    assert float(((codes.float() - zero) * scale - x).abs().max()) <= scale / 2 + 1e-6
+
+
+@pytest.mark.parametrize("targets", [("transformer",), ("cnn", "feature_projection", "transformer")])
+def test_int8_dynamic_stays_close_to_the_reference(tiny_hubert, batch, targets):
+    reference = quantize(tiny_hubert, UniformConfig(bits=8, targets=targets), progress=False)
     deployed = deploy(reference, "int8-dynamic")
     assert all(isinstance(deployed.get_submodule(n), Int8DynamicLayer) for n in deployed.deploy_backends)
-    name = next(iter(deployed.deploy_backends))
-    weight, _ = deployed.get_submodule(name).op._packed_params._weight_bias()
-    ref = reference.get_submodule(name)
-    assert torch.equal(weight.int_repr().to(torch.int16), ref.codes.to(torch.int16) - 128)  # our codes, not re-rounded
-    assert torch.allclose(weight.dequantize(), ref.weight, atol=1e-6)
+    assert ("cnn" in targets) == any(m.kind == "conv1d" for m in deployed.modules() if isinstance(m, Int8DynamicLayer))
     # activations are quantized to 8 bits per batch: outputs change a little, stated here
     for a, b in zip(_states(reference, batch), _states(deployed, batch)):
         rel = float((a - b).abs().max() / a.abs().max())
@@ -99,7 +151,6 @@ def test_auto_takes_int8_kernels_where_they_run_and_packed_elsewhere(tiny_hubert
     (UniformConfig(bits=4), "int4-weight", "groups of 32/64/128/256, not one per row"),
     (UniformConfig(bits=2, group_size=32), "int4-weight", "needs 4-bit weights"),
     (UniformConfig(bits=4, targets=("cnn",)), "int4-weight", "linear layers only"),
-    (UniformConfig(bits=8, targets=("cnn",)), "int8-dynamic", "linear layers only"),
     (UniformConfig(bits=4), "int7", "unknown backend 'int7'"),
 ])
 def test_a_backend_refuses_what_it_cannot_run_naming_those_that_can(tiny_hubert, config, backend, message):

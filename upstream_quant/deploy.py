@@ -7,8 +7,9 @@ its uint8 codes and a float32 dequantized weight (5 bytes a weight, full-precisi
 
 - ``reference``: the layer as it is (the dequantized float path, what every other backend is
   checked against);
-- ``int8-dynamic``: PyTorch's fbgemm int8 kernels (int8 weights, activations quantized to 8 bits
-  per batch), CPU only, for symmetric 8-bit linear layers with one scale per row;
+- ``int8-dynamic``: oneDNN's int8 kernels as PyTorch ships them (int8 weights, activations
+  quantized to 8 bits per batch), CPU only, for symmetric 8-bit linear and convolution layers
+  with one scale per row or output channel;
 - ``int4-weight``: PyTorch's CPU int4 weight-only kernel (bf16 activations), for 4-bit layers with
   groups of 32/64/128/256;
 - ``packed``: any width on any device: the codes stay bit-packed in memory (bits/8 bytes a weight
@@ -20,6 +21,7 @@ keeps 1-3-bit weights packed on CPU; the kernels themselves are PyTorch's.
 """
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 
@@ -98,32 +100,116 @@ class PackedLayer(_Deployed):
         return F.linear(x, w, bias) if self.kind == "linear" else F.conv1d(x, w, bias, **self.conv_args)
 
 
+def quantize_input(x: torch.Tensor) -> tuple[torch.Tensor, float, int]:
+    """Per-tensor asymmetric 8-bit codes of `x` (the range of this very batch, as PyTorch's dynamic
+    int8 kernels take it), as a uint8 tensor in `x`'s own memory layout, with its scale and zero
+    point. A tensor whose last two dimensions are transposed in memory (a convolution's
+    channels-last output) is quantized as it lies: transposing float activations cost more than
+    the int8 convolution itself."""
+    flip = not x.is_contiguous() and x.transpose(-1, -2).is_contiguous()
+    dense = x.transpose(-1, -2) if flip else x.contiguous()
+    lo, hi = (float(v) for v in torch.aminmax(dense))  # on a strided view, aminmax copies it first
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    scale = max((hi - lo) / 255, 1e-12)
+    zero = int(min(max(round(-lo / scale), 0), 255))
+    with warnings.catch_warnings():  # PyTorch deprecates quantized tensors; this one lives for a line, 3x faster than elementwise ops
+        warnings.simplefilter("ignore")
+        codes = torch.quantize_per_tensor(dense, scale, zero, torch.quint8).int_repr()
+    return (codes.transpose(-1, -2) if flip else codes), scale, zero
+
+
+def _qlinear(*args) -> torch.Tensor:
+    return torch.ops.onednn.qlinear_pointwise(*args)
+
+
+def _qconv(*args) -> torch.Tensor:
+    return torch.ops.onednn.qconv_pointwise(*args)
+
+
 class Int8DynamicLayer(_Deployed):
-    """fbgemm's dynamic int8 linear built from the layer's own codes (no re-rounding of the
-    weights); the inputs are quantized to 8 bits per batch by the kernel."""
+    """oneDNN's int8 matmul and convolution (AMX or VNNI where the CPU has them) on the layer's own
+    codes (no re-rounding of the weights); inputs are quantized to 8 bits per batch.
+
+    The input zero point is folded into the bias (bias - scale x zero x the row sums of the
+    weight) and the kernel is told it is 0: oneDNN's own zero-point compensation gave wrong
+    outputs for convolutions 8192 frames wide or more (cosine 0.19 to the exact result, PyTorch
+    2.13; fbgemm's dynamic Conv1d deviates the same way). A padded convolution is padded here,
+    with the zero point, so that the folded bias holds at the edges too.
+
+    oneDNN also got some small grouped convolutions wrong (8 or 16 channels a group with kernel
+    16, PyTorch 2.13), so every layer is checked once, when built, against the exact result on a
+    probe input; a layer the kernel gets wrong is a `DeployError`."""
 
     backend = "int8-dynamic"
 
     def __init__(self, layer: QuantizedLayer):
         super().__init__(layer)
-        from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+        rows = layer.codes.reshape(self.shape[0], -1).to(torch.int16) - layer.zero.reshape(self.shape[0], -1).to(torch.int16)
+        ints = rows.to(torch.int8).reshape(self.shape).cpu()
+        self.register_buffer("w_scale", layer.scale.detach().reshape(-1).float().cpu().contiguous())
+        # scale x sum of a row's (or output channel's) integer weights: what one unit of input zero point adds
+        self.register_buffer("w_sums", self.w_scale * ints.reshape(ints.shape[0], -1).sum(1).float())
+        self.w_zero = torch.zeros(ints.shape[0], dtype=torch.int32)
+        if self.kind == "conv1d":
+            a = self.conv_args
+            self.pad = int(a["padding"][0])
+            self.args = ([1, int(a["stride"][0])], [0, 0], [1, int(a["dilation"][0])], int(a["groups"]))
+        self.single_channel = self.kind == "conv1d" and self.shape[1] == 1 and self.args[2][1] == 1
+        if self.single_channel:
+            # The waveform's convolution (one input channel; 5,120 weights in HuBERT) runs as an fp32
+            # matmul over its windows, on its dequantized 8-bit weights: oneDNN's int8 convolution
+            # writes its output time-major, and the group norm after it in wav2vec2-style front ends
+            # then transposes 64 MB per 10 s, which cost more than the layer (measured, 2 cores).
+            self.register_buffer("w_float", layer.weight.detach().reshape(self.shape[0], -1).float().cpu())
+            self.w = torch.empty(0, dtype=torch.int8)
+        elif self.kind == "linear":
+            self.w = torch.ops.onednn.qlinear_prepack(ints, None)
+        else:  # oneDNN convolves in 2-D: a height of one
+            self.w = torch.ops.onednn.qconv_prepack(ints.unsqueeze(2), self.w_scale, 1.0, 0, *self.args, None)
+        self.check(layer)
 
-        ints = (layer.codes.to(torch.int16) - layer.zero.to(torch.int16)).to(torch.int8)
-        with warnings.catch_warnings():  # PyTorch deprecates quantized tensors but still runs them on fbgemm
-            warnings.simplefilter("ignore")
-            qweight = torch._make_per_channel_quantized_tensor(
-                ints.cpu(), layer.scale[:, 0].double().cpu(), torch.zeros(ints.shape[0], dtype=torch.long), 0)
-            self.op = DynamicLinear(self.shape[1], self.shape[0], dtype=torch.qint8)
-            self.op.set_weight_bias(qweight, None)
+    def check(self, layer: QuantizedLayer, tolerance: float = 1e-4) -> None:
+        """Compare with `layer` on the probe's own 8-bit codes (the kernel must be exact on them,
+        to float rounding); off-centre inputs, so that the zero point matters."""
+        gen = torch.Generator().manual_seed(0)
+        if self.kind == "linear":
+            probe = torch.randn(2, 8, self.shape[1], generator=gen)
+        else:
+            width = 4 * self.shape[2] * self.args[0][1] + 2
+            probe = torch.randn(2, self.shape[1] * self.args[3], width, generator=gen)
+        probe = probe + 0.5
+        if not self.single_channel:
+            codes, scale, zero = quantize_input(probe)
+            probe = (codes.float() - zero) * scale
+        with torch.no_grad():
+            expected = layer.cpu()(probe)
+            error = float((self(probe) - expected).abs().max() / expected.abs().max().clamp(min=1e-12))
+        if not error <= tolerance:
+            raise DeployError(f"oneDNN's int8 kernel computes this {tuple(self.shape)} {self.kind} wrongly "
+                              f"(relative error {error:.2g} on a probe input)")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.op(x.float())
-        return out if self.bias is None else out + self.bias
+        if self.single_channel:
+            windows = F.pad(x.float(), (self.pad, self.pad))[:, 0].unfold(-1, self.shape[2], self.args[0][1])
+            out = torch.matmul(self.w_float, windows.transpose(1, 2))
+            return (out if self.bias is None else out + self.bias.float()[:, None]).to(x.dtype)
+        codes, scale, zero = quantize_input(x.float())
+        bias = -scale * zero * self.w_sums
+        if self.bias is not None:
+            bias = bias + self.bias.float()
+        if self.kind == "linear":
+            flat = codes.reshape(-1, self.shape[1])
+            out = _qlinear(flat, scale, 0, self.w, self.w_scale, self.w_zero, bias, 1.0, 0, torch.float32, "none", [], "")
+            return out.reshape(*x.shape[:-1], self.shape[0]).to(x.dtype)
+        if self.pad:
+            codes = F.pad(codes, (self.pad, self.pad), value=zero)
+        codes = codes.unsqueeze(2).contiguous(memory_format=torch.channels_last)
+        out = _qconv(codes, scale, 0, self.w, self.w_scale, self.w_zero, bias, *self.args, 1.0, 0, torch.float32, "none", [], "")
+        return out.squeeze(2).to(x.dtype)
 
-    def resident_bytes(self) -> int:
-        weight, _ = self.op._packed_params._weight_bias()
-        scales = weight.q_per_channel_scales()
-        return weight.numel() + scales.numel() * scales.element_size() + _bytes(self.bias)
+    def opaque_bytes(self) -> int:
+        """oneDNN's packed weight: an opaque tensor (one byte a weight), outside parameters and buffers."""
+        return self.w.numel() * self.w.element_size()
 
 
 class Int4WeightLayer(_Deployed):
@@ -150,6 +236,18 @@ class Int4WeightLayer(_Deployed):
 _MODULES = {"packed": PackedLayer, "int8-dynamic": Int8DynamicLayer, "int4-weight": Int4WeightLayer}
 
 
+@functools.cache
+def onednn_int8() -> bool:
+    """Whether this PyTorch build runs oneDNN's int8 kernels (x86 builds do; others may not)."""
+    try:
+        w = torch.ops.onednn.qlinear_prepack(torch.ones(2, 4, dtype=torch.int8), None)
+        torch.ops.onednn.qlinear_pointwise(torch.ones(1, 4, dtype=torch.uint8), 1.0, 0, w, torch.ones(2), torch.zeros(2, dtype=torch.int32),
+                                           None, 1.0, 0, torch.float32, "none", [], "")
+        return True
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
+
+
 def why_not(backend: str, layer: QuantizedLayer, device: torch.device) -> str | None:
     """None if `backend` can run `layer` on `device`, else the reason."""
     if backend in ("reference", "packed"):
@@ -157,13 +255,10 @@ def why_not(backend: str, layer: QuantizedLayer, device: torch.device) -> str | 
     if device.type != "cpu":
         return f"{backend} uses PyTorch's CPU kernels; on {device.type} use packed or reference"
     if backend == "int8-dynamic":
-        if layer.kind != "linear":
-            # fbgemm's dynamic Conv1d exists, but on inputs that are not centred on zero (GELU
-            # outputs, as in every speech front end) it gave cosines of 0.79-0.95 to the exact
-            # result. The linear kernel over unfolded windows is accurate (cosine 0.9996) but
-            # slower than oneDNN's fp32 convolution: HuBERT Base at 10 s ran at 0.79x fp32 with
-            # CNN layers 1-6 on it, 0.59x with the CNN left in fp32 (measured, 2 cores)
-            return "int8-dynamic runs linear layers only"
+        if not onednn_int8():
+            return "this PyTorch build's oneDNN has no int8 matmul (torch.ops.onednn.qlinear_pointwise)"
+        if layer.kind == "conv1d" and isinstance(layer.conv_args["padding"], str):
+            return f"int8-dynamic needs a numeric convolution padding, not {layer.conv_args['padding']!r}"
         if layer.bits != 8:
             return f"int8-dynamic needs 8-bit weights, not {layer.bits}"
         if layer.group_size is not None:
@@ -216,8 +311,16 @@ def deploy(model: nn.Module, backend: str = "auto", device: str | torch.device |
         plan[name] = chosen
     out = copy_module(model).to(target).eval()
     for name, chosen in plan.items():
-        if chosen != "reference":
-            out.set_submodule(name, _MODULES[chosen](out.get_submodule(name)).to(target))
+        if chosen == "reference":
+            continue
+        try:
+            built = _MODULES[chosen](out.get_submodule(name))
+        except DeployError as err:  # a kernel that fails its own check on this layer
+            if backend != "auto":
+                raise DeployError(f"backend {chosen} cannot run layer {name!r}: {err}; backends that can: reference, packed") from None
+            plan[name] = "packed"
+            built = PackedLayer(out.get_submodule(name))
+        out.set_submodule(name, built.to(target))
     out.deploy_backends = plan
     return out
 
@@ -236,10 +339,10 @@ def resident_weight_bytes(model: nn.Module, quantized_only: bool = True) -> int:
             if id(t) not in seen:
                 seen.add(id(t))
                 total += _bytes(t)
-        return total + sum(m.resident_bytes() for m in model.modules() if isinstance(m, Int8DynamicLayer))
+        return total + sum(m.opaque_bytes() for m in model.modules() if isinstance(m, Int8DynamicLayer))
     for m in model.modules():
-        if isinstance(m, Int8DynamicLayer):
-            total += m.resident_bytes()
-        elif isinstance(m, (QuantizedLayer, _Deployed)):
+        if isinstance(m, (QuantizedLayer, _Deployed)):
             total += sum(_bytes(t) for t in [*m.parameters(recurse=False), *m.buffers(recurse=False)])
+        if isinstance(m, Int8DynamicLayer):
+            total += m.opaque_bytes()
     return total
