@@ -213,7 +213,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
             if run.quant.registered is not None and not run.quant.registered.bits:
                 print(f"  [{state}] {run.name:<60} budget {run.quant.budget_mb:g} MB (allocated at run time)")
                 continue
-            report = cost_report(run.upstream, run.quant.bits if run.quant.method != "fp" else 16)
+            config = run.quant.config()
+            report = cost_report(run.upstream, run.quant.bits if run.quant.method != "fp" else 16,
+                                 groups=config.targets if config is not None else ("transformer",))
             print(f"  [{state}] {run.name:<60} stored {report.storage_mb['stored']:7.2f} MB  est_runtime {report.est_runtime['encoder']:.3f}")
         walls = [r["wall_seconds"] for r in done.values() if r.get("wall_seconds")]
         if walls:

@@ -368,10 +368,6 @@ def measure_latency(model, wavs: torch.Tensor, lens: torch.Tensor, reps: int) ->
     return statistics.median(times)
 
 
-# ``all`` in perf deploy: every layer that computes features (not the pretraining heads)
-ALL_LAYERS = ("cnn", "feature_projection", "positional_conv", "transformer")
-
-
 def _status_kb(field: str) -> int:
     with open("/proc/self/status") as fh:
         for line in fh:
@@ -392,6 +388,7 @@ def deploy_probe(upstream: str, bits: int, backend: str, group_size: int | None,
     from upstream_quant import load_upstream
     from upstream_quant.methods.binary import BinaryConfig
     from upstream_quant.accounting import group_of
+    from upstream_quant.select import FEATURE_GROUPS
     from upstream_quant.deploy import deploy, resident_weight_bytes
     from upstream_quant.quantize import quantize, target_layers
     from upstream_quant.methods.uniform import UniformConfig
@@ -408,7 +405,7 @@ def deploy_probe(upstream: str, bits: int, backend: str, group_size: int | None,
     if bits == 16:
         model, linear_bytes = base.to(dev), fp_bytes
     else:
-        targets = ALL_LAYERS if layers == "all" else ("transformer",)
+        targets = FEATURE_GROUPS if layers == "all" else ("transformer",)
         config = (BinaryConfig(group_size=group_size, targets=targets) if bits == 1
                   else UniformConfig(bits=bits, group_size=group_size, targets=targets))
         quantized = quantize(base, config, progress=False)
@@ -452,6 +449,7 @@ def perf_deploy(upstream: str, configs: list[tuple[int, str, int | None, str]], 
     import sys
 
     from upstream_quant.accounting import cost_report
+    from upstream_quant.select import FEATURE_GROUPS
     plan = [(16, "fp32", None, None), *configs]
     measured: dict[tuple, list[dict]] = {key: [] for key in plan}
     for round_ in range(rounds):
@@ -484,7 +482,7 @@ def perf_deploy(upstream: str, configs: list[tuple[int, str, int | None, str]], 
     print(f"{'bits':>4} {'backend':<13} {'layers':<11} {'latency s':>9} {'vs fp32':>7} {'range':>11} {'est':>6} {'est full':>8} "
           f"{'RSS MB':>7} {'peak MB':>8} {'linears MB':>10} {'ideal MB':>8} {'all MB':>7}")
     for r in rows:
-        groups = ALL_LAYERS if r.get("layers") == "all" else ("transformer",)
+        groups = FEATURE_GROUPS if r.get("layers") == "all" else ("transformer",)
         est = cost_report(upstream, r["bits"], seconds, groups).est_runtime
         ideal = f"{r['ideal_mb']:8.2f}" if r["ideal_mb"] is not None else f"{'':>8}"
         lo, hi = r["measured_range"]

@@ -64,8 +64,8 @@ def paper_config(row: dict) -> str | None:
     one width its layers hold; None for others (mixed precision has no single width)."""
     from .reference import paper_task
 
-    if row.get("task") != paper_task() or "upstream" not in row:
-        return None
+    if row.get("task") != paper_task() or "upstream" not in row or row.get("layers") == "all":
+        return None  # the paper's rows quantize the transformer's layers (layers=all quantizes the CNN too)
     bits = row.get("bits")
     if row.get("method") not in ("fp", "packed") and (bits is None or bits != bits):  # no single width (mixed); NaN in frames
         return None

@@ -56,6 +56,9 @@ class QuantSpec:
     plain: bool | None = None
     symmetric: bool | None = None
     steps: int | None = None
+    # ``:layers=all``: every layer that computes features (CNN, feature projection, positional
+    # convolution and transformer; `upstream_quant.select.FEATURE_GROUPS`), not the transformer's alone
+    layers: str | None = None
 
     @classmethod
     def parse(cls, text: str) -> "QuantSpec":
@@ -77,6 +80,17 @@ class QuantSpec:
         from upstream_quant.methods import METHODS
 
         parts = text.strip().split(":")
+        layers = [p for p in parts if p.startswith("layers=")]
+        if layers:
+            value = layers[-1].removeprefix("layers=")
+            if len(layers) > 1 or value not in ("all", "transformer") or parts[0] in ("fp", "packed"):
+                raise ValueError(f"quantization {text!r}: layers= takes 'all' or 'transformer', once, after a method")
+            parts = [p for p in parts if not p.startswith("layers=")]
+            spec = cls._parse(":".join(parts))
+            if spec.registered.config is None:
+                raise ValueError(f"quantization {text!r}: {spec.method} chooses its own layers; layers= is for "
+                                 f"methods with a quantize() config")
+            return spec if value == "transformer" else dataclasses.replace(spec, layers=value)
         if parts == ["fp"]:
             return cls()
         if parts[0] == "packed":
@@ -118,7 +132,7 @@ class QuantSpec:
             del out["file"], out["file_sha256"]
         else:
             out["file"] = Path(self.file).name
-        for name in ("deploy", "plain", "symmetric", "steps"):
+        for name in ("deploy", "plain", "symmetric", "steps", "layers"):
             if out[name] is None:
                 del out[name]
         return out
@@ -143,15 +157,18 @@ class QuantSpec:
             return "fp"
         if self.method == "packed":
             return f"packed-{Path(self.file).stem}"
-        return self.registered.label(self)
+        return self.registered.label(self) + ("-all" if self.layers == "all" else "")
 
-    def config(self, targets: tuple[str, ...] = ("transformer",)):
+    def config(self, targets: tuple[str, ...] | None = None):
         """The method's `quantize()` config (None for full precision, a packed file, and methods
-        with their own build step: mixed precision allocates per run from calibration audio)."""
+        with their own build step: mixed precision allocates per run from calibration audio), on
+        `targets` (default: the transformer's layers, or every feature layer with ``layers=all``)."""
+        from upstream_quant.select import FEATURE_GROUPS
+
         method = self.registered
         if method is None or method.config is None:
             return None
-        return method.config(self, targets)
+        return method.config(self, targets or (FEATURE_GROUPS if self.layers == "all" else ("transformer",)))
 
     @property
     def calibrates(self) -> bool:

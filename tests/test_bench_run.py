@@ -49,6 +49,21 @@ def test_quant_spec_parsing():
             QuantSpec.parse(bad)
 
 
+def test_layers_all_quantizes_every_feature_layer_and_keeps_other_hashes():
+    from upstream_quant.select import FEATURE_GROUPS
+
+    spec = QuantSpec.parse("uniform:8:layers=all@int8-dynamic")
+    assert spec.layers == "all" and spec.deploy == "int8-dynamic" and spec.label == "uniform8-all@int8-dynamic"
+    assert spec.config().targets == FEATURE_GROUPS and "cnn" in FEATURE_GROUPS and "heads" not in FEATURE_GROUPS
+    assert QuantSpec.parse("uniform:8").config().targets == ("transformer",)
+    assert QuantSpec.parse("uniform:8:layers=transformer").as_dict() == QuantSpec.parse("uniform:8").as_dict()
+    assert "layers" not in QuantSpec.parse("gptq:3").as_dict()  # stored hashes stay as they were
+    for bad, message in [("fp:layers=all", "after a method"), ("uniform:8:layers=cnn", "'all' or 'transformer'"),
+                         ("mixed:4.5:layers=all", "chooses its own layers")]:
+        with pytest.raises(ValueError, match=message):
+            QuantSpec.parse(bad)
+
+
 def test_shipped_suites_parse_and_expand():
     mini = load_suite("mini")
     names = [r.name for r in mini.runs]

@@ -12,6 +12,7 @@ from .accounting import group_of
 
 ALL = "*"  # every Linear/Conv1d, whatever its group
 GROUPS = ("cnn", "feature_projection", "positional_conv", "transformer", "heads", "other")
+FEATURE_GROUPS = GROUPS[:4]  # every layer that computes features (not the pretraining heads)
 QUANTIZABLE = (nn.Linear, nn.Conv1d)
 FilterFn = Callable[[nn.Module, str], bool]
 
