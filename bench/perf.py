@@ -425,14 +425,18 @@ def deploy_probe(upstream: str, bits: int, backend: str, group_size: int | None,
     rss_kb = _status_kb("VmRSS")
     wavs = 0.1 * torch.randn(batch, int(seconds * 16000), device=dev)
     lens = torch.full((batch,), wavs.shape[1], device=dev)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
     latency = measure_latency(model, wavs, lens, reps)
+    gpu = {"cuda_allocated_mb": torch.cuda.memory_allocated(dev) / 1e6,
+           "cuda_peak_mb": torch.cuda.max_memory_allocated(dev) / 1e6} if dev.type == "cuda" else {}
     ideal = n_weights * bits / 8 + groups * 2 if bits != 16 else None  # codes, and an fp16 scale per row or group
     return {"bits": bits, "backend": backend if bits != 16 else "fp32", "group_size": group_size,
             "layers": layers if bits != 16 else None,
             "latency_s": latency, "rss_mb": rss_kb / 1e3, "peak_rss_mb": _status_kb("VmHWM") / 1e3,
             "linear_weights_mb": linear_bytes / 1e6, "ideal_mb": None if ideal is None else ideal / 1e6,
             "all_weights_mb": resident_weight_bytes(model, quantized_only=False) / 1e6,
-            "threads": torch.get_num_threads(), "device": str(dev)}
+            "threads": torch.get_num_threads(), "device": str(dev), **gpu}
 
 
 def perf_deploy(upstream: str, configs: list[tuple[int, str, int | None, str]], seconds: float, reps: int, batch: int,
@@ -489,6 +493,10 @@ def perf_deploy(upstream: str, configs: list[tuple[int, str, int | None, str]], 
         print(f"{r['bits']:>4} {r['backend']:<13} {r.get('layers') or '':<11} {r['latency_s']:9.3f} {r['measured_runtime']:7.2f} "
               f"{f'{lo:.2f}-{hi:.2f}':>11} {est['encoder']:6.3f} {est['full']:8.3f} {r['rss_mb']:7.0f} {r['peak_rss_mb']:8.0f} "
               f"{r['linear_weights_mb']:10.2f} {ideal} {r['all_weights_mb']:7.1f}")
+    for r in rows:
+        if "cuda_peak_mb" in r:
+            print(f"  {r['bits']}-bit {r['backend']} {r.get('layers') or ''}: CUDA memory allocated {r['cuda_allocated_mb']:.0f} MB, "
+                  f"peak during the forward passes {r['cuda_peak_mb']:.0f} MB")
     print("layers: transformer = its linears quantized, all = every linear and convolution (CNN, feature projection and "
           "positional convolution too); vs fp32: median over rounds of the latency over the same round's fp32 latency "
           "(range: min-max); est / est full: the bit-operation estimate of the transformer encoder / of the whole "

@@ -9,7 +9,8 @@ import torch
 from bench.cli import main
 from upstream_quant.methods.binary import BinaryConfig
 from upstream_quant.deploy import (
-    DeployError, Int4WeightLayer, Int8DynamicLayer, PackedLayer, deploy, resident_weight_bytes, unpack, why_not,
+    DeployError, Int4WeightLayer, Int8DynamicLayer, PackedLayer, TorchaoInt8Layer, deploy, resident_weight_bytes, unpack,
+    why_not,
 )
 from upstream_quant.packed import load_packed, pack_codes, save_packed, unpack_codes
 from upstream_quant.qweight import QuantizedLayer
@@ -86,6 +87,9 @@ def test_int8_dynamic_is_exact_on_its_8_bit_inputs(original, shape):
     assert deployed.single_channel == (original.in_channels == 1 if isinstance(original, torch.nn.Conv1d) else False)
     assert got.shape == expected.shape
     assert float((got - expected).abs().max() / expected.abs().max()) < 1e-5
+    n, biases = original.weight.numel(), (0 if original.bias is None else original.bias.numel() * 4)
+    held = 4 * n if deployed.single_channel else n  # fp32 weights, or oneDNN's one byte a weight
+    assert deployed.resident_bytes() == held + original.weight.shape[0] * 8 + biases  # + fp32 scales and row sums
 
 
 def test_a_layer_the_kernel_gets_wrong_is_refused_or_left_to_packed(tiny_hubert, monkeypatch):
@@ -161,14 +165,39 @@ def test_a_backend_refuses_what_it_cannot_run_naming_those_that_can(tiny_hubert,
         assert "backends that can: reference" in str(err.value) and "packed" in str(err.value)
 
 
-def test_cpu_kernels_are_refused_on_other_devices(tiny_hubert):
-    layer = next(m for m in quantize(tiny_hubert, UniformConfig(bits=8), progress=False).modules()
-                 if isinstance(m, QuantizedLayer))
-    for backend in ("int8-dynamic", "int4-weight"):
-        assert "on cuda use packed or reference" in why_not(backend, layer, torch.device("cuda"))
-    assert why_not("packed", layer, torch.device("cuda")) is None
+def test_cpu_kernels_are_refused_on_other_devices(tiny_hubert, monkeypatch):
+    from upstream_quant import deploy as deploy_module
+
+    model = quantize(tiny_hubert, UniformConfig(bits=8, targets=("cnn", "transformer")), progress=False)
+    linear = next(m for m in model.modules() if isinstance(m, QuantizedLayer) and m.kind == "linear")
+    conv = next(m for m in model.modules() if isinstance(m, QuantizedLayer) and m.kind == "conv1d")
+    cuda = torch.device("cuda")
+    assert "on cuda use packed or reference" in why_not("int4-weight", linear, cuda)
+    assert why_not("packed", linear, cuda) is None
+    assert "linear layers only" in why_not("int8-dynamic", conv, cuda)
+    assert why_not("int8-dynamic", linear, cuda) is None and deploy_module._module("int8-dynamic", cuda) is TorchaoInt8Layer
+    assert deploy_module.choose(conv, cuda) == "packed"
+    monkeypatch.setattr(deploy_module, "torchao_available", lambda: False)
+    assert "pip install torchao" in why_not("int8-dynamic", linear, cuda)
     with pytest.raises(DeployError, match="no quantized layers"):
         deploy(tiny_hubert, "packed")
+
+
+def test_torchaos_int8_layer_holds_our_codes_and_stays_close_to_the_reference():
+    """The CUDA int8 path, run here on CPU (torchao's int8 tensor computes the same on both; on
+    CUDA its matmul is cuBLAS's): our codes exactly, and per-token 8-bit inputs close to the reference."""
+    layer = _quantized_layer(torch.nn.Linear(48, 40), 3)
+    deployed = TorchaoInt8Layer(layer)
+    assert torch.equal(deployed.weight.qdata.to(torch.int16), layer.codes.to(torch.int16) - 128)  # not re-rounded
+    assert torch.equal(deployed.weight.scale.flatten(), layer.scale.flatten().float())
+    x = torch.randn(2, 30, 48, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected, got = layer(x), deployed(x)
+    assert got.shape == expected.shape
+    assert float((got - expected).abs().max() / expected.abs().max()) < 0.02
+    assert float(torch.nn.functional.cosine_similarity(got.flatten(), expected.flatten(), dim=0)) > 0.9999
+    assert deployed.resident_bytes() == 48 * 40 + 40 * 4 + 40 * 4  # int8 codes, fp32 scales, fp32 bias
+
 
 
 def test_bench_deploy_reports_memory_deviation_and_latency(tiny_hubert, tmp_path, capsys):

@@ -7,11 +7,12 @@ its uint8 codes and a float32 dequantized weight (5 bytes a weight, full-precisi
 
 - ``reference``: the layer as it is (the dequantized float path, what every other backend is
   checked against);
-- ``int8-dynamic``: oneDNN's int8 kernels as PyTorch ships them (int8 weights, activations
-  quantized to 8 bits per batch), CPU only, for symmetric 8-bit linear and convolution layers
-  with one scale per row or output channel;
+- ``int8-dynamic``: for symmetric 8-bit layers with one scale per row or output channel, int8
+  weights and inputs quantized to 8 bits as they come: on CPU oneDNN's int8 kernels as PyTorch
+  ships them (linear and convolution layers, inputs per tensor); on CUDA torchao's int8 tensor
+  (linear layers, inputs per token, cuBLAS's int8 GEMM), from the optional ``[gpu]`` extra;
 - ``int4-weight``: PyTorch's CPU int4 weight-only kernel (bf16 activations), for 4-bit layers with
-  groups of 32/64/128/256;
+  groups of 32/64/128/256 (CPU only: on CUDA a layer takes ``packed``);
 - ``packed``: any width on any device: the codes stay bit-packed in memory (bits/8 bytes a weight
   plus fp16 scales) and are unpacked, one layer at a time, just before it runs.
 
@@ -71,6 +72,10 @@ class _Deployed(nn.Module):
     def extra_repr(self) -> str:
         return f"{self.kind}, {self.shape}, backend={self.backend}, bits={self.bits}, group_size={self.group_size}"
 
+    def resident_bytes(self) -> int:
+        """Bytes of what the layer keeps in memory for its forward pass."""
+        return sum(_bytes(t) for t in [*self.parameters(recurse=False), *self.buffers(recurse=False)])
+
 
 class PackedLayer(_Deployed):
     """Codes bit-packed in memory; the weight is dequantized for the forward pass only."""
@@ -118,6 +123,12 @@ def quantize_input(x: torch.Tensor) -> tuple[torch.Tensor, float, int]:
     return (codes.transpose(-1, -2) if flip else codes), scale, zero
 
 
+def signed_codes(layer: QuantizedLayer) -> torch.Tensor:
+    """A symmetric 8-bit layer's codes as int8 (code - 128), in the weight's shape."""
+    rows = layer.codes.reshape(layer.codes.shape[0], -1).to(torch.int16) - layer.zero.reshape(layer.codes.shape[0], -1).to(torch.int16)
+    return rows.to(torch.int8).reshape(layer.codes.shape)
+
+
 def _qlinear(*args) -> torch.Tensor:
     return torch.ops.onednn.qlinear_pointwise(*args)
 
@@ -144,8 +155,7 @@ class Int8DynamicLayer(_Deployed):
 
     def __init__(self, layer: QuantizedLayer):
         super().__init__(layer)
-        rows = layer.codes.reshape(self.shape[0], -1).to(torch.int16) - layer.zero.reshape(self.shape[0], -1).to(torch.int16)
-        ints = rows.to(torch.int8).reshape(self.shape).cpu()
+        ints = signed_codes(layer).cpu()
         self.register_buffer("w_scale", layer.scale.detach().reshape(-1).float().cpu().contiguous())
         # scale x sum of a row's (or output channel's) integer weights: what one unit of input zero point adds
         self.register_buffer("w_sums", self.w_scale * ints.reshape(ints.shape[0], -1).sum(1).float())
@@ -207,9 +217,36 @@ class Int8DynamicLayer(_Deployed):
         out = _qconv(codes, scale, 0, self.w, self.w_scale, self.w_zero, bias, *self.args, 1.0, 0, torch.float32, "none", [], "")
         return out.squeeze(2).to(x.dtype)
 
-    def opaque_bytes(self) -> int:
-        """oneDNN's packed weight: an opaque tensor (one byte a weight), outside parameters and buffers."""
-        return self.w.numel() * self.w.element_size()
+    def resident_bytes(self) -> int:
+        """Its tensors and oneDNN's packed weight (an opaque tensor, one byte a weight, outside the
+        parameters and buffers)."""
+        return super().resident_bytes() + self.w.numel() * self.w.element_size()
+
+
+class TorchaoInt8Layer(_Deployed):
+    """int8-dynamic on CUDA: torchao's int8 weight tensor with per-token dynamic int8 activations
+    (its matmul is torch._int_mm, cuBLAS's int8 GEMM). The tensor is built from the layer's own
+    codes and scales: torchao's ``quantize_`` would re-round the dequantized weight, which for
+    ranges other than min-max (mse, output-aware) is another model."""
+
+    backend = "int8-dynamic"
+
+    def __init__(self, layer: QuantizedLayer):
+        super().__init__(layer)
+        from torchao.quantization import Int8Tensor
+        from torchao.quantization.granularity import PerRow
+        from torchao.quantization.quantize_.workflows.int8.int8_tensor import QuantizeTensorToInt8Kwargs
+
+        scale = layer.scale.detach().reshape(-1, 1).float()
+        tensor = Int8Tensor(signed_codes(layer), scale, [1, self.shape[1]], torch.float32,
+                            act_quant_kwargs=QuantizeTensorToInt8Kwargs(granularity=PerRow()))
+        self.weight = nn.Parameter(tensor, requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, None if self.bias is None else self.bias.to(x.dtype))
+
+    def resident_bytes(self) -> int:
+        return _bytes(self.weight.qdata) + _bytes(self.weight.scale) + _bytes(self.bias)
 
 
 class Int4WeightLayer(_Deployed):
@@ -236,6 +273,17 @@ class Int4WeightLayer(_Deployed):
 _MODULES = {"packed": PackedLayer, "int8-dynamic": Int8DynamicLayer, "int4-weight": Int4WeightLayer}
 
 
+def _module(backend: str, device: torch.device) -> type:
+    """The deployed layer class of `backend` on `device` (torchao's int8 on CUDA, oneDNN's on CPU)."""
+    return TorchaoInt8Layer if backend == "int8-dynamic" and device.type == "cuda" else _MODULES[backend]
+
+
+def torchao_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("torchao") is not None
+
+
 @functools.cache
 def onednn_int8() -> bool:
     """Whether this PyTorch build runs oneDNN's int8 kernels (x86 builds do; others may not)."""
@@ -252,17 +300,22 @@ def why_not(backend: str, layer: QuantizedLayer, device: torch.device) -> str | 
     """None if `backend` can run `layer` on `device`, else the reason."""
     if backend in ("reference", "packed"):
         return None
-    if device.type != "cpu":
+    if backend == "int8-dynamic" and device.type == "cuda":
+        if not torchao_available():
+            return "int8-dynamic on cuda runs torchao's int8 kernels: pip install torchao==0.18.0 (the [gpu] extra)"
+        if layer.kind != "linear":
+            return "int8-dynamic on cuda runs linear layers only (torchao's int8 matmul)"
+    elif device.type != "cpu":
         return f"{backend} uses PyTorch's CPU kernels; on {device.type} use packed or reference"
     if backend == "int8-dynamic":
-        if not onednn_int8():
+        if device.type == "cpu" and not onednn_int8():
             return "this PyTorch build's oneDNN has no int8 matmul (torch.ops.onednn.qlinear_pointwise)"
         if layer.kind == "conv1d" and isinstance(layer.conv_args["padding"], str):
             return f"int8-dynamic needs a numeric convolution padding, not {layer.conv_args['padding']!r}"
         if layer.bits != 8:
             return f"int8-dynamic needs 8-bit weights, not {layer.bits}"
         if layer.group_size is not None:
-            return "int8-dynamic needs one scale per row (fbgemm's per-channel weights), not groups"
+            return "int8-dynamic needs one scale per row or output channel, not groups"
         if not bool((layer.zero == 128).all()):
             return "int8-dynamic needs symmetric weights (zero-point 128)"
         if layer.act is not None and layer.act.bits != 8:
@@ -314,7 +367,7 @@ def deploy(model: nn.Module, backend: str = "auto", device: str | torch.device |
         if chosen == "reference":
             continue
         try:
-            built = _MODULES[chosen](out.get_submodule(name))
+            built = _module(chosen, target)(out.get_submodule(name))
         except DeployError as err:  # a kernel that fails its own check on this layer
             if backend != "auto":
                 raise DeployError(f"backend {chosen} cannot run layer {name!r}: {err}; backends that can: reference, packed") from None
@@ -332,17 +385,13 @@ def _bytes(t: torch.Tensor | None) -> int:
 def resident_weight_bytes(model: nn.Module, quantized_only: bool = True) -> int:
     """Bytes of the tensors the model keeps in memory: of its quantized layers only (reference or
     deployed), or of everything (every parameter and buffer, non-persistent ones included)."""
-    total = 0
-    if not quantized_only:
-        seen = set()
-        for t in [*model.parameters(), *model.buffers()]:
-            if id(t) not in seen:
-                seen.add(id(t))
-                total += _bytes(t)
-        return total + sum(m.opaque_bytes() for m in model.modules() if isinstance(m, Int8DynamicLayer))
+    total, seen = 0, set()
     for m in model.modules():
-        if isinstance(m, (QuantizedLayer, _Deployed)):
-            total += sum(_bytes(t) for t in [*m.parameters(recurse=False), *m.buffers(recurse=False)])
-        if isinstance(m, Int8DynamicLayer):
-            total += m.opaque_bytes()
+        if isinstance(m, _Deployed):
+            total += m.resident_bytes()
+        elif isinstance(m, QuantizedLayer) or not quantized_only:
+            for t in [*m.parameters(recurse=False), *m.buffers(recurse=False)]:
+                if id(t) not in seen:
+                    seen.add(id(t))
+                    total += _bytes(t)
     return total
