@@ -114,9 +114,10 @@ def test_input_codes_keep_a_transposed_layout_and_equal_the_contiguous_ones():
     assert float(((codes.float() - zero) * scale - x).abs().max()) <= scale / 2 + 1e-6
 
 
-@pytest.mark.parametrize("targets", [("transformer",), ("cnn", "feature_projection", "transformer")])
-def test_int8_dynamic_stays_close_to_the_reference(tiny_hubert, batch, targets):
-    reference = quantize(tiny_hubert, UniformConfig(bits=8, targets=targets), progress=False)
+@pytest.mark.parametrize("bits, targets", [(8, ("transformer",)), (8, ("cnn", "feature_projection", "transformer")),
+                                           (4, ("transformer",))])
+def test_int8_dynamic_stays_close_to_the_reference(tiny_hubert, batch, bits, targets):
+    reference = quantize(tiny_hubert, UniformConfig(bits=bits, targets=targets), progress=False)
     deployed = deploy(reference, "int8-dynamic")
     assert all(isinstance(deployed.get_submodule(n), Int8DynamicLayer) for n in deployed.deploy_backends)
     assert ("cnn" in targets) == any(m.kind == "conv1d" for m in deployed.modules() if isinstance(m, Int8DynamicLayer))
@@ -148,9 +149,10 @@ def test_auto_takes_int8_kernels_where_they_run_and_packed_elsewhere(tiny_hubert
 
 
 @pytest.mark.parametrize("config, backend, message", [
-    (UniformConfig(bits=2), "int8-dynamic", "needs 8-bit weights, not 2"),
+    (BinaryConfig(), "int8-dynamic", "symmetric integer weights"),
     (UniformConfig(bits=8, group_size=32), "int8-dynamic", "one scale per row"),
-    (UniformConfig(bits=8, symmetric=False), "int8-dynamic", "symmetric"),
+    (UniformConfig(bits=8, symmetric=False), "int8-dynamic", "zero-point 128 at 8 bits"),
+    (UniformConfig(bits=4, symmetric=False), "int8-dynamic", "zero-point 8 at 4 bits"),
     (UniformConfig(bits=8, act_bits=4), "int8-dynamic", "this layer's are 4"),
     (UniformConfig(bits=4), "int4-weight", "groups of 32/64/128/256, not one per row"),
     (UniformConfig(bits=2, group_size=32), "int4-weight", "needs 4-bit weights"),
@@ -199,7 +201,6 @@ def test_torchaos_int8_layer_holds_our_codes_and_stays_close_to_the_reference():
     assert deployed.resident_bytes() == 48 * 40 + 40 * 4 + 40 * 4  # int8 codes, fp32 scales, fp32 bias
 
 
-
 def test_bench_deploy_reports_memory_deviation_and_latency(tiny_hubert, tmp_path, capsys):
     path = save_packed(quantize(tiny_hubert, UniformConfig(bits=2), progress=False), tmp_path / "two.safetensors")
     assert main(["deploy", "--packed", str(path), "--backend", "packed", "--seconds", "0.5", "--reps", "1"]) == 0
@@ -207,8 +208,8 @@ def test_bench_deploy_reports_memory_deviation_and_latency(tiny_hubert, tmp_path
     assert "on packed (" in out and "max |deployed - reference| 0," in out and "deployed" in out
     reloaded = load_packed(path)
     assert resident_weight_bytes(deploy(reloaded, "packed")) < resident_weight_bytes(reloaded) / 8
-    assert main(["deploy", "--packed", str(path), "--backend", "int8-dynamic"]) == 2
-    assert "needs 8-bit weights" in capsys.readouterr().err
+    assert main(["deploy", "--packed", str(path), "--backend", "int4-weight"]) == 2
+    assert "needs 4-bit weights" in capsys.readouterr().err
 
 
 @pytest.mark.slow

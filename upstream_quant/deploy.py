@@ -7,8 +7,8 @@ its uint8 codes and a float32 dequantized weight (5 bytes a weight, full-precisi
 
 - ``reference``: the layer as it is (the dequantized float path, what every other backend is
   checked against);
-- ``int8-dynamic``: for symmetric 8-bit layers with one scale per row or output channel, int8
-  weights and inputs quantized to 8 bits as they come: on CPU oneDNN's int8 kernels as PyTorch
+- ``int8-dynamic``: for symmetric layers of up to 8 bits with one scale per row or output
+  channel (their codes are int8 values), int8 weights and inputs quantized to 8 bits as they come: on CPU oneDNN's int8 kernels as PyTorch
   ships them (linear and convolution layers, inputs per tensor); on CUDA torchao's int8 tensor
   (linear layers, inputs per token, cuBLAS's int8 GEMM), from the optional ``[gpu]`` extra;
 - ``int4-weight``: PyTorch's CPU int4 weight-only kernel (bf16 activations), for 4-bit layers with
@@ -16,7 +16,7 @@ its uint8 codes and a float32 dequantized weight (5 bytes a weight, full-precisi
 - ``packed``: any width on any device: the codes stay bit-packed in memory (bits/8 bytes a weight
   plus fp16 scales) and are unpacked, one layer at a time, just before it runs.
 
-``auto`` takes ``int8-dynamic`` where it can run and ``packed`` elsewhere (the CPU int4 kernel is
+``auto`` takes ``int8-dynamic`` for 8-bit layers where it can run and ``packed`` elsewhere (the CPU int4 kernel is
 slower than fp32 at speech-encoder sizes; see README). Hand-written here because no library
 keeps 1-3-bit weights packed on CPU; the kernels themselves are PyTorch's.
 """
@@ -312,12 +312,12 @@ def why_not(backend: str, layer: QuantizedLayer, device: torch.device) -> str | 
             return "this PyTorch build's oneDNN has no int8 matmul (torch.ops.onednn.qlinear_pointwise)"
         if layer.kind == "conv1d" and isinstance(layer.conv_args["padding"], str):
             return f"int8-dynamic needs a numeric convolution padding, not {layer.conv_args['padding']!r}"
-        if layer.bits != 8:
-            return f"int8-dynamic needs 8-bit weights, not {layer.bits}"
         if layer.group_size is not None:
             return "int8-dynamic needs one scale per row or output channel, not groups"
-        if not bool((layer.zero == 128).all()):
-            return "int8-dynamic needs symmetric weights (zero-point 128)"
+        # symmetric codes of any width up to 8 are int8 values (code - 2^(b-1)): the int8 kernel
+        # runs a 4-bit model exactly, at int8 speed and one byte a weight
+        if not bool((layer.zero == 2 ** (layer.bits - 1)).all()):
+            return f"int8-dynamic needs symmetric integer weights (zero-point {2 ** (layer.bits - 1)} at {layer.bits} bits)"
         if layer.act is not None and layer.act.bits != 8:
             return f"int8-dynamic quantizes inputs to 8 bits; this layer's are {layer.act.bits}"
         return None
@@ -335,8 +335,9 @@ def why_not(backend: str, layer: QuantizedLayer, device: torch.device) -> str | 
 
 
 def choose(layer: QuantizedLayer, device: torch.device) -> str:
-    """``auto``: int8 kernels where they run, packed weights elsewhere."""
-    return "int8-dynamic" if why_not("int8-dynamic", layer, device) is None else "packed"
+    """``auto``: int8 kernels for 8-bit layers where they run, packed weights elsewhere (below 8
+    bits ``packed`` keeps the memory the bit width saves; ``int8-dynamic`` must be asked for)."""
+    return "int8-dynamic" if layer.bits == 8 and why_not("int8-dynamic", layer, device) is None else "packed"
 
 
 def deploy(model: nn.Module, backend: str = "auto", device: str | torch.device | None = None) -> nn.Module:
