@@ -566,7 +566,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("what", choices=["quantize", "upstream", "qat", "stream", "step", "whisper", "deploy", "clip"])
     p.add_argument("--calib", default=None, help="clip: folder of 16 kHz audio (default: CORPUS/train)")
     p.add_argument("--upstream", default="hubert_base", help="deploy: the upstream (random weights where none ship)")
-    p.add_argument("--configs", default="8:int8-dynamic,8:int8-dynamic:all,4:int4-weight:g64,4:packed,2:packed,1:packed",
+    p.add_argument("--configs", default="8:int8-dynamic,8:int8-dynamic:all,4:int8-dynamic,4:int4-weight:g64,4:packed,2:packed,1:packed",
                    help="deploy: comma-separated BITS:BACKEND[:gN][:all] (all: every linear and convolution, "
                         "else the transformer's linears)")
     p.add_argument("--device", default=None, help="deploy: cpu or cuda (default: auto)")
