@@ -202,13 +202,36 @@ def test_bench_table_paper_shows_measured_runtime_when_a_deploy_measurement_exis
     assert "measured_runtime" not in paper_table(tmp_path).columns  # nothing measured: no column
     rows = [{"bits": 16, "backend": "fp32", "measured_runtime": 1.0}, {"bits": 8, "backend": "int8-dynamic", "measured_runtime": 0.6},
             {"bits": 8, "backend": "packed", "measured_runtime": 1.1}, {"bits": 2, "backend": "packed", "measured_runtime": 1.2},
-            {"bits": 1, "backend": "packed", "measured_runtime": 1.3}]
+            {"bits": 1, "backend": "packed", "measured_runtime": 1.3},
+            {"bits": 8, "backend": "int8-dynamic", "layers": "all", "measured_runtime": 0.4}]  # not the paper's model
     (tmp_path / "deploy").mkdir()
     (tmp_path / "deploy" / "hubert_base.json").write_text(json.dumps({"upstream": "hubert_base", "rows": rows}))
     table = paper_table(tmp_path).set_index("paper_row")
     assert table.loc["hubert_base/8bit", "measured_runtime"] == 0.6 and table.loc["hubert_base/8bit", "measured_backend"] == "int8-dynamic"
     assert table.loc["hubert_base/2bit", "measured_runtime"] == 1.2 and table.loc["hubert_base/fp16", "measured_runtime"] == 1.0
     assert pd_isna(table.loc["hubert_base/4bit", "measured_runtime"]) and pd_isna(table.loc["distilhubert/fp16", "measured_runtime"])
+
+
+def test_the_deploy_table_reads_perf_deploy_output_beside_the_estimate_of_the_layers_it_quantizes(tmp_path):
+    from bench.tables import deploy_table, table_markdown
+    from upstream_quant.accounting import cost_report
+    from upstream_quant.select import FEATURE_GROUPS
+
+    common = {"latency_s": 0.5, "measured_range": [0.4, 0.6], "linear_weights_mb": 85.9, "ideal_mb": 85.1}
+    rows = [{"bits": 16, "backend": "fp32", "measured_runtime": 1.0, **common, "ideal_mb": None},
+            {"bits": 8, "backend": "int8-dynamic", "layers": "transformer", "measured_runtime": 0.66, **common},
+            {"bits": 8, "backend": "int8-dynamic", "layers": "all", "measured_runtime": 0.41, **common}]
+    with pytest.raises(FileNotFoundError, match="bench perf deploy --upstream hubert_base"):
+        deploy_table("hubert_base", tmp_path)
+    (tmp_path / "deploy").mkdir()
+    (tmp_path / "deploy" / "hubert_base.json").write_text(json.dumps({"upstream": "hubert_base", "seconds": 10.0, "rows": rows}))
+    table = deploy_table("hubert_base", tmp_path)
+    assert list(table.measured_runtime) == [1.0, 0.66, 0.41] and list(table["range"]) == ["0.40-0.60"] * 3
+    assert list(table.audio_s_per_s) == [20.0] * 3  # one 10 s utterance in 0.5 s
+    assert table.est_runtime_full[1] == round(cost_report("hubert_base", 8, 10.0).est_runtime["full"], 3)
+    assert table.est_runtime_full[2] == round(cost_report("hubert_base", 8, 10.0, FEATURE_GROUPS).est_runtime["full"], 3)
+    assert table.est_runtime_full[2] < table.est_runtime_full[1]  # the CNN at 8 bits costs less
+    assert "| int8-dynamic |" in table_markdown("deploy/hubert_base", tmp_path)
 
 
 def pd_isna(value) -> bool:
