@@ -68,6 +68,7 @@ def _quantized_layer(original, seed):
     (torch.nn.Conv1d(16, 32, 3, stride=2), (1, 16, 16500)),  # 8249 frames out: oneDNN's own zero point fails here
     (torch.nn.Conv1d(1, 8, 10, stride=5, bias=False), (2, 1, 400)),
     (torch.nn.Conv1d(64, 64, 16, padding=8, groups=2), (1, 64, 60)),  # HuBERT's positional conv, in small
+    (torch.nn.Conv1d(16, 16, 5, dilation=3, padding=6), (2, 16, 40)),
 ])
 def test_int8_dynamic_is_exact_on_its_8_bit_inputs(original, shape):
     """The kernel computes with our codes (no re-rounding) on the input's 8-bit codes: its output is

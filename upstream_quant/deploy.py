@@ -124,7 +124,8 @@ def quantize_input(x: torch.Tensor) -> tuple[torch.Tensor, float, int]:
 
 
 def signed_codes(layer: QuantizedLayer) -> torch.Tensor:
-    """A symmetric 8-bit layer's codes as int8 (code - 128), in the weight's shape."""
+    """A symmetric layer's codes (up to 8 bits) as int8 values (code - zero point: -128..127 at 8
+    bits, -8..7 at 4), in the weight's shape."""
     rows = layer.codes.reshape(layer.codes.shape[0], -1).to(torch.int16) - layer.zero.reshape(layer.codes.shape[0], -1).to(torch.int16)
     return rows.to(torch.int8).reshape(layer.codes.shape)
 
@@ -185,14 +186,15 @@ class Int8DynamicLayer(_Deployed):
         if self.kind == "linear":
             probe = torch.randn(2, 8, self.shape[1], generator=gen)
         else:
-            width = 4 * self.shape[2] * self.args[0][1] + 2
+            span = self.args[2][1] * (self.shape[2] - 1) + 1  # the kernel's reach, dilation included
+            width = 4 * span * self.args[0][1] + 2
             probe = torch.randn(2, self.shape[1] * self.args[3], width, generator=gen)
         probe = probe + 0.5
         if not self.single_channel:
             codes, scale, zero = quantize_input(probe)
             probe = (codes.float() - zero) * scale
         with torch.no_grad():
-            expected = layer.cpu()(probe)
+            expected = layer(probe)  # on CPU, where this backend runs
             error = float((self(probe) - expected).abs().max() / expected.abs().max().clamp(min=1e-12))
         if not error <= tolerance:
             raise DeployError(f"oneDNN's int8 kernel computes this {tuple(self.shape)} {self.kind} wrongly "
