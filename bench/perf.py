@@ -351,20 +351,25 @@ def perf_whisper(corpus: str = "data/synth/digits", split: str = "test", count: 
 
 
 def measure_latency(model, wavs: torch.Tensor, lens: torch.Tensor, reps: int) -> float:
-    """Median seconds of `reps` forward passes after one warm-up (CUDA synchronised around each)."""
+    """Median seconds of `reps` forward passes after one warm-up (timed with CUDA events on CUDA)."""
     import statistics
 
     times = []
     with torch.no_grad():
         for i in range(reps + 1):
-            if wavs.is_cuda:
-                torch.cuda.synchronize()
-            started = time.perf_counter()
-            model(wavs, lens)
-            if wavs.is_cuda:
-                torch.cuda.synchronize()
+            if wavs.is_cuda:  # CUDA events: the GPU's own clock around the forward pass
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                model(wavs, lens)
+                end.record()
+                end.synchronize()
+                elapsed = start.elapsed_time(end) / 1000
+            else:
+                started = time.perf_counter()
+                model(wavs, lens)
+                elapsed = time.perf_counter() - started
             if i:
-                times.append(time.perf_counter() - started)
+                times.append(elapsed)
     return statistics.median(times)
 
 
@@ -445,45 +450,57 @@ def perf_deploy(upstream: str, configs: list[tuple[int, str, int | None, str]], 
     estimate. Each configuration runs in a fresh process (freed heap handed back with malloc_trim
     after building), so resident and peak memory are its own. With ``rounds`` > 1 every
     configuration, fp32 included, is measured once per round, and each ratio to fp32 is taken
-    within its round: the median is reported with its range (a shared machine drifts)."""
+    within its round: the median is reported with its range (a shared machine drifts). Every row
+    also has its latency over HuBERT Base's fp32 (``measured_vs_reference``, the paper's unit for
+    runtimes), which is timed in each round too when `upstream` is another model."""
     import json
     import os
     import statistics
     import subprocess
     import sys
 
-    from upstream_quant.accounting import cost_report
+    from upstream_quant.accounting import REFERENCE_UPSTREAM, cost_report
     from upstream_quant.select import FEATURE_GROUPS
-    plan = [(16, "fp32", None, None), *configs]
+
+    # another upstream is also timed against HuBERT Base's fp32, as the paper's runtimes are
+    reference = (REFERENCE_UPSTREAM, 16, "fp32", None, None) if upstream != REFERENCE_UPSTREAM else None
+    plan = [(upstream, 16, "fp32", None, None), *[(upstream, *c) for c in configs], *([reference] if reference else [])]
     measured: dict[tuple, list[dict]] = {key: [] for key in plan}
     for round_ in range(rounds):
-        for bits, backend, group, layers in plan:
+        for key in plan:
+            name, bits, backend, group, layers = key
             code = (f"import json; from bench.perf import deploy_probe; print('RESULT', json.dumps(deploy_probe("
-                    f"{upstream!r}, {bits}, {backend!r}, {group!r}, {seconds}, {reps}, {batch}, {device!r}, {layers!r})))")
+                    f"{name!r}, {bits}, {backend!r}, {group!r}, {seconds}, {reps}, {batch}, {device!r}, {layers!r})))")
             env = os.environ | {"PYTHONWARNINGS": "ignore"}
             proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
             line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
             if proc.returncode or line is None:
-                print(f"{bits}-bit {backend}: failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}")
+                print(f"{name} {bits}-bit {backend}: failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}")
                 continue
-            measured[(bits, backend, group, layers)].append(json.loads(line[7:]) | {"round": round_})
-            print(f"  measured {bits}-bit {backend} (round {round_ + 1}/{rounds})", file=sys.stderr)
-    fp_runs = {r["round"]: r["latency_s"] for r in measured[plan[0]]}
-    if not fp_runs:
+            measured[key].append(json.loads(line[7:]) | {"round": round_})
+            print(f"  measured {name} {bits}-bit {backend} (round {round_ + 1}/{rounds})", file=sys.stderr)
+
+    def ratios_to(base_key, runs) -> list[float]:
+        base = {r["round"]: r["latency_s"] for r in measured[base_key]}
+        return [r["latency_s"] / base[r["round"]] for r in runs if r["round"] in base]
+
+    if not measured[plan[0]] or (reference and not measured[reference]):
         return 1
     rows = []
     for key, runs in measured.items():
-        ratios = [r["latency_s"] / fp_runs[r["round"]] for r in runs if r["round"] in fp_runs]
-        if not ratios:
+        ratios = ratios_to(plan[0], runs)
+        if key == reference or not ratios:
             continue
         row = dict(runs[0]) | {"latency_s": statistics.median(r["latency_s"] for r in runs),
                                "measured_runtime": round(statistics.median(ratios), 4),
                                "measured_range": [round(min(ratios), 4), round(max(ratios), 4)]}
+        vs_ref = ratios_to(reference, runs) if reference else ratios
+        row["measured_vs_reference"] = round(statistics.median(vs_ref), 4)
         rows.append(row)
     fp = rows[0]
     print(f"{upstream}: {batch} x {seconds:g} s utterance(s), median of {reps} forward passes after a warm-up, "
           f"{rounds} round(s), {fp['threads']} threads, {fp['device']}; each measurement in its own process")
-    print(f"{'bits':>4} {'backend':<13} {'layers':<11} {'latency s':>9} {'vs fp32':>7} {'range':>11} {'est':>6} {'est full':>8} "
+    print(f"{'bits':>4} {'backend':<13} {'layers':<11} {'latency s':>9} {'vs fp32':>7} {'range':>11} {'vs HuBERT':>9} {'est':>6} {'est full':>8} "
           f"{'RSS MB':>7} {'peak MB':>8} {'linears MB':>10} {'ideal MB':>8} {'all MB':>7}")
     for r in rows:
         groups = FEATURE_GROUPS if r.get("layers") == "all" else ("transformer",)
@@ -491,7 +508,7 @@ def perf_deploy(upstream: str, configs: list[tuple[int, str, int | None, str]], 
         ideal = f"{r['ideal_mb']:8.2f}" if r["ideal_mb"] is not None else f"{'':>8}"
         lo, hi = r["measured_range"]
         print(f"{r['bits']:>4} {r['backend']:<13} {r.get('layers') or '':<11} {r['latency_s']:9.3f} {r['measured_runtime']:7.2f} "
-              f"{f'{lo:.2f}-{hi:.2f}':>11} {est['encoder']:6.3f} {est['full']:8.3f} {r['rss_mb']:7.0f} {r['peak_rss_mb']:8.0f} "
+              f"{f'{lo:.2f}-{hi:.2f}':>11} {r['measured_vs_reference']:9.2f} {est['encoder']:6.3f} {est['full']:8.3f} {r['rss_mb']:7.0f} {r['peak_rss_mb']:8.0f} "
               f"{r['linear_weights_mb']:10.2f} {ideal} {r['all_weights_mb']:7.1f}")
     for r in rows:
         if "cuda_peak_mb" in r:
@@ -499,7 +516,7 @@ def perf_deploy(upstream: str, configs: list[tuple[int, str, int | None, str]], 
                   f"peak during the forward passes {r['cuda_peak_mb']:.0f} MB")
     print("layers: transformer = its linears quantized, all = every linear and convolution (CNN, feature projection and "
           "positional convolution too); vs fp32: median over rounds of the latency over the same round's fp32 latency "
-          "(range: min-max); est / est full: the bit-operation estimate of the transformer encoder / of the whole "
+          "(range: min-max); vs HuBERT: the same over HuBERT Base's fp32 latency (the paper's unit); est / est full: the bit-operation estimate of the transformer encoder / of the whole "
           "model, relative to fp HuBERT Base; linears MB: resident bytes of the quantized transformer linears; ideal "
           "MB: bits x weights / 8 plus one fp16 scale per row or group; all MB: every parameter and buffer of the "
           "model (RSS, peak and MB columns from the first round)")
@@ -510,6 +527,8 @@ def perf_deploy(upstream: str, configs: list[tuple[int, str, int | None, str]], 
 
         record = {"upstream": upstream, "seconds": seconds, "batch": batch, "reps": reps, "rounds": rounds, "weights": "random",
                   "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or platform.system()}",
+                  "reference": REFERENCE_UPSTREAM,
+                  "reference_latency_s": statistics.median(r["latency_s"] for r in measured[reference or plan[0]]),
                   "rows": rows}
         print(f"wrote {write_atomic(out, json.dumps(record, indent=1))}")
     return 0
