@@ -341,16 +341,17 @@ def _cmd_perf(args: argparse.Namespace) -> int:
 
 
 def parse_deploy_configs(text: str) -> list[tuple[int, str, int | None, str]]:
-    """``BITS:BACKEND[:gN][:all],...`` (e.g. ``8:int8-dynamic,8:int8-dynamic:all,4:int4-weight:g64,2:packed``):
-    the transformer's linears are quantized, or with ``all`` every linear and convolution (the CNN,
-    the feature projection and the positional convolution too)."""
+    """``BITS:BACKEND[:gN][:all|:cnn8],...`` (e.g. ``8:int8-dynamic,8:int8-dynamic:all,4:int4-weight:g64,
+    1:auto:cnn8``): the transformer's linears are quantized, with ``all`` every linear and
+    convolution (the CNN, the feature projection and the positional convolution too), with
+    ``cnn8`` those others at 8 bits beside the transformer at BITS (a backend per layer: ``auto``)."""
     from upstream_quant.deploy import BACKENDS
 
     out = []
     for item in text.split(","):
         parts = item.strip().split(":")
-        layers = "all" if parts[-1] == "all" else "transformer"
-        if layers == "all":
+        layers = parts[-1] if parts[-1] in ("all", "cnn8") else "transformer"
+        if layers != "transformer":
             parts = parts[:-1]
         try:
             bits, backend = int(parts[0]), parts[1]
@@ -358,10 +359,10 @@ def parse_deploy_configs(text: str) -> list[tuple[int, str, int | None, str]]:
             if len(parts) > 3 or (len(parts) == 3 and group is None):
                 raise ValueError
         except (ValueError, IndexError):
-            raise ValueError(f"--configs {item!r}: expected BITS:BACKEND[:gN][:all], e.g. 8:int8-dynamic, "
-                             f"8:int8-dynamic:all or 4:int4-weight:g64") from None
-        if backend not in BACKENDS or not 1 <= bits <= 8:
-            raise ValueError(f"--configs {item!r}: bits 1..8 and a backend of {', '.join(BACKENDS)}")
+            raise ValueError(f"--configs {item!r}: expected BITS:BACKEND[:gN][:all|:cnn8], e.g. 8:int8-dynamic, "
+                             f"8:int8-dynamic:all, 4:int4-weight:g64 or 1:auto:cnn8") from None
+        if backend not in ("auto", *BACKENDS) or not 1 <= bits <= 8:
+            raise ValueError(f"--configs {item!r}: bits 1..8 and a backend of auto, {', '.join(BACKENDS)}")
         out.append((bits, backend, group, layers))
     return out
 
@@ -566,9 +567,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("what", choices=["quantize", "upstream", "qat", "stream", "step", "whisper", "deploy", "clip"])
     p.add_argument("--calib", default=None, help="clip: folder of 16 kHz audio (default: CORPUS/train)")
     p.add_argument("--upstream", default="hubert_base", help="deploy: the upstream (random weights where none ship)")
-    p.add_argument("--configs", default="8:int8-dynamic,8:int8-dynamic:all,4:int8-dynamic,4:int4-weight:g64,4:packed,2:packed,1:packed",
-                   help="deploy: comma-separated BITS:BACKEND[:gN][:all] (all: every linear and convolution, "
-                        "else the transformer's linears)")
+    p.add_argument("--configs", default="8:int8-dynamic,8:int8-dynamic:all,4:int8-dynamic,4:int4-weight:g64,4:packed,"
+                                        "4:packed-int8,2:packed,2:packed-int8,1:packed,1:packed-int8,2:auto:cnn8,1:auto:cnn8",
+                   help="deploy: comma-separated BITS:BACKEND[:gN][:all|:cnn8] (all: every linear and convolution; "
+                        "cnn8: the transformer at BITS, the other layers at 8 bits; else the transformer's linears)")
     p.add_argument("--device", default=None, help="deploy: cpu or cuda (default: auto)")
     p.add_argument("--out", default=None, help="deploy: also write the measurements as JSON (bench table paper reads "
                                                "STORE/deploy/UPSTREAM.json)")
@@ -665,7 +667,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("deploy", help="run a packed file on a low-bit backend (int8-dynamic, int4-weight, packed) and "
                                       "compare it with the reference path: memory, deviation, latency")
     p.add_argument("--packed", required=True, metavar="FILE")
-    p.add_argument("--backend", default="auto", help="auto, reference, int8-dynamic, int4-weight or packed")
+    p.add_argument("--backend", default="auto", help="auto, reference, int8-dynamic, int4-weight, packed or packed-int8")
     p.add_argument("--seconds", type=float, default=4.0, help="length of the two seeded test inputs")
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)

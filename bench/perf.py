@@ -385,14 +385,16 @@ def deploy_probe(upstream: str, bits: int, backend: str, group_size: int | None,
                  device: str | None, layers: str = "transformer") -> dict:
     """One measurement of `perf_deploy`, meant to run in a process of its own: build the model
     (fp32 when `bits` is 16; else quantized, 1 bit binary, and deployed on `backend`; the
-    transformer's linears, or with `layers` ``all`` every linear and convolution), drop
-    everything else, reset the peak-RSS counter, then time `reps` forward passes after a warm-up.
-    The ``linears`` columns count the transformer's linears whatever `layers` is."""
+    transformer's linears, or with `layers` ``all`` every linear and convolution, or with
+    ``cnn8`` the transformer at `bits` and the other feature layers at 8), drop everything else,
+    reset the peak-RSS counter, then time `reps` forward passes after a warm-up. The ``linears``
+    columns count the transformer's linears whatever `layers` is; the estimate is the model's own
+    (`model_cost`)."""
     import gc
 
     from upstream_quant import load_upstream
     from upstream_quant.methods.binary import BinaryConfig
-    from upstream_quant.accounting import group_of
+    from upstream_quant.accounting import group_of, model_cost
     from upstream_quant.select import FEATURE_GROUPS
     from upstream_quant.deploy import deploy, resident_weight_bytes
     from upstream_quant.quantize import quantize, target_layers
@@ -409,11 +411,16 @@ def deploy_probe(upstream: str, bits: int, backend: str, group_size: int | None,
     del linears  # it holds the fp32 layers
     if bits == 16:
         model, linear_bytes = base.to(dev), fp_bytes
+        est = model_cost(base, seconds).est_runtime
     else:
         targets = FEATURE_GROUPS if layers == "all" else ("transformer",)
         config = (BinaryConfig(group_size=group_size, targets=targets) if bits == 1
                   else UniformConfig(bits=bits, group_size=group_size, targets=targets))
         quantized = quantize(base, config, progress=False)
+        if layers == "cnn8":
+            rest = tuple(g for g in FEATURE_GROUPS if g != "transformer")
+            quantized = quantize(quantized, UniformConfig(bits=8, targets=rest), progress=False)
+        est = model_cost(quantized, seconds).est_runtime
         model = deploy(quantized, backend, device=dev)
         linear_bytes = sum(resident_weight_bytes(model.get_submodule(name)) for name in model.deploy_backends
                            if group_of(name, model.group_prefixes) == "transformer")
@@ -441,7 +448,7 @@ def deploy_probe(upstream: str, bits: int, backend: str, group_size: int | None,
             "latency_s": latency, "rss_mb": rss_kb / 1e3, "peak_rss_mb": _status_kb("VmHWM") / 1e3,
             "linear_weights_mb": linear_bytes / 1e6, "ideal_mb": None if ideal is None else ideal / 1e6,
             "all_weights_mb": resident_weight_bytes(model, quantized_only=False) / 1e6,
-            "threads": torch.get_num_threads(), "device": str(dev), **gpu}
+            "threads": torch.get_num_threads(), "device": str(dev), "est_runtime": est, **gpu}
 
 
 def perf_deploy(upstream: str, configs: list[tuple[int, str, int | None, str]], seconds: float, reps: int, batch: int,
@@ -459,8 +466,7 @@ def perf_deploy(upstream: str, configs: list[tuple[int, str, int | None, str]], 
     import subprocess
     import sys
 
-    from upstream_quant.accounting import REFERENCE_UPSTREAM, cost_report
-    from upstream_quant.select import FEATURE_GROUPS
+    from upstream_quant.accounting import REFERENCE_UPSTREAM
 
     # another upstream is also timed against HuBERT Base's fp32, as the paper's runtimes are
     reference = (REFERENCE_UPSTREAM, 16, "fp32", None, None) if upstream != REFERENCE_UPSTREAM else None
@@ -503,8 +509,7 @@ def perf_deploy(upstream: str, configs: list[tuple[int, str, int | None, str]], 
     print(f"{'bits':>4} {'backend':<13} {'layers':<11} {'latency s':>9} {'vs fp32':>7} {'range':>11} {'vs HuBERT':>9} {'est':>6} {'est full':>8} "
           f"{'RSS MB':>7} {'peak MB':>8} {'linears MB':>10} {'ideal MB':>8} {'all MB':>7}")
     for r in rows:
-        groups = FEATURE_GROUPS if r.get("layers") == "all" else ("transformer",)
-        est = cost_report(upstream, r["bits"], seconds, groups).est_runtime
+        est = r["est_runtime"]
         ideal = f"{r['ideal_mb']:8.2f}" if r["ideal_mb"] is not None else f"{'':>8}"
         lo, hi = r["measured_range"]
         print(f"{r['bits']:>4} {r['backend']:<13} {r.get('layers') or '':<11} {r['latency_s']:9.3f} {r['measured_runtime']:7.2f} "

@@ -110,7 +110,8 @@ def measured_runtimes(root: Path | None) -> dict[tuple[str, int], tuple[float, s
         by = {(r["bits"], r["backend"]): r.get("measured_vs_reference", r["measured_runtime"]) for r in record["rows"]
               if r.get("layers") in (None, "transformer")}
         for bits in {b for b, _ in by}:
-            for backend in (("fp32",) if bits == 16 else ("int8-dynamic", "packed") if bits == 8 else ("packed",)):
+            for backend in (("fp32",) if bits == 16 else ("int8-dynamic", "packed-int8", "packed") if bits == 8
+                            else ("packed-int8", "packed")):  # the backend deploy(auto) takes first
                 if (bits, backend) in by:
                     out[(record["upstream"], bits)] = (by[(bits, backend)], backend)
                     break
@@ -267,8 +268,11 @@ def deploy_table(upstream: str, store: Path) -> pd.DataFrame:
     record = json.loads(path.read_text())
     rows = []
     for r in record["rows"]:
-        groups = FEATURE_GROUPS if r.get("layers") == "all" else ("transformer",)
-        est = cost_report(record["upstream"], r["bits"], record["seconds"], groups).est_runtime
+        if "est_runtime" in r:  # the measured model's own (bench perf deploy records it)
+            est = r["est_runtime"]
+        else:
+            groups = FEATURE_GROUPS if r.get("layers") == "all" else ("transformer",)
+            est = cost_report(record["upstream"], r["bits"], record["seconds"], groups).est_runtime
         lo, hi = r["measured_range"]
         rows.append({"bits": r["bits"], "backend": r["backend"], "layers": r.get("layers"),
                      "latency_s": round(r["latency_s"], 3),

@@ -240,3 +240,26 @@ def pd_isna(value) -> bool:
     import pandas as pd
 
     return bool(pd.isna(value))
+
+
+def test_perf_deploy_configurations_parse_with_their_layers_and_refuse_bad_ones():
+    from bench.cli import parse_deploy_configs
+
+    assert parse_deploy_configs("8:int8-dynamic, 8:int8-dynamic:all,4:int4-weight:g64,1:auto:cnn8,2:packed-int8") == [
+        (8, "int8-dynamic", None, "transformer"), (8, "int8-dynamic", None, "all"), (4, "int4-weight", 64, "transformer"),
+        (1, "auto", None, "cnn8"), (2, "packed-int8", None, "transformer")]
+    for bad in ("8", "8:int9", "9:packed", "4:packed:x", "4:packed:g64:all:cnn8"):
+        with pytest.raises(ValueError, match="--configs"):
+            parse_deploy_configs(bad)
+
+
+def test_a_deploy_probe_of_a_mixed_model_records_its_own_estimate():
+    """``cnn8``: the transformer at 1 bit, the CNN and the rest at 8, each on its backend (auto),
+    costed as the model it is (the estimate falls below the transformer-only one's)."""
+    from bench.perf import deploy_probe
+    from upstream_quant.accounting import cost_report
+
+    row = deploy_probe("distilhubert", 1, "auto", None, 0.5, 1, 1, "cpu", "cnn8")
+    only = cost_report("distilhubert", 1, 0.5).est_runtime["full"]
+    assert row["layers"] == "cnn8" and row["est_runtime"]["full"] < only and row["latency_s"] > 0
+    assert abs(row["linear_weights_mb"] - row["ideal_mb"]) / row["ideal_mb"] < 0.1

@@ -146,7 +146,34 @@ def test_auto_takes_int8_kernels_where_they_run_and_packed_elsewhere(tiny_hubert
     mixed = quantize(tiny_hubert, MixedPrecisionConfig(bit_map=tuple((n, 8 if i % 2 else 2) for i, n in enumerate(layers))),
                      progress=False)
     plan = deploy(mixed, "auto").deploy_backends
-    assert plan == {n: ("int8-dynamic" if i % 2 else "packed") for i, n in enumerate(layers)}
+    assert plan == {n: ("int8-dynamic" if i % 2 else "packed-int8") for i, n in enumerate(layers)}
+    grouped = quantize(tiny_hubert, UniformConfig(bits=4, group_size=16), progress=False)
+    assert set(deploy(grouped, "auto").deploy_backends.values()) == {"packed"}  # groups: no one int8 product
+
+
+@pytest.mark.parametrize("config", [UniformConfig(bits=2), UniformConfig(bits=4, symmetric=False), UniformConfig(bits=3),
+                                    BinaryConfig(), BinaryConfig(center=True)])
+def test_packed_int8_is_exact_on_its_8_bit_inputs_and_holds_what_packed_holds(config):
+    """Bit-packed codes on int8 products: exact on per-token 8-bit inputs (integer zero points,
+    per-row ones, and the fractional ones of centred binary weights alike)."""
+    from upstream_quant.deploy import PackedInt8Layer
+    from upstream_quant.methods.binary import binarize
+
+    original = torch.nn.Linear(48, 40)
+    torch.manual_seed(5)
+    with torch.no_grad():
+        original.weight.normal_(0, 0.05)
+    weight = original.weight.detach()
+    layer = QuantizedLayer(original, binarize(weight, config) if isinstance(config, BinaryConfig) else quantize_uniform(weight, config))
+    deployed = PackedInt8Layer(layer)
+    x = torch.randn(3, 11, 48, generator=torch.Generator().manual_seed(4)) + 0.3
+    x_scale = x.abs().amax(-1, keepdim=True) / 127
+    with torch.no_grad():
+        expected = layer(torch.round(x / x_scale) * x_scale)
+        got = deployed(x)
+    assert got.shape == expected.shape
+    assert float((got - expected).abs().max() / expected.abs().max()) < 1e-5
+    assert resident_weight_bytes(deployed) == resident_weight_bytes(PackedLayer(layer))
 
 
 @pytest.mark.parametrize("config, backend, message", [
@@ -158,6 +185,8 @@ def test_auto_takes_int8_kernels_where_they_run_and_packed_elsewhere(tiny_hubert
     (UniformConfig(bits=4), "int4-weight", "groups of 32/64/128/256, not one per row"),
     (UniformConfig(bits=2, group_size=32), "int4-weight", "needs 4-bit weights"),
     (UniformConfig(bits=4, targets=("cnn",)), "int4-weight", "linear layers only"),
+    (UniformConfig(bits=4, group_size=32), "packed-int8", "one scale per row, not groups"),
+    (UniformConfig(bits=2, targets=("cnn",)), "packed-int8", "linear layers only"),
     (UniformConfig(bits=4), "int7", "unknown backend 'int7'"),
 ])
 def test_a_backend_refuses_what_it_cannot_run_naming_those_that_can(tiny_hubert, config, backend, message):
@@ -176,6 +205,7 @@ def test_cpu_kernels_are_refused_on_other_devices(tiny_hubert, monkeypatch):
     conv = next(m for m in model.modules() if isinstance(m, QuantizedLayer) and m.kind == "conv1d")
     cuda = torch.device("cuda")
     assert "on cuda use packed or reference" in why_not("int4-weight", linear, cuda)
+    assert "on cuda use packed or reference" in why_not("packed-int8", linear, cuda)
     assert why_not("packed", linear, cuda) is None
     assert "linear layers only" in why_not("int8-dynamic", conv, cuda)
     assert why_not("int8-dynamic", linear, cuda) is None and deploy_module._module("int8-dynamic", cuda) is TorchaoInt8Layer
