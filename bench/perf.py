@@ -502,6 +502,7 @@ def perf_deploy(upstream: str, configs: list[tuple[int, str, int | None, str]], 
                                "measured_range": [round(min(ratios), 4), round(max(ratios), 4)]}
         vs_ref = ratios_to(reference, runs) if reference else ratios
         row["measured_vs_reference"] = round(statistics.median(vs_ref), 4)
+        row["vs_reference_range"] = [round(min(vs_ref), 4), round(max(vs_ref), 4)]
         rows.append(row)
     fp = rows[0]
     print(f"{upstream}: {batch} x {seconds:g} s utterance(s), median of {reps} forward passes after a warm-up, "

@@ -279,7 +279,8 @@ def deploy_table(upstream: str, store: Path) -> pd.DataFrame:
                      "audio_s_per_s": round(record.get("batch", 1) * record["seconds"] / r["latency_s"], 1),
                      "measured_runtime": round(r["measured_runtime"], 2),
                      **({} if record["upstream"] == record.get("reference", record["upstream"])
-                        else {f"vs_{record['reference']}": round(r["measured_vs_reference"], 2)}),
+                        else {f"vs_{record['reference']}": round(r["measured_vs_reference"], 2),
+                              f"vs_{record['reference']}_range": "-".join(f"{v:.2f}" for v in r.get("vs_reference_range", []))}),
                      "range": f"{lo:.2f}-{hi:.2f}", "linears_mb_resident": round(r["linear_weights_mb"], 2),
                      "ideal_mb": None if r["ideal_mb"] is None else round(r["ideal_mb"], 2),
                      "est_runtime": round(est["encoder"], 3), "est_runtime_full": round(est["full"], 3)})
