@@ -149,9 +149,12 @@ def test_auto_takes_int8_kernels_where_they_run_and_packed_elsewhere(tiny_hubert
     assert plan == {n: ("int8-dynamic" if i % 2 else "packed-int8") for i, n in enumerate(layers)}
     grouped = quantize(tiny_hubert, UniformConfig(bits=4, group_size=16), progress=False)
     assert set(deploy(grouped, "auto").deploy_backends.values()) == {"packed"}  # groups: no one int8 product
+    wide = quantize(tiny_hubert, UniformConfig(bits=8, symmetric=False), progress=False)
+    assert set(deploy(wide, "auto").deploy_backends.values()) == {"packed"}  # codes - zero beyond int8
 
 
 @pytest.mark.parametrize("config", [UniformConfig(bits=2), UniformConfig(bits=4, symmetric=False), UniformConfig(bits=3),
+                                    UniformConfig(bits=7, symmetric=False), UniformConfig(bits=8),
                                     BinaryConfig(), BinaryConfig(center=True)])
 def test_packed_int8_is_exact_on_its_8_bit_inputs_and_holds_what_packed_holds(config):
     """Bit-packed codes on int8 products: exact on per-token 8-bit inputs (integer zero points,
@@ -186,6 +189,7 @@ def test_packed_int8_is_exact_on_its_8_bit_inputs_and_holds_what_packed_holds(co
     (UniformConfig(bits=2, group_size=32), "int4-weight", "needs 4-bit weights"),
     (UniformConfig(bits=4, targets=("cnn",)), "int4-weight", "linear layers only"),
     (UniformConfig(bits=4, group_size=32), "packed-int8", "one scale per row, not groups"),
+    (UniformConfig(bits=8, symmetric=False), "packed-int8", "code - zero point within int8"),
     (UniformConfig(bits=2, targets=("cnn",)), "packed-int8", "linear layers only"),
     (UniformConfig(bits=4), "int7", "unknown backend 'int7'"),
 ])

@@ -133,7 +133,8 @@ class PackedInt8Layer(PackedLayer):
         # one zero point, whole or half (binary: (c - 1/2) s = (2c - 1) s/2), below 7 bits: int8
         # arithmetic on the codes viewed as int8, no per-row offset
         doubled = None if self.const_zero is None else 2 * self.const_zero
-        self.int_zero = int(doubled) if doubled is not None and float(doubled).is_integer() and self.bits < 7 else None
+        fits = doubled is not None and max(abs(doubled), abs(2 * (2**self.bits - 1) - doubled)) <= 127
+        self.int_zero = int(doubled) if fits and float(doubled).is_integer() else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         codes = unpack(self.packed, self.bits, math.prod(self.shape)).reshape(self.shape)
@@ -381,6 +382,10 @@ def why_not(backend: str, layer: QuantizedLayer, device: torch.device) -> str | 
     if backend == "packed-int8":
         if layer.kind != "linear":
             return "packed-int8 runs linear layers only"
+        whole = torch.round(layer.zero.float())
+        reach = max(float(whole.abs().max()), float((2**layer.bits - 1 - whole).abs().max()))
+        if reach > 127:  # 8-bit asymmetric codes minus their zero point span -255..255
+            return f"packed-int8 needs code - zero point within int8 (up to 127), this layer's reach {reach:g}"
         if layer.group_size is not None:
             return "packed-int8 needs one scale per row, not groups (one int8 product per layer)"
         if layer.act is not None and layer.act.bits != 8:
