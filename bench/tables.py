@@ -99,19 +99,21 @@ def measured_runtimes(root: Path | None) -> dict[tuple[str, int], tuple[float, s
     at 8 bits, packed weights below); 16 bits is the fp32 model itself."""
     import json
 
+    from upstream_quant.deploy import auto_backends
+
     from .results import RESULTS_DIR
 
     out = {}
     for path in sorted(Path(root or RESULTS_DIR).glob("deploy/*.json")):
         record = json.loads(path.read_text())
-        # the table's models quantize the transformer's linears: rows that quantize every layer are left out
-        # over HuBERT Base's fp32 latency, as the paper's runtimes (files written before that
-        # column was recorded are HuBERT Base's own, whose fp32 is that reference)
+        # Times over HuBERT Base's fp32, as the paper's runtimes are (files written before that
+        # column was recorded are HuBERT Base's own, whose fp32 is that reference). The table's
+        # models quantize the transformer's linears: rows that quantize other layers too (all,
+        # cnn8) are left out.
         by = {(r["bits"], r["backend"]): r.get("measured_vs_reference", r["measured_runtime"]) for r in record["rows"]
               if r.get("layers") in (None, "transformer")}
         for bits in {b for b, _ in by}:
-            for backend in (("fp32",) if bits == 16 else ("int8-dynamic", "packed-int8", "packed") if bits == 8
-                            else ("packed-int8", "packed")):  # the backend deploy(auto) takes first
+            for backend in (("fp32",) if bits == 16 else auto_backends(bits)):  # the one deploy(auto) takes first
                 if (bits, backend) in by:
                     out[(record["upstream"], bits)] = (by[(bits, backend)], backend)
                     break

@@ -103,11 +103,13 @@ class PackedLayer(_Deployed):
         self.const_zero = float(zero.flatten()[0]) if bool((zero == zero.flatten()[0]).all()) else None
         self.register_buffer("zero", None if self.const_zero is not None else zero.half())
 
+    def zeros(self) -> torch.Tensor:
+        """The zero points, one per row or group (float32), from the constant or the stored ones."""
+        return torch.full(self.scale.shape, self.const_zero, device=self.scale.device) if self.zero is None else self.zero.float()
+
     def weight(self, dtype: torch.dtype) -> torch.Tensor:
         codes = unpack(self.packed, self.bits, math.prod(self.shape)).reshape(self.shape)
-        scale = self.scale.float()
-        zero = torch.full_like(scale, self.const_zero) if self.zero is None else self.zero.float()
-        return dequantize(codes, scale, zero, self.group_size).to(dtype)
+        return dequantize(codes, self.scale.float(), self.zeros(), self.group_size).to(dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.act is not None:
@@ -144,9 +146,9 @@ class PackedInt8Layer(PackedLayer):
             ints = codes.view(torch.int8) * 2 - self.int_zero
             scale = scale / 2
         else:
-            zero = (torch.full_like(scale, self.const_zero) if self.zero is None else self.zero.float().reshape(-1))
+            zero = self.zeros().reshape(-1)
             whole = torch.round(zero)
-            ints = (codes.to(torch.int16) - whole.to(torch.int16)[:, None]).to(torch.int8)
+            ints = signed_codes(codes, whole)
             if not bool((whole == zero).all()):  # (c - z) s = (c - round z) s + (round z - z) s
                 offset = (whole - zero) * scale
         flat = x.reshape(-1, self.shape[1]).float()
@@ -178,11 +180,12 @@ def quantize_input(x: torch.Tensor) -> tuple[torch.Tensor, float, int]:
     return (codes.transpose(-1, -2) if flip else codes), scale, zero
 
 
-def signed_codes(layer: QuantizedLayer) -> torch.Tensor:
-    """A symmetric layer's codes (up to 8 bits) as int8 values (code - zero point: -128..127 at 8
-    bits, -8..7 at 4), in the weight's shape."""
-    rows = layer.codes.reshape(layer.codes.shape[0], -1).to(torch.int16) - layer.zero.reshape(layer.codes.shape[0], -1).to(torch.int16)
-    return rows.to(torch.int8).reshape(layer.codes.shape)
+def signed_codes(codes: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
+    """Codes minus their integer zero point (one per row or output channel) as int8 values, in the
+    codes' shape: -128..127 for symmetric 8-bit codes, -8..7 at 4 bits. The caller makes sure the
+    difference fits (`why_not`)."""
+    rows = codes.reshape(codes.shape[0], -1).to(torch.int16) - zero.reshape(codes.shape[0], -1).to(torch.int16)
+    return rows.to(torch.int8).reshape(codes.shape)
 
 
 def _qlinear(*args) -> torch.Tensor:
@@ -211,7 +214,7 @@ class Int8DynamicLayer(_Deployed):
 
     def __init__(self, layer: QuantizedLayer):
         super().__init__(layer)
-        ints = signed_codes(layer).cpu()
+        ints = signed_codes(layer.codes, layer.zero).cpu()
         self.register_buffer("w_scale", layer.scale.detach().reshape(-1).float().cpu().contiguous())
         # scale x sum of a row's (or output channel's) integer weights: what one unit of input zero point adds
         self.register_buffer("w_sums", self.w_scale * ints.reshape(ints.shape[0], -1).sum(1).float())
@@ -295,7 +298,7 @@ class TorchaoInt8Layer(_Deployed):
         from torchao.quantization.quantize_.workflows.int8.int8_tensor import QuantizeTensorToInt8Kwargs
 
         scale = layer.scale.detach().reshape(-1, 1).float()
-        tensor = Int8Tensor(signed_codes(layer), scale, [1, self.shape[1]], torch.float32,
+        tensor = Int8Tensor(signed_codes(layer.codes, layer.zero), scale, [1, self.shape[1]], torch.float32,
                             act_quant_kwargs=QuantizeTensorToInt8Kwargs(granularity=PerRow()))
         self.weight = nn.Parameter(tensor, requires_grad=False)
 
@@ -404,13 +407,17 @@ def why_not(backend: str, layer: QuantizedLayer, device: torch.device) -> str | 
     raise DeployError(f"unknown backend {backend!r}; known: auto, {', '.join(BACKENDS)}")
 
 
+def auto_backends(bits: int) -> tuple[str, ...]:
+    """The backends ``auto`` tries for a `bits`-wide layer, first choice first: int8 kernels for
+    8-bit layers; below 8 bits packed weights, on int8 products (``packed-int8``), else unpacked
+    to float (``packed``): the memory the bit width saves is kept either way (``int8-dynamic`` on
+    4-bit codes must be asked for)."""
+    return ("int8-dynamic", "packed-int8", "packed") if bits == 8 else ("packed-int8", "packed")
+
+
 def choose(layer: QuantizedLayer, device: torch.device) -> str:
-    """``auto``: int8 kernels for 8-bit layers where they run; below 8 bits packed weights, on int8
-    products where they run (``packed-int8``), else unpacked to float (``packed``): the memory the
-    bit width saves is kept either way (``int8-dynamic`` on 4-bit codes must be asked for)."""
-    if layer.bits == 8 and why_not("int8-dynamic", layer, device) is None:
-        return "int8-dynamic"
-    return "packed-int8" if why_not("packed-int8", layer, device) is None else "packed"
+    """``auto``: the first of `auto_backends` that runs the layer (``packed`` runs any)."""
+    return next(b for b in auto_backends(layer.bits) if why_not(b, layer, device) is None)
 
 
 def deploy(model: nn.Module, backend: str = "auto", device: str | torch.device | None = None) -> nn.Module:
