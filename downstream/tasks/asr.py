@@ -3,9 +3,7 @@ WER and CER (jiwer) on LibriSpeech."""
 
 from __future__ import annotations
 
-import jiwer
-
-from .. import librispeech, text  # noqa: F401  (librispeech: registers its layout)
+from .. import librispeech, metrics, text  # noqa: F401  (librispeech: registers its layout)
 from ..features import FrozenUpstream
 from ..heads import ASRHead
 from .base import TaskConfig, TaskSpec, register_task
@@ -29,10 +27,11 @@ class ASRTask(CTCTask):
         return text.decode(ids)
 
     @staticmethod
-    def score(pairs: list[tuple[str, str]]) -> dict[str, float]:
+    def unit_scores(pairs: list[tuple[str, str]]) -> dict[str, metrics.Units]:
+        """Word and character edits per utterance (their sums: jiwer's corpus WER and CER)."""
         refs = [r for r, _ in pairs]
         hyps = [h for _, h in pairs]
-        return {"wer": 100 * jiwer.wer(refs, hyps), "cer": 100 * jiwer.cer(refs, hyps)}
+        return {"wer": metrics.word_edits(refs, hyps), "cer": metrics.char_edits(refs, hyps)}
 
 
 def superb_asr() -> TaskConfig:

@@ -11,6 +11,7 @@ from typing import Callable
 import lightning as L
 import torch
 
+from .. import metrics
 from ..features import FrozenUpstream
 from ..featurizer import Featurizer
 from ..heads import spec_augment
@@ -122,7 +123,9 @@ def preset(name: str, task: str | None = None) -> TaskConfig:
 class DownstreamTask(L.LightningModule):
     """Shared plumbing: frozen upstream -> featurizer -> head; per-step reseeding so a resumed
     run replays the same randomness as an uninterrupted one. Subclasses set ``self.head`` and
-    give ``loss``, ``predict`` (reference, hypothesis pairs) and ``score``."""
+    give ``loss``, ``predict`` (reference, hypothesis pairs) and ``unit_scores`` (each metric as
+    per-utterance (numerator, denominator) pairs; ``score`` sums them). After a test,
+    ``test_units`` holds the utterance ids and their scores, which a results row keeps."""
 
     metric_name = "metric"
     metric_mode = "min"
@@ -134,6 +137,8 @@ class DownstreamTask(L.LightningModule):
         self.featurizer = Featurizer(upstream.num_hidden_states, upstream.layer_index(config.layer), config.normalize)
         self.dev_curve: list[tuple[int, float]] = []
         self._outputs: list = []
+        self._ids: list[str] = []
+        self.test_units: dict | None = None
         self.head_seconds = 0.0
         self.save_hyperparameters({"config": asdict(config)})
 
@@ -175,12 +180,13 @@ class DownstreamTask(L.LightningModule):
         return torch.optim.Adam(self.parameters(), lr=self.config.lr)
 
     def on_validation_epoch_start(self):
-        self._outputs = []
+        self._outputs, self._ids = [], []
 
     on_test_epoch_start = on_validation_epoch_start
 
     def validation_step(self, batch, _idx):
         self._outputs.extend(self.predict(batch))
+        self._ids.extend(u.id for u in batch["utterances"])
 
     test_step = validation_step
 
@@ -192,7 +198,9 @@ class DownstreamTask(L.LightningModule):
             self.dev_curve.append((int(self.global_step), float(metrics[self.metric_name])))
 
     def on_test_epoch_end(self):
-        for k, v in self.score(self._outputs).items():
+        units = self.unit_scores(self._outputs)
+        self.test_units = {"ids": list(self._ids), "scores": {k: [list(u) for u in v] for k, v in units.items()}}
+        for k, v in metrics.totals(units).items():
             self.log(f"test_{k}", v)
 
     def training_step(self, batch, _idx):
@@ -212,8 +220,13 @@ class DownstreamTask(L.LightningModule):
         raise NotImplementedError
 
     @staticmethod
-    def score(pairs: list[tuple]) -> dict[str, float]:
+    def unit_scores(pairs: list[tuple]) -> dict[str, metrics.Units]:
         raise NotImplementedError
+
+    @classmethod
+    def score(cls, pairs: list[tuple]) -> dict[str, float]:
+        """Each metric in percent, summed over utterances (corpus-level, as SUPERB scores)."""
+        return metrics.totals(cls.unit_scores(pairs))
 
 
 def make_task(upstream: FrozenUpstream, config: TaskConfig) -> DownstreamTask:

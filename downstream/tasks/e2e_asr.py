@@ -37,7 +37,7 @@ class E2EASRTask(CTCTask):
     def decode(self, ids: list[int]) -> str:
         return self.output.decode(ids)
 
-    score = staticmethod(ASRTask.score)
+    unit_scores = staticmethod(ASRTask.unit_scores)
 
 
 def e2e_asr() -> TaskConfig:

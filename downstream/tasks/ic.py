@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .. import metrics
 from ..features import FrozenUpstream
 from ..fluent_commands import SLOT_SEP, SLOTS, intent
 from ..heads import PooledHead
@@ -41,11 +42,11 @@ class ICTask(DownstreamTask):
                 for i, u in enumerate(batch["utterances"])]
 
     @staticmethod
-    def score(pairs: list[tuple[str, str]]) -> dict[str, float]:
-        n = max(len(pairs), 1)
-        out = {"acc": 100 * sum(r == h for r, h in pairs) / n}
+    def unit_scores(pairs: list[tuple[str, str]]) -> dict[str, metrics.Units]:
+        """All three slots right per utterance (accuracy), and each slot on its own."""
+        out = {"acc": metrics.correct([r == h for r, h in pairs])}
         for k, slot in enumerate(SLOTS):
-            out[f"{slot}_acc"] = 100 * sum(intent(r)[k] == intent(h)[k] for r, h in pairs) / n
+            out[f"{slot}_acc"] = metrics.correct([intent(r)[k] == intent(h)[k] for r, h in pairs])
         return out
 
 

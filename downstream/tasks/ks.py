@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .. import metrics
 from ..features import FrozenUpstream
 from ..heads import PooledHead
 from ..speech_commands import CLASSES
@@ -30,8 +31,8 @@ class KSTask(DownstreamTask):
         return [(u.label, CLASSES[p]) for u, p in zip(batch["utterances"], pred)]
 
     @staticmethod
-    def score(pairs: list[tuple[str, str]]) -> dict[str, float]:
-        return {"acc": 100 * sum(r == h for r, h in pairs) / max(len(pairs), 1)}
+    def unit_scores(pairs: list[tuple[str, str]]) -> dict[str, metrics.Units]:
+        return {"acc": metrics.correct([r == h for r, h in pairs])}
 
 
 def superb_ks() -> TaskConfig:

@@ -6,11 +6,10 @@ inventory is read from the training transcripts and kept with the checkpoint."""
 
 from __future__ import annotations
 
-import jiwer
 import torch
 from torch import nn
 
-from .. import librispeech  # noqa: F401  (registers its layout)
+from .. import librispeech, metrics  # noqa: F401  (librispeech: registers its layout)
 from ..features import FrozenUpstream
 from ..phonemes import ESPEAK, Phonemizer
 from .base import TaskConfig, TaskSpec, register_task
@@ -49,9 +48,9 @@ class PRTask(CTCTask):
         return " ".join(self.vocab[i] for i in ids)
 
     @staticmethod
-    def score(pairs: list[tuple[str, str]]) -> dict[str, float]:
-        """Corpus-level phone error rate: edits over reference phones (jiwer's WER on phone strings)."""
-        return {"per": 100 * jiwer.wer([r for r, _ in pairs], [h for _, h in pairs])}
+    def unit_scores(pairs: list[tuple[str, str]]) -> dict[str, metrics.Units]:
+        """Phone edits and reference phones per utterance (jiwer's WER on phone strings, summed: corpus PER)."""
+        return {"per": metrics.word_edits([r for r, _ in pairs], [h for _, h in pairs])}
 
 
 def prepare(config: TaskConfig, train) -> TaskConfig:

@@ -1,0 +1,125 @@
+"""Uncertainty of a table cell: bootstrap confidence intervals over test utterances and seeds.
+
+Every metric is a ratio of sums over utterances (`downstream.metrics`), and each row keeps its
+utterances' (numerator, denominator) pairs, so a cell's interval is recomputed from the store.
+A replicate resamples the test utterances (one multinomial draw, shared by every configuration
+compared on them: a *paired* bootstrap, Bisani & Ney 2004) and, where a configuration ran several
+seeds, resamples its seeds too (the seed's spread is part of the uncertainty: a head trained on
+another seed is another draw of the same configuration). Two configurations that ran the same
+seeds (a reuse row and the full-precision row whose heads it reuses) share the seed draw.
+Written with numpy rather than scipy.stats.bootstrap because the paired, two-level resampling of
+ratios of sums over a shared utterance draw is not what scipy's one-sample API offers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+DEFAULT_RESAMPLES = 1000
+MIN_RESAMPLES = 100
+SEED = 0  # tables are reproducible: the same store gives the same intervals
+LEVEL = 0.95
+
+
+def check_resamples(resamples: int) -> int:
+    if isinstance(resamples, bool) or not isinstance(resamples, int) or resamples < MIN_RESAMPLES:
+        raise ValueError(f"--bootstrap {resamples!r}: at least {MIN_RESAMPLES} resamples (a 95 % interval from fewer "
+                         f"is mostly noise); the default is {DEFAULT_RESAMPLES}")
+    return resamples
+
+
+@dataclass(frozen=True)
+class Scores:
+    """One configuration's per-utterance scores for one metric: seeds x utterances."""
+
+    seeds: tuple[int, ...]
+    ids: tuple[str, ...]
+    num: np.ndarray  # (seeds, utterances)
+    den: np.ndarray
+
+    @classmethod
+    def from_rows(cls, rows: list[dict], metric: str) -> "Scores | None":
+        """From results rows of one configuration (one per seed); None when a row lacks
+        per-utterance scores (rows written before they were kept) or the rows' utterances differ."""
+        if not rows:
+            return None
+        tables = []
+        for row in sorted(rows, key=lambda r: r["seed"]):
+            per = row.get("per_utterance")
+            if not per or metric not in per.get("scores", {}):
+                return None
+            tables.append((row["seed"], dict(zip(per["ids"], per["scores"][metric]))))
+        ids = sorted(tables[0][1])
+        if any(sorted(t) != ids for _, t in tables):
+            return None
+        num = np.array([[t[i][0] for i in ids] for _, t in tables], dtype=float)
+        den = np.array([[t[i][1] for i in ids] for _, t in tables], dtype=float)
+        return cls(tuple(s for s, _ in tables), tuple(ids), num, den)
+
+    @property
+    def per_seed(self) -> np.ndarray:
+        """The metric of each seed, in percent."""
+        return 100 * self.num.sum(1) / self.den.sum(1)
+
+    def restrict(self, ids: list[str]) -> "Scores":
+        where = [self.ids.index(i) for i in ids]
+        return Scores(self.seeds, tuple(ids), self.num[:, where], self.den[:, where])
+
+
+def _utterance_weights(rng: np.random.Generator, n: int, resamples: int) -> np.ndarray:
+    """How many times each utterance is drawn in each replicate: (resamples, n)."""
+    return rng.multinomial(n, np.full(n, 1 / n), size=resamples).astype(float)
+
+
+def _replicates(s: Scores, weights: np.ndarray, seed_draw: np.ndarray) -> np.ndarray:
+    """The metric (mean over the drawn seeds) in each replicate."""
+    per_seed = 100 * (weights @ s.num.T) / np.maximum(weights @ s.den.T, 1e-12)  # (resamples, seeds)
+    return np.take_along_axis(per_seed, seed_draw, axis=1).mean(1)
+
+
+def _seed_draw(rng: np.random.Generator, k: int, resamples: int) -> np.ndarray:
+    return rng.integers(0, k, size=(resamples, k)) if k > 1 else np.zeros((resamples, 1), dtype=int)
+
+
+@dataclass(frozen=True)
+class Interval:
+    value: float  # the mean over seeds of the metric on all utterances
+    low: float
+    high: float
+
+
+def interval(s: Scores, resamples: int = DEFAULT_RESAMPLES, seed: int = SEED) -> Interval:
+    """The 95 % bootstrap interval of a configuration's metric (utterances and seeds resampled)."""
+    rng = np.random.default_rng(seed)
+    reps = _replicates(s, _utterance_weights(rng, len(s.ids), resamples), _seed_draw(rng, len(s.seeds), resamples))
+    lo, hi = np.percentile(reps, [50 * (1 - LEVEL), 100 - 50 * (1 - LEVEL)])
+    return Interval(float(s.per_seed.mean()), float(lo), float(hi))
+
+
+@dataclass(frozen=True)
+class Difference(Interval):
+    """``value`` = metric of a minus metric of b; significant when the interval leaves out 0."""
+
+    utterances: int = 0
+
+    @property
+    def significant(self) -> bool:
+        return self.low > 0 or self.high < 0
+
+
+def paired(a: Scores, b: Scores, resamples: int = DEFAULT_RESAMPLES, seed: int = SEED) -> Difference | None:
+    """The 95 % bootstrap interval of a - b on the utterances both were tested on (the same draw
+    for both); None when they share none."""
+    common = sorted(set(a.ids) & set(b.ids))
+    if not common:
+        return None
+    a, b = a.restrict(common), b.restrict(common)
+    rng = np.random.default_rng(seed)
+    weights = _utterance_weights(rng, len(common), resamples)
+    draw_a = _seed_draw(rng, len(a.seeds), resamples)
+    draw_b = draw_a if a.seeds == b.seeds else _seed_draw(rng, len(b.seeds), resamples)
+    diff = _replicates(a, weights, draw_a) - _replicates(b, weights, draw_b)
+    lo, hi = np.percentile(diff, [50 * (1 - LEVEL), 100 - 50 * (1 - LEVEL)])
+    return Difference(float(a.per_seed.mean() - b.per_seed.mean()), float(lo), float(hi), len(common))
