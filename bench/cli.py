@@ -399,7 +399,7 @@ def _cmd_data(args: argparse.Namespace) -> int:
             synth_args = SynthArgs(
                 kind=kind, minutes=args.minutes, voices=voices,
                 heldout_voice=None if args.heldout_voice == "none" else (args.heldout_voice or DEFAULT_HELDOUT),
-                seed=args.seed, perturb=args.perturb, split_names=args.split_names,
+                seed=args.seed, perturb=args.perturb, split_names=args.split_names, test_minutes=args.test_minutes,
             )
             manifest = build(args.out, synth_args, workers=args.workers, force=args.force)
             print(f"{Path(args.out) / kind}: {manifest['minutes']} min " + ", ".join(
@@ -611,6 +611,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", required=True, help="corpus folder; each kind goes to OUT/KIND")
     q.add_argument("--kind", default="digits", help="comma-separated: sentences,digits,commands (LibriSpeech layout), keywords (Speech Commands), intents (Fluent Speech Commands)")
     q.add_argument("--minutes", type=float, default=10.0, help="audio per kind over train/dev/test (default 10)")
+    q.add_argument("--test-minutes", type=float, default=None,
+                   help="size the test split on its own (ASR kinds, intents); default: its share of --minutes")
     q.add_argument("--voices", default=None, help="comma-separated voice names (default: 3 female, 5 male)")
     q.add_argument("--heldout-voice", default=None, help="voice kept out of train/dev/test, reading the test prompts into test-voice ('none' for no such split)")
     q.add_argument("--seed", type=int, default=0)

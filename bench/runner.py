@@ -126,6 +126,11 @@ class Runner:
         self.work = self.store / suite.name / "work"
         self._upstreams: dict[tuple, object] = {}
         self._quantized: dict[str, object] = {}
+        # the test features and deploy measurement of the model last evaluated: the runs of one
+        # model with the heads of several seeds (consecutive in a suite) compute them once
+        self._evaluated: tuple | None = None
+        self._eval_cache = None
+        self._measured: dict[tuple, dict] = {}
 
     # ---------------------------------------------------------------- pieces
 
@@ -316,6 +321,28 @@ class Runner:
             row |= {"packed_file": portable_path(packed, self.store), "packed_mb": round(Path(packed).stat().st_size / 1e6, 3)}
         return row
 
+    def _evaluated_key(self, run: RunSpec) -> tuple:
+        """What an evaluation's features depend on: the model, where it runs, the test data."""
+        return (run.upstream, run.checkpoint, self.model_key(run), run.quant.deploy, run.data,
+                json.dumps(self.suite.data_tables[run.data], sort_keys=True, default=str))
+
+    def eval_cache(self, run: RunSpec):
+        """The test features of the run's model, shared with the runs before it on the same model
+        and data (a reuse row's seeds); a new model starts an empty cache."""
+        from downstream.features import FeatureCache
+
+        key = self._evaluated_key(run)
+        if key != self._evaluated:
+            self._evaluated, self._eval_cache = key, FeatureCache(max_mb=2048, spill_dir=None)
+        return self._eval_cache
+
+    def measured(self, run: RunSpec, deployed) -> dict:
+        """`deploy_measurements`, once per deployed model (the seeds' rows share it)."""
+        key = (run.upstream, run.checkpoint, self.model_key(run), run.quant.deploy)
+        if key not in self._measured:
+            self._measured = {key: self.deploy_measurements(run, deployed)}
+        return self._measured[key]
+
     DEPLOY_SECONDS, DEPLOY_REPS = 10.0, 3
 
     def deploy_measurements(self, run: RunSpec, deployed) -> dict:
@@ -364,7 +391,7 @@ class Runner:
         else:
             checkpoint, head = self.head(run)
             head_result = head
-            result = evaluate(runs_on, checkpoint, self.data_config(run), device=self.device)
+            result = evaluate(runs_on, checkpoint, self.data_config(run), device=self.device, cache=self.eval_cache(run))
             result["head"] = {"dev_curve": head["dev_curve"], "steps": head["steps"], "best": head["metrics"]}
         info = getattr(upstream, "build_info", {})
         q = run.quant
@@ -399,7 +426,7 @@ class Runner:
             "resumes": (result if run.protocol == "retrain" else head_result).get("resumes", 0),
             "resumed": bool((result if run.protocol == "retrain" else head_result).get("resumes", 0)),
             **info,  # what building the model reported: the method's summary under its name, quantize_seconds, ...
-            **(self.deploy_measurements(run, runs_on) if run.quant.deploy else {}),
+            **(self.measured(run, runs_on) if run.quant.deploy else {}),
             "train": {k: result.get(k) for k in ("steps", "epochs", "train_seconds", "train_utterances_per_second",
                                                  "upstream_seconds", "head_seconds", "feature_cache")},
             "wall_seconds": round(time.time() - started, 2),
@@ -455,7 +482,8 @@ def ensure_data(suite: Suite, progress: bool = True) -> None:
         out = spec.pop("out", "data/synth")
         args = SynthArgs(kind=spec.pop("kind", name), minutes=float(spec.pop("minutes", 10)),
                          voices=tuple(spec.pop("voices", DEFAULT_VOICES)), heldout_voice=spec.pop("heldout_voice", DEFAULT_HELDOUT),
-                         seed=int(spec.pop("seed", 0)), perturb=float(spec.pop("perturb", 0.1)))
+                         seed=int(spec.pop("seed", 0)), perturb=float(spec.pop("perturb", 0.1)),
+                         test_minutes=spec.pop("test_minutes", None))
         if spec:
             raise ValueError(f"{suite.path}: [data.{name}] synth has unknown field(s) {sorted(spec)}")
         build(out, args, progress=progress)

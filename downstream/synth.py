@@ -240,11 +240,12 @@ def _speed(rng: random.Random, perturb: float) -> float:
 
 def plan_asr(kind: str, root: Path, minutes: float, voices: Sequence[Voice], heldout: Voice | None,
              seed: int, perturb: float, folders: dict[str, str] = SPLIT_NAMES["plain"],
-             ) -> tuple[list[Job], dict[tuple[str, str, str], str]]:
+             test_minutes: float | None = None) -> tuple[list[Job], dict[tuple[str, str, str], str]]:
     """Jobs and transcripts (keyed by split, speaker, utterance id) for one LibriSpeech-layout kind.
 
     Each split's prompts go round-robin over the voices, so every voice reads a share of every
-    split; the held-out voice reads the test prompts into ``test-voice``.
+    split; the held-out voice reads the test prompts into ``test-voice``. ``test_minutes`` sizes
+    the test split on its own (a test set large enough to separate methods costs inference only).
     """
     rng = random.Random(f"plan-{kind}-{seed}")
     pools = prompts(kind, seed)
@@ -260,7 +261,7 @@ def plan_asr(kind: str, root: Path, minutes: float, voices: Sequence[Voice], hel
 
     test_used: list[str] = []
     for split in ("train", "dev", "test"):
-        budget = minutes * 60 * SPLIT_SHARE[split]
+        budget = test_minutes * 60 if split == "test" and test_minutes else minutes * 60 * SPLIT_SHARE[split]
         pool, spent = pools[split], 0.0
         counters = {v.name: 0 for v in voices}
         for round_ in itertools.count():
@@ -343,11 +344,13 @@ def intent_prompts() -> list[tuple[str, str, str, str]]:
     return out
 
 
-def plan_intents(root: Path, minutes: float, voices: Sequence[Voice], heldout: Voice | None, seed: int, perturb: float
-                 ) -> tuple[list[Job], dict[str, list[list[str]]]]:
+def plan_intents(root: Path, minutes: float, voices: Sequence[Voice], heldout: Voice | None, seed: int, perturb: float,
+                 test_minutes: float | None = None) -> tuple[list[Job], dict[str, list[list[str]]]]:
     """Jobs and CSV rows in Fluent Speech Commands layout, split by speaker as FSC is: the held-out
     voice is the test speaker, the last reader the validation speaker, the others train. Each
-    voice reads a seeded share of the phrasings sized to ``minutes``."""
+    voice reads a seeded share of the phrasings sized to ``minutes``. ``test_minutes`` sizes the
+    test speaker's share on its own: beyond one reading of every phrasing it reads them again in
+    a new order, each reading with its own speed perturbation."""
     rng = random.Random(f"intents-{seed}")
     pool = intent_prompts()
     if heldout is None:
@@ -362,7 +365,11 @@ def plan_intents(root: Path, minutes: float, voices: Sequence[Voice], heldout: V
     jobs: list[Job] = []
     rows: dict[str, list[list[str]]] = {"train": [], "valid": [], "test": []}
     for voice, split in speakers:
-        chosen = rng.sample(pool, per_voice)
+        if split == "test" and test_minutes:
+            wanted = max(1, round(test_minutes * 60 / mean))
+            chosen = [p for _ in range(-(-wanted // len(pool))) for p in rng.sample(pool, len(pool))][:wanted]
+        else:
+            chosen = rng.sample(pool, per_voice)
         for i, (phrase, action, obj, loc) in enumerate(chosen):
             rel = f"wavs/speakers/{voice.speaker_id}/{voice.speaker_id}-{i:04d}.wav"
             jobs.append(Job(str(root / rel), voice.name, phrase, _speed(rng, perturb)))
@@ -397,6 +404,7 @@ class SynthArgs:
     perturb: float
     version: int = FORMAT_VERSION
     split_names: str = "plain"  # or "librispeech": train-clean-100, dev-clean, test-clean
+    test_minutes: float | None = None  # the test split's own size (ASR kinds and intents); None: its share of minutes
 
 
 def _check_args(args: SynthArgs) -> list[Voice]:
@@ -407,6 +415,9 @@ def _check_args(args: SynthArgs) -> list[Voice]:
         raise SynthError(f"unknown voice(s) {unknown}; available: {sorted(VOICES)}")
     if args.minutes <= 0:
         raise SynthError(f"--minutes must be positive, got {args.minutes}")
+    if args.test_minutes is not None and (args.test_minutes <= 0 or args.kind == "keywords"):
+        raise SynthError(f"--test-minutes must be positive and is for the ASR kinds and intents, got {args.test_minutes} "
+                         f"for {args.kind}")
     if args.split_names not in SPLIT_NAMES:
         raise SynthError(f"--split-names {args.split_names!r} unknown; choose from {sorted(SPLIT_NAMES)}")
     if not 0 <= args.perturb < 0.5:
@@ -431,6 +442,8 @@ def build(out: str | Path, args: SynthArgs, workers: int | None = None, force: b
     wanted = asdict(args) | {"voices": list(args.voices)}
     if args.split_names == "plain":
         wanted.pop("split_names")  # corpora built before the option existed keep their arguments
+    if args.test_minutes is None:
+        wanted.pop("test_minutes")
     if args_file.is_file():
         old = json.loads(args_file.read_text())
         if old != wanted and not force:
@@ -450,10 +463,10 @@ def build(out: str | Path, args: SynthArgs, workers: int | None = None, force: b
     if args.kind == "keywords":
         jobs, dev, test = plan_keywords(root, args.minutes, everyone, args.seed, args.perturb)
     elif args.kind == "intents":
-        jobs, intent_rows = plan_intents(root, args.minutes, readers, heldout, args.seed, args.perturb)
+        jobs, intent_rows = plan_intents(root, args.minutes, readers, heldout, args.seed, args.perturb, args.test_minutes)
     else:
         jobs, trans = plan_asr(args.kind, root, args.minutes, readers, heldout, args.seed, args.perturb,
-                               SPLIT_NAMES[args.split_names])
+                               SPLIT_NAMES[args.split_names], args.test_minutes)
     workers = workers or os.cpu_count() or 1
     seconds: dict[str, float] = {}
     # forkserver, not fork: forking a process that already runs threads (torch's, a progress bar's)

@@ -154,9 +154,11 @@ def load_task(checkpoint: str | Path, upstream: torch.nn.Module, cache: FeatureC
 
 
 def evaluate(upstream: torch.nn.Module, checkpoint: str | Path, data: DataConfig, split: str = "test",
-             device: str | None = None, progress: bool = False) -> dict:
-    """The ``reuse`` protocol: a trained head, unchanged, on ``upstream``'s features of ``split``."""
-    module, task = load_task(checkpoint, upstream)
+             device: str | None = None, progress: bool = False, cache: FeatureCache | None = None) -> dict:
+    """The ``reuse`` protocol: a trained head, unchanged, on ``upstream``'s features of ``split``.
+    ``cache``: features of this upstream kept from an earlier call (the heads of several seeds
+    evaluated on one model compute its features once; cached features are fp16, as in training)."""
+    module, task = load_task(checkpoint, upstream, cache)
     dm = _datamodule(task, data)
     dm.setup("test" if split == "test" else "validate")
     trainer = _trainer(task, pick_device(device), 1, None, progress, [])
