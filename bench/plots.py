@@ -31,15 +31,37 @@ def _save(fig, path: Path) -> Path:
     return write_atomic(path, buf.getvalue())
 
 
-def pareto(points: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
-    """Rows not dominated by another with smaller-or-equal x and y."""
-    ordered = points.sort_values([x, y])
-    front, best = [], float("inf")
-    for _, row in ordered.iterrows():
-        if row[y] < best:
-            front.append(row)
-            best = row[y]
-    return pd.DataFrame(front)
+def pareto(points: pd.DataFrame, x: str, y: str, better=None) -> pd.DataFrame:
+    """Rows not dominated by another: one with smaller-or-equal x and better y. ``better(a, b)``
+    (index labels) says whether a's y is better than b's; by default smaller means better, and a
+    caller with per-utterance scores passes "significantly smaller" (`significantly_lower`), so
+    that a difference within the noise dominates nothing. The front is drawn through the means."""
+    better = better or (lambda a, b: points.at[a, y] < points.at[b, y])
+    keep = [i for i in points.index
+            if not any(j != i and points.at[j, x] <= points.at[i, x] and better(j, i) for j in points.index)]
+    return points.loc[keep].sort_values([x, y])
+
+
+def scores_by_config(rows: pd.DataFrame, metric: str) -> dict:
+    """config -> its per-utterance `Scores` of `metric` (None where the rows lack them)."""
+    from .stats import Scores
+
+    return {c: Scores.from_rows(g.to_dict("records"), metric) for c, g in rows.groupby("config")}
+
+
+def significantly_lower(scores: dict, configs: pd.Series):
+    """better(a, b) for `pareto`: a's metric is below b's and the paired 95 % interval of a - b
+    lies below 0; without scores, plainly lower."""
+    from .stats import paired
+
+    def better(a, b) -> bool:
+        sa, sb = scores.get(configs[a]), scores.get(configs[b])
+        if sa is None or sb is None:
+            return False
+        d = paired(sa, sb)
+        return d is not None and d.high < 0
+
+    return better
 
 
 def plot_suite(rows: pd.DataFrame, out_dir: Path) -> list[Path]:
@@ -58,16 +80,19 @@ def plot_suite(rows: pd.DataFrame, out_dir: Path) -> list[Path]:
             value=(metric_col, "mean"), storage=("stored_mb", "mean"), runtime=("est_runtime", "mean"))
         if g.empty:
             continue
+        scores = scores_by_config(group.dropna(subset=[metric_col]), spec.metrics[0])
+        g["low"], g["high"] = zip(*[_interval(scores.get(c), v) for c, v in zip(g.config, g.value)])
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for protocol, marker in (("retrain", "o"), ("reuse", "s")):
             sub = g[g.protocol == protocol]
-            ax.scatter(sub.storage, sub.value, marker=marker, label=f"ours ({protocol})")
+            ax.errorbar(sub.storage, sub.value, yerr=[sub.value - sub.low, sub.high - sub.value], fmt=marker, capsize=2,
+                        label=f"ours ({protocol}, 95 % interval)")
             for _, r in sub.iterrows():
                 ax.annotate(f"{r.upstream.replace('_tiny_en', '')} {r.method}{'' if r.method == 'fp' or pd.isna(r.bits) else int(r.bits)}",
                             (r.storage, r.value), fontsize=7, xytext=(3, 3), textcoords="offset points")
-        if spec.mode == "min" and len(g) > 1:  # a front of low size and low error
-            front = pareto(g, "storage", "value")
-            ax.plot(front.storage, front.value, "k--", lw=0.8, label="Pareto front (ours)")
+        if spec.mode == "min" and len(g) > 1:  # a front of low size and low error, dominance only where significant
+            front = pareto(g, "storage", "value", significantly_lower(scores, g.config))
+            ax.plot(front.storage, front.value, "k--", lw=0.8, label="Pareto front (ours; significant dominance)")
         ref = paper_reference().dropna(subset=["paper_storage_mb", "paper_wer"])
         if task == paper_task() and set(g.upstream) & {"hubert_base", "distilhubert"} and not ref.empty:
             ax.scatter(ref.paper_storage_mb, ref.paper_wer, marker="*", s=120, c="red", label="paper (Yeh et al.)")
@@ -81,7 +106,8 @@ def plot_suite(rows: pd.DataFrame, out_dir: Path) -> list[Path]:
         fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
         for (upstream, method, protocol), sub in g[~g.method.isin(["fp", "mixed"])].groupby(["upstream", "method", "protocol"]):
             sub = sub.sort_values("bits")
-            a1.plot(sub.bits, sub.value, marker="o", label=f"{upstream} {method} ({protocol})")
+            a1.errorbar(sub.bits, sub.value, yerr=[sub.value - sub.low, sub.high - sub.value], marker="o", capsize=2,
+                        label=f"{upstream} {method} ({protocol})")
             a2.plot(sub.bits, sub.runtime, marker="o", label=f"{upstream} {method}")
         for _, r in g[g.method == "fp"].iterrows():
             a1.axhline(r.value, ls=":", lw=0.8, c="gray")
@@ -109,6 +135,16 @@ def plot_suite(rows: pd.DataFrame, out_dir: Path) -> list[Path]:
         ax.set_title("featurizer layer weights")
         written.append(_save(fig, out_dir / "featurizer_weights.png"))
     return written
+
+
+def _interval(scores, value: float) -> tuple[float, float]:
+    """The 95 % interval of a config's metric; (value, value), no bar, without per-utterance scores."""
+    from .stats import interval
+
+    if scores is None:
+        return value, value
+    ci = interval(scores)
+    return ci.low, ci.high
 
 
 def plot_deploy(rows: pd.DataFrame, out_dir: Path) -> list[Path]:

@@ -191,3 +191,17 @@ def test_bench_compare_says_cell_by_cell_whether_two_stores_agree(seeded_store, 
     assert main(["compare", str(store), str(other), "--suite", "tiny"]) == 1
     out = capsys.readouterr().out
     assert "DIFFERS" in out and "2 differ beyond them" in out
+
+
+def test_the_pareto_front_counts_only_significant_dominance():
+    import pandas as pd
+
+    from bench.plots import pareto, significantly_lower
+
+    scores = {"cheap": _scores(_spread(20, n=50)), "dear": _scores(_spread(21, n=50)),  # one word apart: noise
+              "bad": _scores(_spread(45, n=50))}
+    points = pd.DataFrame({"config": list(scores), "storage": [1.0, 3.0, 2.0],
+                           "value": [s.per_seed.mean() for s in scores.values()]})
+    assert list(pareto(points, "storage", "value").config) == ["cheap"]  # by the means alone
+    front = pareto(points, "storage", "value", significantly_lower(scores, points.config))
+    assert list(front.config) == ["cheap", "dear"]  # "bad" is significantly worse than "cheap"; "dear" is not
