@@ -70,3 +70,18 @@ def format_comparison(cells: pd.DataFrame, suite: str, store_a, store_b) -> str:
                f"{counts.get('agrees', 0)} differ within their intervals, {counts.get('DIFFERS', 0)} differ beyond them, "
                f"{counts.get('n/a (rerun)', 0)} without per-utterance scores")
     return md + "\n\n" + summary
+
+
+def config_difference(suite: str, store: Path, a: str, b: str, task: str, data: str, metric: str,
+                      resamples: int = DEFAULT_RESAMPLES):
+    """Config `a` minus config `b` of one store on one task, data and metric (paired bootstrap):
+    what a sentence comparing two rows of a table rests on (the README's claims are tested with it)."""
+    frame = runs_frame(suite, Path(store))
+    rows = {c: frame[(frame.config == c) & (frame.task == task) & (frame.data == data)] for c in (a, b)}
+    for c, r in rows.items():
+        if r.empty:
+            raise KeyError(f"{Path(store) / suite / 'runs.jsonl'}: no {task} rows of {c} on {data}")
+    sa, sb = (Scores.from_rows(rows[c].to_dict("records"), metric) for c in (a, b))
+    if sa is None or sb is None:
+        raise ValueError(f"{a} or {b}: rows without per-utterance scores; rerun them")
+    return paired(sa, sb, resamples)

@@ -3,7 +3,9 @@
 Every metric is a ratio of sums over utterances (`downstream.metrics`), and each row keeps its
 utterances' (numerator, denominator) pairs, so a cell's interval is recomputed from the store.
 A replicate resamples the test utterances (one multinomial draw, shared by every configuration
-compared on them: a *paired* bootstrap, Bisani & Ney 2004) and, where a configuration ran several
+compared on them: a *paired* bootstrap, Bisani & Ney 2004) by their reference text: utterances
+that read the same text (a phrasing read several times by the test speaker) are drawn together,
+as one cluster, since they are not independent evidence. Where a configuration ran several
 seeds, resamples its seeds too (the seed's spread is part of the uncertainty: a head trained on
 another seed is another draw of the same configuration). Two configurations that ran the same
 seeds (a reuse row and the full-precision row whose heads it reuses) share the seed draw.
@@ -38,6 +40,7 @@ class Scores:
     ids: tuple[str, ...]
     num: np.ndarray  # (seeds, utterances)
     den: np.ndarray
+    clusters: tuple[str, ...] | None = None  # per utterance: what is resampled together (its reference text)
 
     @classmethod
     def from_rows(cls, rows: list[dict], metric: str) -> "Scores | None":
@@ -56,7 +59,9 @@ class Scores:
             return None
         num = np.array([[t[i][0] for i in ids] for _, t in tables], dtype=float)
         den = np.array([[t[i][1] for i in ids] for _, t in tables], dtype=float)
-        return cls(tuple(s for s, _ in tables), tuple(ids), num, den)
+        per = rows[0]["per_utterance"]
+        refs = dict(zip(per["ids"], per["refs"])) if per.get("refs") else None
+        return cls(tuple(s for s, _ in tables), tuple(ids), num, den, tuple(refs[i] for i in ids) if refs else None)
 
     @property
     def per_seed(self) -> np.ndarray:
@@ -64,13 +69,24 @@ class Scores:
         return 100 * self.num.sum(1) / self.den.sum(1)
 
     def restrict(self, ids: list[str]) -> "Scores":
-        where = [self.ids.index(i) for i in ids]
-        return Scores(self.seeds, tuple(ids), self.num[:, where], self.den[:, where])
+        index = {u: k for k, u in enumerate(self.ids)}
+        where = [index[i] for i in ids]
+        clusters = None if self.clusters is None else tuple(self.clusters[k] for k in where)
+        return Scores(self.seeds, tuple(ids), self.num[:, where], self.den[:, where], clusters)
 
 
-def _utterance_weights(rng: np.random.Generator, n: int, resamples: int) -> np.ndarray:
-    """How many times each utterance is drawn in each replicate: (resamples, n)."""
-    return rng.multinomial(n, np.full(n, 1 / n), size=resamples).astype(float)
+def _utterance_weights(rng: np.random.Generator, n: int, resamples: int,
+                       clusters: tuple[str, ...] | None = None) -> np.ndarray:
+    """How many times each utterance is drawn in each replicate: (resamples, n). With clusters,
+    the clusters are drawn (as many as there are) and each drawn cluster brings all its utterances."""
+    if clusters is None:
+        return rng.multinomial(n, np.full(n, 1 / n), size=resamples).astype(float)
+    names = sorted(set(clusters))
+    index = {c: k for k, c in enumerate(names)}
+    of = np.array([index[c] for c in clusters])
+    drawn = rng.multinomial(len(names), np.full(len(names), 1 / len(names)), size=resamples).astype(float)
+    return drawn[:, of]
+
 
 
 def _replicates(s: Scores, weights: np.ndarray, seed_draw: np.ndarray) -> np.ndarray:
@@ -93,7 +109,7 @@ class Interval:
 def interval(s: Scores, resamples: int = DEFAULT_RESAMPLES, seed: int = SEED) -> Interval:
     """The 95 % bootstrap interval of a configuration's metric (utterances and seeds resampled)."""
     rng = np.random.default_rng(seed)
-    reps = _replicates(s, _utterance_weights(rng, len(s.ids), resamples), _seed_draw(rng, len(s.seeds), resamples))
+    reps = _replicates(s, _utterance_weights(rng, len(s.ids), resamples, s.clusters), _seed_draw(rng, len(s.seeds), resamples))
     lo, hi = np.percentile(reps, [50 * (1 - LEVEL), 100 - 50 * (1 - LEVEL)])
     return Interval(float(s.per_seed.mean()), float(lo), float(hi))
 
@@ -117,7 +133,7 @@ def paired(a: Scores, b: Scores, resamples: int = DEFAULT_RESAMPLES, seed: int =
         return None
     a, b = a.restrict(common), b.restrict(common)
     rng = np.random.default_rng(seed)
-    weights = _utterance_weights(rng, len(common), resamples)
+    weights = _utterance_weights(rng, len(common), resamples, a.clusters if a.clusters is not None else b.clusters)
     draw_a = _seed_draw(rng, len(a.seeds), resamples)
     draw_b = draw_a if a.seeds == b.seeds else _seed_draw(rng, len(b.seeds), resamples)
     diff = _replicates(a, weights, draw_a) - _replicates(b, weights, draw_b)

@@ -129,6 +129,11 @@ def test_paper_suite_runs_end_to_end_and_its_table_is_complete(smoke):
                                                 "hubert_base/2bit", "hubert_base/1bit", "distilhubert/fp16"}
     assert all(r["wer"] is not None and r["config"] for r in lines), [r for r in lines if r["wer"] is None]
     assert all(r["seeds"] == 1 for r in lines)  # one model per line: nothing averaged across methods
+    assert all(r["wer_lo"] <= r["wer_hi"] for r in lines)  # every WER with its interval (per-utterance scores kept)
+    # the headline: each HuBERT line against DistilHuBERT's, each quantized one against full precision
+    hubert = [r for r in lines if r["config"].startswith("hubert_base/")]
+    assert all(r["wer_vs_distilhubert_lo"] <= r["wer_vs_distilhubert_hi"] for r in hubert)
+    assert all(r["wer_vs_fp"] is not None for r in hubert if r["method"] != "fp")
     two = [r["config"] for r in lines if r["paper_row"] == "hubert_base/2bit"]
     assert two == ["hubert_base/qat2/retrain", "hubert_base/uniform2/retrain", "hubert_base/uniform2/reuse",
                    "hubert_base/gptq2/reuse"]

@@ -205,3 +205,15 @@ def test_the_pareto_front_counts_only_significant_dominance():
     assert list(pareto(points, "storage", "value").config) == ["cheap"]  # by the means alone
     front = pareto(points, "storage", "value", significantly_lower(scores, points.config))
     assert list(front.config) == ["cheap", "dear"]  # "bad" is significantly worse than "cheap"; "dear" is not
+
+
+def test_utterances_reading_the_same_text_are_one_draw():
+    """Five readings of each of 20 phrasings are 20 draws, not 100: the interval is wider than
+    if the readings were independent."""
+    errors = [1, 1, 1, 1, 1, 0, 0, 0, 0, 0] * 2  # phrasing k: all five readings right, or all wrong
+    num = np.repeat(np.array(errors, dtype=float), 5)[None]
+    ids = tuple(f"u{i:03d}" for i in range(100))
+    flat = Scores((0,), ids, num, np.ones_like(num))
+    grouped = Scores((0,), ids, num, np.ones_like(num), tuple(f"phrase{i // 5}" for i in range(100)))
+    wide, narrow = interval(grouped), interval(flat)
+    assert wide.value == narrow.value == 50 and wide.high - wide.low > 1.5 * (narrow.high - narrow.low)

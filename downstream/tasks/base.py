@@ -199,7 +199,9 @@ class DownstreamTask(L.LightningModule):
 
     def on_test_epoch_end(self):
         units = self.unit_scores(self._outputs)
-        self.test_units = {"ids": list(self._ids), "scores": {k: [list(u) for u in v] for k, v in units.items()}}
+        # the references too: utterances that read the same text are one draw for the bootstrap
+        self.test_units = {"ids": list(self._ids), "refs": [r for r, _ in self._outputs],
+                           "scores": {k: [list(u) for u in v] for k, v in units.items()}}
         for k, v in metrics.totals(units).items():
             self.log(f"test_{k}", v)
 
