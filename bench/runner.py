@@ -140,6 +140,7 @@ class Runner:
         cfg = dict(table if table is not None else run.data_config)
         cfg.pop("head_data", None)
         cfg.pop("model_audio", None)
+        cfg.pop("synth_test_minutes", None)  # how the synthetic test split was sized: in the hash only
         for key in ("train", "dev", "test", "speakers"):
             if cfg.get(key) is not None:
                 cfg[key] = tuple(str(x) for x in cfg[key])

