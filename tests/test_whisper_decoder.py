@@ -24,9 +24,10 @@ def _hf_decoder_state(ours: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
            "model.decoder.embed_positions.weight": ours["embed_positions"],
            "model.decoder.layer_norm.weight": ours["layer_norm.weight"], "model.decoder.layer_norm.bias": ours["layer_norm.bias"]}
     names = {"self_attn_norm": "self_attn_layer_norm", "cross_attn_norm": "encoder_attn_layer_norm", "ffn_norm": "final_layer_norm",
-             "self_attn.query": "self_attn.q_proj", "self_attn.key": "self_attn.k_proj", "self_attn.value": "self_attn.v_proj",
-             "self_attn.out": "self_attn.out_proj", "cross_attn.query": "encoder_attn.q_proj", "cross_attn.key": "encoder_attn.k_proj",
-             "cross_attn.value": "encoder_attn.v_proj", "cross_attn.out": "encoder_attn.out_proj", "fc1": "fc1", "fc2": "fc2"}
+             "self_attn.q_proj": "self_attn.q_proj", "self_attn.k_proj": "self_attn.k_proj", "self_attn.v_proj": "self_attn.v_proj",
+             "self_attn.out_proj": "self_attn.out_proj", "cross_attn.q_proj": "encoder_attn.q_proj",
+             "cross_attn.k_proj": "encoder_attn.k_proj", "cross_attn.v_proj": "encoder_attn.v_proj",
+             "cross_attn.out_proj": "encoder_attn.out_proj", "fc1": "fc1", "fc2": "fc2"}
     for key, value in ours.items():
         if key.startswith("layers."):
             _, i, rest = key.split(".", 2)

