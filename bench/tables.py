@@ -257,6 +257,7 @@ def metric_cells(group: pd.DataFrame, metric: str, prefix: str, student: str | N
     for c in configs:
         values = group[group.config == c][metric]
         cell = {prefix: round(values.mean(), 2), f"{prefix}_sd": _round(values.std(), 2)}
+        cell |= {f"{prefix}_lo": None, f"{prefix}_hi": None}  # kept without scores: the cell says "n/a (rerun)"
         if scores[c] is not None:
             ci = interval(scores[c], resamples)
             cell |= {f"{prefix}_lo": round(ci.low, 2), f"{prefix}_hi": round(ci.high, 2)}
@@ -298,7 +299,8 @@ def suite_table(suite: str, root: Path | None = None, student: str | None = None
     keys = {row["config"]: paper_config(row) for row in runs.to_dict("records")}
     for col in ("paper_storage_mb", "paper_est_runtime", "paper_wer"):
         table[col] = [ref[col].get(keys.get(c)) if keys.get(c) in ref.index else None for c in table.index]
-    table = table.dropna(axis=1, how="all")
+    bases = {c for c in table.columns if not table[c].isna().all()}
+    table = table[[c for c in table.columns if c in bases or (c.endswith(("_lo", "_hi")) and c[:-3] in bases)]]
     return table.reset_index(names="config")
 
 

@@ -263,3 +263,53 @@ def test_a_deploy_probe_of_a_mixed_model_records_its_own_estimate():
     only = cost_report("distilhubert", 1, 0.5).est_runtime["full"]
     assert row["layers"] == "cnn8" and row["est_runtime"]["full"] < only and row["latency_s"] > 0
     assert abs(row["linear_weights_mb"] - row["ideal_mb"]) / row["ideal_mb"] < 0.1
+
+
+# The README's comparisons of mini rows, as (a, b, task, data, metric, verdict): "<" a below b,
+# ">" a above b (both significant), "≈" not distinguishable (the paired 95 % interval holds 0).
+W, D = "whisper_tiny_en", "distil_whisper_tiny_en"
+MINI_CLAIMS = [
+    (f"{W}/fp/retrain", f"{D}/fp/retrain", "asr", "digits", "wer", "<"),
+    (f"{W}/fp/retrain", f"{D}/fp/retrain", "pr", "digits", "per", "<"),
+    (f"{W}/fp/retrain", f"{D}/fp/retrain", "ic", "intents", "acc", ">"),
+    (f"{D}/fp/retrain", "fbank/fp/retrain", "asr", "digits", "wer", "<"),
+    *[(f"{W}/uniform8/reuse", f"{W}/fp/retrain", task, data, metric, "≈")
+      for task, data, metric in (("asr", "digits", "wer"), ("pr", "digits", "per"), ("ic", "intents", "acc"))],
+    (f"{W}/uniform8/retrain", f"{W}/fp/retrain", "e2e_asr", "passages", "wer", "≈"),
+    (f"{W}/uniform8@int8-dynamic/reuse", f"{W}/fp/retrain", "asr", "digits", "wer", "≈"),
+    (f"{W}/uniform8-all@int8-dynamic/reuse", f"{W}/fp/retrain", "asr", "digits", "wer", "≈"),
+    (f"{W}/uniform4/reuse", f"{W}/fp/retrain", "asr", "digits", "wer", ">"),
+    (f"{W}/uniform4/reuse", f"{W}/fp/retrain", "ic", "intents", "acc", "<"),
+    (f"{W}/uniform4/retrain", f"{W}/fp/retrain", "e2e_asr", "passages", "wer", ">"),
+    (f"{W}/gptq4/reuse", f"{W}/fp/retrain", "asr", "digits", "wer", "≈"),
+    (f"{W}/gptq4/retrain", f"{W}/fp/retrain", "e2e_asr", "passages", "wer", ">"),
+    (f"{W}/gptq3/reuse", f"{W}/fp/retrain", "asr", "digits", "wer", "≈"),
+    (f"{W}/gptq3/reuse", f"{W}/fp/retrain", "pr", "digits", "per", ">"),
+    (f"{W}/gptq3/reuse", f"{W}/fp/retrain", "ic", "intents", "acc", "<"),
+    (f"{W}/gptq2/reuse", f"{W}/fp/retrain", "asr", "digits", "wer", ">"),
+    (f"{W}/qat2/reuse", f"{D}/fp/retrain", "asr", "digits", "wer", "<"),
+    (f"{W}/qat2/reuse", f"{D}/fp/retrain", "ic", "intents", "acc", ">"),
+    (f"{W}/qat2/reuse", f"{D}/fp/retrain", "pr", "digits", "per", "≈"),
+    (f"{W}/qat1/reuse", f"{D}/fp/retrain", "asr", "digits", "wer", ">"),
+    *[(f"{W}/{dep}/reuse", f"{W}/{ref}/reuse", "asr", "digits", "wer", "≈") for dep, ref in (
+        ("uniform8@int8-dynamic", "uniform8"), ("uniform8-all@int8-dynamic", "uniform8-all"), ("uniform4@int8-dynamic", "uniform4"),
+        ("uniform4@packed", "uniform4"), ("uniform2@packed", "uniform2"), ("binary1@packed", "binary1"),
+        ("uniform4@packed-int8", "uniform4"), ("qat2@packed-int8", "qat2"), ("qat1@packed-int8", "qat1"))],
+]
+
+
+@pytest.mark.parametrize("a, b, task, data, metric, verdict", MINI_CLAIMS)
+def test_readme_claims_about_the_mini_rows_hold_with_their_intervals(a, b, task, data, metric, verdict):
+    from bench.compare import config_difference
+
+    d = config_difference("mini", Path(__file__).resolve().parent.parent / "results", a, b, task, data, metric)
+    assert {"<": d.high < 0, ">": d.low > 0, "≈": not d.significant}[verdict], (a, b, d)
+
+
+def test_readme_says_every_two_and_one_bit_model_collapses_end_to_end():
+    """"End to end, every 2- and 1-bit model collapses", and GPTQ at 3 bits too (> 100 % WER)."""
+    from bench.results import load_runs
+
+    rows = [r for r in load_runs("mini", Path(__file__).resolve().parent.parent / "results") if r["task"] == "e2e_asr"]
+    low = [r for r in rows if r["bits"] in (1, 2) or r["quant"] == "gptq3"]
+    assert len(low) == 6 and all(r["metrics"]["test_wer"] > 100 for r in low)
