@@ -125,9 +125,13 @@ class Difference(Interval):
         return self.low > 0 or self.high < 0
 
 
-def paired(a: Scores, b: Scores, resamples: int = DEFAULT_RESAMPLES, seed: int = SEED) -> Difference | None:
+def paired(a: Scores, b: Scores, resamples: int = DEFAULT_RESAMPLES, seed: int = SEED,
+           pair_seeds: bool = True) -> Difference | None:
     """The 95 % bootstrap interval of a - b on the utterances both were tested on (the same draw
-    for both); None when they share none."""
+    for both); None when they share none. ``pair_seeds``: where both ran the same seeds, draw
+    them together (right when seed s is one trained piece both use, as a reuse row and the
+    full-precision row whose head it evaluates); False draws each side's seeds on its own (two
+    machines: seed s trains another head on each, so the pairing would hide the seed's spread)."""
     common = sorted(set(a.ids) & set(b.ids))
     if not common:
         return None
@@ -135,7 +139,7 @@ def paired(a: Scores, b: Scores, resamples: int = DEFAULT_RESAMPLES, seed: int =
     rng = np.random.default_rng(seed)
     weights = _utterance_weights(rng, len(common), resamples, a.clusters if a.clusters is not None else b.clusters)
     draw_a = _seed_draw(rng, len(a.seeds), resamples)
-    draw_b = draw_a if a.seeds == b.seeds else _seed_draw(rng, len(b.seeds), resamples)
+    draw_b = draw_a if pair_seeds and a.seeds == b.seeds else _seed_draw(rng, len(b.seeds), resamples)
     diff = _replicates(a, weights, draw_a) - _replicates(b, weights, draw_b)
     lo, hi = np.percentile(diff, [50 * (1 - LEVEL), 100 - 50 * (1 - LEVEL)])
     return Difference(float(a.per_seed.mean() - b.per_seed.mean()), float(lo), float(hi), len(common))
