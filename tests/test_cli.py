@@ -313,3 +313,17 @@ def test_readme_says_every_two_and_one_bit_model_collapses_end_to_end():
     rows = [r for r in load_runs("mini", Path(__file__).resolve().parent.parent / "results") if r["task"] == "e2e_asr"]
     low = [r for r in rows if r["bits"] in (1, 2) or r["quant"] == "gptq3"]
     assert len(low) == 6 and all(r["metrics"]["test_wer"] > 100 for r in low)
+
+
+def test_readme_s_cross_thread_comparison_matches_the_committed_stores():
+    """README: 34 cells, 11 identical, 18 within their intervals, 5 beyond (the student's CER and
+    the end-to-end rows of GPTQ 3 and 2 bits)."""
+    from bench.compare import compare_stores
+
+    root = Path(__file__).resolve().parent.parent / "results"
+    cells = compare_stores("mini", root, root / "threads1")
+    assert len(cells) == 34 and int(cells.identical.sum()) == 11
+    beyond = cells[(cells.agree == False) & ~cells.identical]  # noqa: E712
+    assert len(beyond) == 5 and len(cells) - 11 - 5 == 18
+    assert sorted(set(beyond.config)) == ["distil_whisper_tiny_en/fp/retrain", "whisper_tiny_en/gptq2/retrain",
+                                          "whisper_tiny_en/gptq3/retrain"]
