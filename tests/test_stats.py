@@ -217,3 +217,19 @@ def test_utterances_reading_the_same_text_are_one_draw():
     grouped = Scores((0,), ids, num, np.ones_like(num), tuple(f"phrase{i // 5}" for i in range(100)))
     wide, narrow = interval(grouped), interval(flat)
     assert wide.value == narrow.value == 50 and wide.high - wide.low > 1.5 * (narrow.high - narrow.low)
+
+
+@pytest.mark.slow
+def test_the_full_precision_head_is_trained_and_tested_once_for_all_reuse_rows(seeded_store, monkeypatch):
+    """Reuse rows of several seeds and models ask for their fp head; it is trained and tested once
+    per seed in an invocation (each call tests it over the whole test set)."""
+    import downstream.train
+    from bench.runner import run_suite
+
+    suite, store = seeded_store
+    calls = []
+    real = downstream.train.train_and_evaluate
+    monkeypatch.setattr(downstream.train, "train_and_evaluate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    reuse = [r for r in suite.runs if r.protocol == "reuse"]
+    summary = run_suite(suite, reuse + reuse, store, force=True, device="cpu", progress=False)
+    assert not summary["failed"] and summary["finished"] == 6 and len(calls) == 3  # one per seed, not per row
