@@ -85,9 +85,9 @@ def _cost_packed(args: argparse.Namespace) -> int:
 def _cmd_table(args: argparse.Namespace) -> int:
     from .tables import PAPER_NOTES, SUITE_NOTES, metrics_legend, paper_table, suite_table, write_table
 
-    from .stats import DEFAULT_RESAMPLES, check_resamples
+    from .stats import check_resamples
 
-    resamples = check_resamples(getattr(args, "bootstrap", DEFAULT_RESAMPLES))
+    resamples = check_resamples(getattr(args, "bootstrap", DEFAULT_RESAMPLES))  # bench run calls this too, without the flag
     root = default_store(args.suite, args.store)
     if args.suite == "paper":
         df, notes = paper_table(root, resamples=resamples), PAPER_NOTES.format(store=root)

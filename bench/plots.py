@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from .reference import paper_reference, paper_task  # noqa: E402
+from .stats import interval, paired, scores_by_config  # noqa: E402
 
 
 def _task(task: str):
@@ -42,22 +43,13 @@ def pareto(points: pd.DataFrame, x: str, y: str, better=None) -> pd.DataFrame:
     return points.loc[keep].sort_values([x, y])
 
 
-def scores_by_config(rows: pd.DataFrame, metric: str) -> dict:
-    """config -> its per-utterance `Scores` of `metric` (None where the rows lack them)."""
-    from .stats import Scores
-
-    return {c: Scores.from_rows(g.to_dict("records"), metric) for c, g in rows.groupby("config")}
-
-
-def significantly_lower(scores: dict, configs: pd.Series):
-    """better(a, b) for `pareto`: a's metric is below b's and the paired 95 % interval of a - b
-    lies below 0; without scores, plainly lower."""
-    from .stats import paired
-
+def significantly_lower(scores: dict, points: pd.DataFrame, y: str = "value"):
+    """better(a, b) for `pareto` over `points` (a ``config`` column and `y`): the paired 95 %
+    interval of a - b lies below 0; where either lacks per-utterance scores, plainly lower."""
     def better(a, b) -> bool:
-        sa, sb = scores.get(configs[a]), scores.get(configs[b])
+        sa, sb = scores.get(points.at[a, "config"]), scores.get(points.at[b, "config"])
         if sa is None or sb is None:
-            return False
+            return points.at[a, y] < points.at[b, y]
         d = paired(sa, sb)
         return d is not None and d.high < 0
 
@@ -91,7 +83,7 @@ def plot_suite(rows: pd.DataFrame, out_dir: Path) -> list[Path]:
                 ax.annotate(f"{r.upstream.replace('_tiny_en', '')} {r.method}{'' if r.method == 'fp' or pd.isna(r.bits) else int(r.bits)}",
                             (r.storage, r.value), fontsize=7, xytext=(3, 3), textcoords="offset points")
         if spec.mode == "min" and len(g) > 1:  # a front of low size and low error, dominance only where significant
-            front = pareto(g, "storage", "value", significantly_lower(scores, g.config))
+            front = pareto(g, "storage", "value", significantly_lower(scores, g))
             ax.plot(front.storage, front.value, "k--", lw=0.8, label="Pareto front (ours; significant dominance)")
         ref = paper_reference().dropna(subset=["paper_storage_mb", "paper_wer"])
         if task == paper_task() and set(g.upstream) & {"hubert_base", "distilhubert"} and not ref.empty:
@@ -139,8 +131,6 @@ def plot_suite(rows: pd.DataFrame, out_dir: Path) -> list[Path]:
 
 def _interval(scores, value: float) -> tuple[float, float]:
     """The 95 % interval of a config's metric; (value, value), no bar, without per-utterance scores."""
-    from .stats import interval
-
     if scores is None:
         return value, value
     ci = interval(scores)

@@ -65,19 +65,17 @@ def portable_path(path: str | Path | None, store: Path | None = None) -> str | N
     if path is None:
         return None
     p = Path(path)
-    if not p.is_absolute():
-        if store is None or not p.exists():
-            return str(path)  # a suite's relative data root, "random-init"
-        p = p.resolve()
+    if not p.is_absolute() and (store is None or not p.exists()):
+        return str(path)  # a suite's relative data root, "random-init"
     import site
     import sysconfig
 
-    project = Path(__file__).resolve().parent.parent
-    roots = [store.resolve() if store is not None else None, *(Path(x) for x in site.getsitepackages()),
-             Path(sysconfig.get_paths()["purelib"]), project]
-    for root in roots:
-        if root is not None and p.resolve().is_relative_to(root.resolve()):
-            return str(p.resolve().relative_to(root.resolve()))
+    p = p.resolve()
+    roots = [*([store] if store is not None else []), *map(Path, site.getsitepackages()),
+             Path(sysconfig.get_paths()["purelib"]), Path(__file__).parent.parent]
+    for root in (r.resolve() for r in roots):
+        if p.is_relative_to(root):
+            return str(p.relative_to(root))
     return p.name
 
 

@@ -75,6 +75,12 @@ class Scores:
         return Scores(self.seeds, tuple(ids), self.num[:, where], self.den[:, where], clusters)
 
 
+def scores_by_config(rows, metric: str) -> dict[str, "Scores | None"]:
+    """config -> its `Scores` of `metric`, from a results frame (`bench.results.runs_frame`) of
+    one task and data; None for a config whose rows lack per-utterance scores."""
+    return {c: Scores.from_rows(g.to_dict("records"), metric) for c, g in rows.groupby("config", sort=False)}
+
+
 def _utterance_weights(rng: np.random.Generator, n: int, resamples: int,
                        clusters: tuple[str, ...] | None = None) -> np.ndarray:
     """How many times each utterance is drawn in each replicate: (resamples, n). With clusters,

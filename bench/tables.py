@@ -248,11 +248,10 @@ def metric_cells(group: pd.DataFrame, metric: str, prefix: str, student: str | N
     standard deviation, the 95 % bootstrap interval (``_lo``/``_hi``), and the paired difference
     from each reference (``_vs_REF``, ``_vs_REF_lo``/``_hi``; ``_vs_REF_sig``: whether the
     interval leaves out 0). Rows without per-utterance scores get no interval."""
-    from .stats import Scores, interval, paired
+    from .stats import interval, paired, scores_by_config
 
-    short = metric.removeprefix("test_")
     configs = list(dict.fromkeys(group.config))
-    scores = {c: Scores.from_rows(group[group.config == c].to_dict("records"), short) for c in configs}
+    scores = scores_by_config(group, metric.removeprefix("test_"))
     out: dict[str, dict] = {}
     for c in configs:
         values = group[group.config == c][metric]

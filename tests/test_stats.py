@@ -203,8 +203,10 @@ def test_the_pareto_front_counts_only_significant_dominance():
     points = pd.DataFrame({"config": list(scores), "storage": [1.0, 3.0, 2.0],
                            "value": [s.per_seed.mean() for s in scores.values()]})
     assert list(pareto(points, "storage", "value").config) == ["cheap"]  # by the means alone
-    front = pareto(points, "storage", "value", significantly_lower(scores, points.config))
+    front = pareto(points, "storage", "value", significantly_lower(scores, points))
     assert list(front.config) == ["cheap", "dear"]  # "bad" is significantly worse than "cheap"; "dear" is not
+    # rows without per-utterance scores: dominance by the means, as before intervals existed
+    assert list(pareto(points, "storage", "value", significantly_lower({}, points)).config) == ["cheap"]
 
 
 def test_utterances_reading_the_same_text_are_one_draw():
