@@ -126,8 +126,7 @@ class Runner:
         self._quantized: dict[str, object] = {}
         # the test features and deploy measurement of the model last evaluated: the runs of one
         # model with the heads of several seeds (consecutive in a suite) compute them once
-        self._evaluated: tuple | None = None
-        self._eval_cache = None
+        self._caches: dict[str, tuple] = {}  # slot -> (what the features depend on, FeatureCache)
         self._measured: dict[tuple, dict] = {}
         self._heads: dict[str, dict] = {}  # fp config hash -> its head's result (reuse rows)
 
@@ -286,9 +285,11 @@ class Runner:
             # tests it, a full pass of the fp upstream over the test set, which every reuse row
             # and seed repeated (about half of a reuse row's time on mini's 2,148-word test)
             work = self.work / fp.config_hash
+            task = self.task_config(fp)
+            cache = self.eval_cache(fp, task.cache_mb, spill=True, slot="head") if task.cache_features else None
             self._heads[fp.config_hash] = train_and_evaluate(
-                self.upstream(fp), self.task_config(fp), self.data_config(fp), work, device=self.device,
-                devices=run.devices, progress=self.progress)
+                self.upstream(fp), task, self.data_config(fp), work, device=self.device,
+                devices=run.devices, progress=self.progress, cache=cache)
         result = self._heads[fp.config_hash]
         return result["checkpoint"], result
 
@@ -332,15 +333,22 @@ class Runner:
         return (run.upstream, run.checkpoint, self.model_key(run), run.quant.deploy, run.data,
                 json.dumps(self.suite.data_tables[run.data], sort_keys=True, default=str))
 
-    def eval_cache(self, run: RunSpec):
-        """The test features of the run's model, shared with the runs before it on the same model
-        and data (a reuse row's seeds); a new model starts an empty cache."""
+    def eval_cache(self, run: RunSpec, max_mb: float = 2048, spill: bool = False, slot: str = "eval"):
+        """The features of the run's model on the run's data, shared with the runs before it on the
+        same model and data (a config's seeds: the heads of a retrain row train on features computed
+        once, a reuse row's heads test on them); a new model starts an empty cache. ``spill``: past
+        ``max_mb``, features go to disk under the work folder (training's cache), else are recomputed.
+        One cache per ``slot``: the fp heads' ("head") survives the quantized models' ("eval")."""
         from downstream.features import FeatureCache
 
         key = self._evaluated_key(run)
-        if key != self._evaluated:
-            self._evaluated, self._eval_cache = key, FeatureCache(max_mb=2048, spill_dir=None)
-        return self._eval_cache
+        if self._caches.get(slot, (None,))[0] != key:
+            spill_dir = None
+            if spill:
+                digest = hashlib.sha256(json.dumps(key, default=str).encode()).hexdigest()[:16]
+                spill_dir = self.work / "features" / digest
+            self._caches[slot] = (key, FeatureCache(max_mb=max_mb, spill_dir=spill_dir))
+        return self._caches[slot][1]
 
     def measured(self, run: RunSpec, deployed) -> dict:
         """`deploy_measurements`, once per deployed model (the seeds' rows share it)."""
@@ -392,8 +400,11 @@ class Runner:
             runs_on = deploy(upstream, run.quant.deploy, device=self.device)
         head_result: dict = {}
         if run.protocol == "retrain":
-            result = train_and_evaluate(runs_on, self.task_config(run), self.data_config(run), self.work / run.config_hash,
-                                        device=self.device, devices=run.devices, progress=self.progress)
+            task = self.task_config(run)
+            cache = self.eval_cache(run, task.cache_mb, spill=True, slot="head") if task.cache_features else None
+            result = train_and_evaluate(runs_on, task, self.data_config(run), self.work / run.config_hash,
+                                        device=self.device, devices=run.devices, progress=self.progress, cache=cache)
+            self._heads[run.config_hash] = result  # the reuse rows that evaluate this head need not test it again
         else:
             checkpoint, head = self.head(run)
             head_result = head

@@ -48,7 +48,7 @@ def _datamodule(task: TaskConfig, data: DataConfig) -> SpeechDataModule:
 
 def train_and_evaluate(upstream: torch.nn.Module, task: TaskConfig, data: DataConfig, work_dir: str | Path,
                        device: str | None = None, devices: int = 1, progress: bool = True,
-                       callbacks: list | None = None) -> dict:
+                       callbacks: list | None = None, cache: FeatureCache | None = None) -> dict:
     """Train featurizer + head, keep the best checkpoint by the dev metric, test it; returns a result record.
 
     Steps are rounded up to whole validation periods (``val_every_epochs`` epochs) so that
@@ -64,7 +64,9 @@ def train_and_evaluate(upstream: torch.nn.Module, task: TaskConfig, data: DataCo
     L.seed_everything(task.seed, workers=True, verbose=False)
     if not get_task(task.task).trains_head:
         return _test_as_it_is(upstream, task, data, dev, progress)
-    cache = FeatureCache(task.cache_mb, spill_dir=work_dir / "features") if task.cache_features else None
+    if cache is None and task.cache_features:
+        cache = FeatureCache(task.cache_mb, spill_dir=work_dir / "features")
+    hits0, misses0 = (cache.hits, cache.misses) if cache else (0, 0)
     dm = _datamodule(task, data)
     dm.setup("fit")
     task = get_task(task.task).prepare(task, dm.corpora["train"])  # labels the task takes from its training data
@@ -105,7 +107,7 @@ def train_and_evaluate(upstream: torch.nn.Module, task: TaskConfig, data: DataCo
         "train_utterances_per_second": round(n_train * epochs / max(train_seconds, 1e-9), 2),
         "upstream_seconds": round(module.upstream.seconds, 2),
         "head_seconds": round(module.head_seconds, 2),
-        "feature_cache": {"hits": cache.hits, "misses": cache.misses} if cache else None,
+        "feature_cache": {"hits": cache.hits - hits0, "misses": cache.misses - misses0} if cache else None,
         "featurizer_weights": module.featurizer.layer_weights(),
         "per_utterance": module.test_units,
         "checkpoint": best,

@@ -33,3 +33,51 @@ def test_distillation_lowers_the_loss_and_repeats_exactly(tmp_path):
     assert isinstance(DistillModule(whisper_student(teacher, 1, "s"), teacher, config), TeacherStudent)
     # the teacher is not a submodule: its weights are neither trained nor saved with the student
     assert not any(k.startswith("teacher") for k in DistillModule(whisper_student(teacher, 1, "s"), teacher, config).state_dict())
+
+
+def test_the_teacher_memo_gives_the_teachers_states_and_skips_repeated_audio():
+    """Targets equal the teacher's own forward on the batch (rounded to fp16) over the valid
+    frames, whatever the batch mixes; audio seen before is not run through the teacher again."""
+    from upstream_quant.distill import collate_wavs
+
+    teacher = _teacher()
+    module = TeacherStudent(whisper_student(teacher, 1, "s"), teacher)
+    clips = [a[: n] for a, n in zip(_audio(4), (16000, 9000, 12000, 4000))]
+    wavs, lengths = collate_wavs(clips[:3])
+    first = module.teacher_targets(wavs, lengths)
+    with torch.no_grad():
+        direct, lens = teacher(wavs, lengths)
+    for got, want, n in zip(first, direct, lens):
+        for i in range(3):
+            k = int(n[i])
+            assert torch.allclose(got[i, :k], want[i, :k], atol=2e-3, rtol=2e-3)
+    assert (module.memo_hits, module.memo_misses) == (0, 3)
+    wavs2, lengths2 = collate_wavs([clips[3], clips[1]])  # one new clip, one seen in another batch
+    calls = []
+    hook = teacher.register_forward_hook(lambda m, a, o: calls.append(a[0].shape[0]))
+    second = module.teacher_targets(wavs2, lengths2)
+    hook.remove()
+    assert calls == [1] and (module.memo_hits, module.memo_misses) == (1, 4)  # only the new clip ran
+    k = int(lens[-1][1])
+    assert torch.equal(second[-1][1, :k], first[-1][1, :k])
+
+
+def test_length_sorted_batches_are_a_permutation_pad_less_and_resume_in_place():
+    from upstream_quant.distill import EpochShuffle
+
+    gen = torch.Generator().manual_seed(1)
+    lengths = torch.randint(16000, 48000, (67,), generator=gen).tolist()
+    plain = EpochShuffle(67, 3, 8, drop_last=True)
+    grouped = EpochShuffle(67, 3, 8, drop_last=True, lengths=lengths)
+
+    def padded(order):  # audio a batch of consecutive items costs: its longest item, times its size
+        return sum(8 * max(lengths[i] for i in order[j : j + 8]) for j in range(0, 64, 8))
+
+    for epoch in range(3):
+        order = grouped.order(epoch)
+        assert sorted(order) == list(range(67)) and order != grouped.order(epoch + 1)
+        assert padded(order) < 0.9 * padded(plain.order(epoch))
+    done = [0]
+    grouped.step_source = lambda: done[0]
+    done[0] = 8 + 3  # the second epoch (8 full batches an epoch), three batches in
+    assert [i for i, _ in grouped] == grouped.order(1)[3 * 8:]

@@ -119,6 +119,9 @@ def test_three_seeds_give_three_rows_one_table_line_with_intervals(seeded_store)
     suite, store = seeded_store
     rows = [json.loads(x) for x in (store / "tiny" / "runs.jsonl").read_text().splitlines()]
     assert len(rows) == 6 and sorted(r["seed"] for r in rows if r["protocol"] == "retrain") == [0, 1, 2]
+    # the seeds' heads train on one feature pass: seeds 1 and 2 find every utterance in the cache
+    caches = [r["train"]["feature_cache"] for r in sorted(rows, key=lambda r: r["seed"]) if r["protocol"] == "retrain"]
+    assert caches[0]["misses"] > 0 and all(c["misses"] == 0 and c["hits"] > 0 for c in caches[1:])
     for row in rows:  # the stored metric is exactly what the utterances' scores sum to
         per = row["per_utterance"]
         assert len(per["ids"]) == 3 and set(per["scores"]) == {"wer", "cer"}
@@ -235,3 +238,7 @@ def test_the_full_precision_head_is_trained_and_tested_once_for_all_reuse_rows(s
     reuse = [r for r in suite.runs if r.protocol == "reuse"]
     summary = run_suite(suite, reuse + reuse, store, force=True, device="cpu", progress=False)
     assert not summary["failed"] and summary["finished"] == 6 and len(calls) == 3  # one per seed, not per row
+    # after the retrain rows in the same invocation, the reuse rows use their results: no call more
+    calls.clear()
+    summary = run_suite(suite, suite.runs, store, force=True, device="cpu", progress=False)
+    assert not summary["failed"] and summary["finished"] == 6 and len(calls) == 3  # the retrain rows' own

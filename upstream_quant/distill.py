@@ -24,7 +24,10 @@ from .upstream import Upstream
 
 
 def distill_loss(pred: torch.Tensor, target: torch.Tensor, lengths: torch.Tensor, cos_weight: float = 1.0) -> torch.Tensor:
-    """Mean over valid frames of L1(pred, target) - cos_weight * log sigmoid(cos(pred, target))."""
+    """Mean over valid frames of L1(pred, target) - cos_weight * log sigmoid(cos(pred, target)).
+    A target may stop at the longest valid frame (`TeacherStudent.teacher_targets`)."""
+    frames = min(pred.shape[1], target.shape[1])
+    pred, target = pred[:, :frames], target[:, :frames]
     mask = torch.arange(pred.shape[1], device=pred.device)[None, :] < lengths[:, None]
     l1 = (pred - target).abs().mean(-1)
     cos = F.cosine_similarity(pred, target, dim=-1)
@@ -81,19 +84,54 @@ class TeacherStudent(L.LightningModule):
     a subclass gives ``terms(wavs, lengths, targets) -> {name: (weight, loss)}``, whose weighted
     sum is the loss (each term logged under its name), and its optimizer."""
 
+    TEACHER_MEMO_MB = 1024.0
+
     def __init__(self, student: nn.Module, teacher: nn.Module):
         super().__init__()
         self.student = student
         self.teacher = [teacher.eval()]
+        self.memo: dict[str, list[torch.Tensor]] = {}
+        self.memo_bytes = 0
+        self.memo_hits = self.memo_misses = 0
 
     def terms(self, wavs: torch.Tensor, lengths: torch.Tensor, targets: list[torch.Tensor]) -> dict:
         raise NotImplementedError
 
+    def teacher_targets(self, wavs: torch.Tensor, lengths: torch.Tensor) -> list[torch.Tensor]:
+        """The teacher's hidden states (batch, frames, dim) for the batch, rounded to fp16.
+
+        Memoized by crop content (in CPU memory, up to TEACHER_MEMO_MB): a frozen teacher gives the same states for
+        the same audio, and where utterances are shorter than the crop (every small corpus) each
+        epoch after the first sees the same whole utterances again; the teacher's forward was a
+        quarter of a QAT step's time. Rounding is why a resumed run, whose memo starts empty,
+        trains on the same targets as an uninterrupted one: hits and fresh states are both fp16."""
+        import hashlib
+
+        teacher = self.teacher[0].to(wavs.device)
+        keys = [hashlib.sha1(wavs[i, : int(n)].detach().cpu().numpy().tobytes()).hexdigest()
+                for i, n in enumerate(lengths.tolist())]
+        found = [self.memo.get(k) for k in keys]
+        missing = [i for i, f in enumerate(found) if f is None]
+        self.memo_hits += len(keys) - len(missing)
+        self.memo_misses += len(missing)
+        if missing:
+            idx = torch.tensor(missing, device=wavs.device)
+            sub_len = lengths[idx]
+            with torch.no_grad():
+                states, lens = teacher(wavs[idx, : int(sub_len.max())], sub_len)
+            for j, i in enumerate(missing):
+                found[i] = [s[j, : int(n[j])].to("cpu", torch.float16) for s, n in zip(states, lens)]
+                size = sum(f.numel() * 2 for f in found[i])
+                if self.memo_bytes + size <= self.TEACHER_MEMO_MB * 1e6:
+                    self.memo[keys[i]] = found[i]
+                    self.memo_bytes += size
+        # padded to the longest valid length (the batch's padding frames are masked out of the loss)
+        return [nn.utils.rnn.pad_sequence([f[k] for f in found], batch_first=True).to(wavs.device, torch.float32)
+                for k in range(len(found[0]))]
+
     def training_step(self, batch, _idx):
         wavs, lengths = batch
-        teacher = self.teacher[0].to(wavs.device)
-        with torch.no_grad():
-            targets, _ = teacher(wavs, lengths)
+        targets = self.teacher_targets(wavs, lengths)
         terms = self.terms(wavs, lengths, targets)
         loss = torch.stack([w * part for w, part in terms.values()]).sum()
         self.log("loss", loss, prog_bar=True)
@@ -167,18 +205,41 @@ class EpochShuffle(torch.utils.data.Sampler):
     an uninterrupted one would. A DataLoader generator restarts from its seed, and Lightning's
     epoch counter is not yet restored when loader workers prefetch the first epoch's indices."""
 
-    def __init__(self, n: int, seed: int, batch_size: int, drop_last: bool, step_source=None):
+    POOL_BATCHES = 8
+
+    def __init__(self, n: int, seed: int, batch_size: int, drop_last: bool, step_source=None,
+                 lengths: Sequence[int] | None = None):
         self.n, self.seed, self.batch_size, self.step_source = n, seed, batch_size, step_source
         self.batches = n // batch_size if drop_last else -(-n // batch_size)
+        self.lengths = list(lengths) if lengths is not None else None
+        if self.lengths is not None and len(self.lengths) != n:
+            raise ValueError(f"lengths has {len(self.lengths)} entries for {n} items")
 
     def __len__(self) -> int:
         return self.n
 
+    def order(self, epoch: int) -> list[int]:
+        """The epoch's item order; consecutive runs of ``batch_size`` are its batches. With
+        ``lengths`` (samples each item yields), each pool of POOL_BATCHES batches of the permutation
+        is sorted by length before it is cut into batches, and the full batches are then shuffled:
+        a batch pads to its longest item, and on utterances shorter than the crop random batches
+        padded about a third of the audio (fairseq's and ESPnet's length-sorted batching)."""
+        gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        order = torch.randperm(self.n, generator=gen).tolist()
+        if self.lengths is None:
+            return order
+        full, pool = (self.n // self.batch_size) * self.batch_size, self.POOL_BATCHES * self.batch_size
+        batches = []
+        for start in range(0, full, pool):
+            ranked = sorted(order[start : min(start + pool, full)], key=lambda i: -self.lengths[i])
+            batches += [ranked[j : j + self.batch_size] for j in range(0, len(ranked), self.batch_size)]
+        shuffled = [batches[int(k)] for k in torch.randperm(len(batches), generator=gen)]
+        return [i for batch in shuffled for i in batch] + order[full:]  # a partial batch stays last
+
     def __iter__(self):
         step = int(self.step_source()) if self.step_source is not None else 0
         epoch, done = divmod(step, max(1, self.batches))
-        order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
-        return iter([(int(i), epoch) for i in order[done * self.batch_size:]])
+        return iter([(int(i), epoch) for i in self.order(epoch)[done * self.batch_size:]])
 
 
 class _StepSeed(L.Callback):
@@ -265,6 +326,24 @@ class _LossTrace(L.Callback):
         self.losses = list(state.get("losses", []))
 
 
+def _sample_counts(audio: Sequence[torch.Tensor | str | Path]) -> list[int]:
+    """Samples per item: a waveform's length, or a file's frame count from its header."""
+    import soundfile as sf
+
+    from .calibration import CalibrationError
+
+    counts = []
+    for item in audio:
+        if isinstance(item, torch.Tensor):
+            counts.append(item.numel())
+            continue
+        try:
+            counts.append(sf.info(str(item)).frames)
+        except Exception as err:  # soundfile raises LibsndfileError/RuntimeError on corrupt files
+            raise CalibrationError(f"cannot read audio file {item}: {err}") from err
+    return counts
+
+
 def fit_unlabelled(module: L.LightningModule, audio: Sequence[torch.Tensor | str | Path], steps: int, batch_size: int,
                    crop_seconds: float, seed: int, work_dir: str | Path, accelerator: str = "auto",
                    devices: int | str = "auto", progress: bool = True, callbacks: list | None = None,
@@ -280,9 +359,10 @@ def fit_unlabelled(module: L.LightningModule, audio: Sequence[torch.Tensor | str
     L.seed_everything(seed, workers=True, verbose=False)
     workers = default_workers() if num_workers is None else int(num_workers)
     drop_last = len(audio) > batch_size
-    sampler = EpochShuffle(len(audio), seed, batch_size, drop_last)
+    crop = int(crop_seconds * 16000)
+    sampler = EpochShuffle(len(audio), seed, batch_size, drop_last, lengths=[min(crop, n) for n in _sample_counts(audio)])
     loader = torch.utils.data.DataLoader(
-        CropDataset(audio, int(crop_seconds * 16000), seed), batch_size=batch_size, sampler=sampler,
+        CropDataset(audio, crop, seed), batch_size=batch_size, sampler=sampler,
         collate_fn=collate_wavs, drop_last=drop_last, num_workers=workers,
         persistent_workers=workers > 0,
     )

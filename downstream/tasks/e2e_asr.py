@@ -68,8 +68,11 @@ class E2EASRTask(CTCTask):
 
 
 def e2e_asr() -> TaskConfig:
-    """The encoder output (the state the output layer was fine-tuned on), nothing trained."""
-    return TaskConfig(task="e2e_asr", layer=-1, specaug=False, batch_size=8, max_batch_seconds=200.0)
+    """The encoder output (the state the output layer was fine-tuned on), nothing trained.
+    Batches of up to 20 utterances (600 s): a greedy decoder's step costs about the same for 8
+    or 20 sequences on a CPU, so larger batches halve the decoding time (measured on mini's
+    passages: 35 s -> 17 s a row; the transcripts are the same, each sequence decodes alone)."""
+    return TaskConfig(task="e2e_asr", layer=-1, specaug=False, batch_size=20, max_batch_seconds=600.0)
 
 
 SPEC = register_task(TaskSpec(
