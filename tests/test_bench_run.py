@@ -68,7 +68,11 @@ def test_shipped_suites_parse_and_expand():
     mini = load_suite("mini")
     names = [r.name for r in mini.runs]
     assert len(names) == len(set(names)) and any("/binary1/" in n for n in names)
-    assert {r.upstream for r in mini.runs} >= {"whisper_tiny_en", "distil_whisper_tiny_en", "fbank"}
+    assert {r.upstream for r in mini.runs} == {"whisper_tiny_en", "distil_whisper_tiny_en"}
+    superb, deploy = load_suite("mini-superb"), load_suite("mini-deploy")
+    assert {r.upstream for r in superb.runs} == {"whisper_tiny_en", "distil_whisper_tiny_en", "fbank"}
+    assert {(r.task, r.data) for r in superb.runs} == {("asr", "digits"), ("pr", "digits"), ("ic", "intents")}
+    assert sum(1 for r in deploy.runs if r.quant.deploy) == 9 * 3
     paper = load_suite("paper")
     assert {r.upstream for r in paper.runs} == {"hubert_base", "distilhubert"}
     assert [r.schedule.get("layer") for r in paper.runs if r.upstream == "distilhubert"] == ["last_transformer"]
@@ -84,9 +88,9 @@ def test_shipped_suites_parse_and_expand():
     shards = [select(mini.runs, shard=f"{i}/3") for i in range(3)]
     assert sorted(r.config_hash for s in shards for r in s) == sorted(hashes)
     assert all("gptq" in r.name for r in select(mini.runs, only="*gptq*"))
-    # the plug-in tasks run in mini on their own data; the post-training ablations in mini-ptq
-    assert {(r.task, r.data) for r in mini.runs} == {("asr", "digits"), ("pr", "digits"), ("ic", "intents"),
-                                                     ("e2e_asr", "passages")}
+    # mini: the headline (digits heads, end to end); the other tasks in mini-superb, the
+    # post-training ablations in mini-ptq
+    assert {(r.task, r.data) for r in mini.runs} == {("asr", "digits"), ("e2e_asr", "passages")}
     assert {r.seed for r in mini.runs if r.task != "e2e_asr"} == {0, 1, 2} and mini.student == "distil_whisper_tiny_en"
     assert {r.quant.method for r in load_suite("mini-ptq").runs} == {"uniform", "binary", "gptq", "recon"}
     superb = load_suite("paper-superb")

@@ -135,7 +135,7 @@ def test_readme_tables_are_generated_from_the_committed_stores():
 
     root = Path(__file__).resolve().parent.parent
     text = (root / "README.md").read_text()
-    for suite in ("mini", "mini-ptq", "mini-personal", "paper"):
+    for suite in ("mini", "mini-superb", "mini-deploy", "mini-ptq", "mini-personal", "paper"):
         assert f"<!-- bench table {suite} --store results -->" in text
     assert render_readme(text, root) == text, "README tables differ from results/: run `bench readme`"
 
@@ -265,45 +265,49 @@ def test_a_deploy_probe_of_a_mixed_model_records_its_own_estimate():
     assert abs(row["linear_weights_mb"] - row["ideal_mb"]) / row["ideal_mb"] < 0.1
 
 
-# The README's comparisons of mini rows, as (a, b, task, data, metric, verdict): "<" a below b,
-# ">" a above b (both significant), "≈" not distinguishable (the paired 95 % interval holds 0).
+# The README's comparisons of rows of the mini suites, as (suite, a, b, task, data, metric, verdict):
+# "<" a below b, ">" a above b (both significant), "≈" not distinguishable (the paired 95 %
+# interval holds 0).
 W, D = "whisper_tiny_en", "distil_whisper_tiny_en"
 MINI_CLAIMS = [
-    (f"{W}/fp/retrain", f"{D}/fp/retrain", "asr", "digits", "wer", "<"),
-    (f"{W}/fp/retrain", f"{D}/fp/retrain", "pr", "digits", "per", "<"),
-    (f"{W}/fp/retrain", f"{D}/fp/retrain", "ic", "intents", "acc", ">"),
-    (f"{D}/fp/retrain", "fbank/fp/retrain", "asr", "digits", "wer", "<"),
-    *[(f"{W}/uniform8/reuse", f"{W}/fp/retrain", task, data, metric, "≈")
-      for task, data, metric in (("asr", "digits", "wer"), ("pr", "digits", "per"), ("ic", "intents", "acc"))],
-    (f"{W}/uniform8/retrain", f"{W}/fp/retrain", "e2e_asr", "passages", "wer", "≈"),
-    (f"{W}/uniform8@int8-dynamic/reuse", f"{W}/fp/retrain", "asr", "digits", "wer", "≈"),
-    (f"{W}/uniform8-all@int8-dynamic/reuse", f"{W}/fp/retrain", "asr", "digits", "wer", "≈"),
-    (f"{W}/uniform4/reuse", f"{W}/fp/retrain", "asr", "digits", "wer", ">"),
-    (f"{W}/uniform4/reuse", f"{W}/fp/retrain", "ic", "intents", "acc", "<"),
-    (f"{W}/uniform4/retrain", f"{W}/fp/retrain", "e2e_asr", "passages", "wer", ">"),
-    (f"{W}/gptq4/reuse", f"{W}/fp/retrain", "asr", "digits", "wer", "≈"),
-    (f"{W}/gptq4/retrain", f"{W}/fp/retrain", "e2e_asr", "passages", "wer", ">"),
-    (f"{W}/gptq3/reuse", f"{W}/fp/retrain", "asr", "digits", "wer", "≈"),
-    (f"{W}/gptq3/reuse", f"{W}/fp/retrain", "pr", "digits", "per", ">"),
-    (f"{W}/gptq3/reuse", f"{W}/fp/retrain", "ic", "intents", "acc", "<"),
-    (f"{W}/gptq2/reuse", f"{W}/fp/retrain", "asr", "digits", "wer", ">"),
-    (f"{W}/qat2/reuse", f"{D}/fp/retrain", "asr", "digits", "wer", "<"),
-    (f"{W}/qat2/reuse", f"{D}/fp/retrain", "ic", "intents", "acc", ">"),
-    (f"{W}/qat2/reuse", f"{D}/fp/retrain", "pr", "digits", "per", "≈"),
-    (f"{W}/qat1/reuse", f"{D}/fp/retrain", "asr", "digits", "wer", ">"),
-    *[(f"{W}/{dep}/reuse", f"{W}/{ref}/reuse", "asr", "digits", "wer", "≈") for dep, ref in (
+    ("mini", f"{W}/fp/retrain", f"{D}/fp/retrain", "asr", "digits", "wer", "<"),
+    ("mini-superb", f"{W}/fp/retrain", f"{D}/fp/retrain", "pr", "digits", "per", "<"),
+    ("mini-superb", f"{W}/fp/retrain", f"{D}/fp/retrain", "ic", "intents", "acc", ">"),
+    ("mini-superb", f"{D}/fp/retrain", "fbank/fp/retrain", "asr", "digits", "wer", "<"),
+    ("mini", f"{W}/uniform8/reuse", f"{W}/fp/retrain", "asr", "digits", "wer", "≈"),
+    *[("mini-superb", f"{W}/uniform8/reuse", f"{W}/fp/retrain", task, data, metric, "≈")
+      for task, data, metric in (("pr", "digits", "per"), ("ic", "intents", "acc"))],
+    ("mini", f"{W}/uniform8/retrain", f"{W}/fp/retrain", "e2e_asr", "passages", "wer", "≈"),
+    ("mini-deploy", f"{W}/uniform8@int8-dynamic/reuse", f"{W}/fp/retrain", "asr", "digits", "wer", "≈"),
+    ("mini-deploy", f"{W}/uniform8-all@int8-dynamic/reuse", f"{W}/fp/retrain", "asr", "digits", "wer", "≈"),
+    ("mini", f"{W}/uniform4/reuse", f"{W}/fp/retrain", "asr", "digits", "wer", ">"),
+    ("mini-superb", f"{W}/uniform4/reuse", f"{W}/fp/retrain", "ic", "intents", "acc", "<"),
+    ("mini", f"{W}/uniform4/retrain", f"{W}/fp/retrain", "e2e_asr", "passages", "wer", ">"),
+    ("mini", f"{W}/gptq4/reuse", f"{W}/fp/retrain", "asr", "digits", "wer", "≈"),
+    ("mini", f"{W}/gptq4/retrain", f"{W}/fp/retrain", "e2e_asr", "passages", "wer", ">"),
+    ("mini", f"{W}/gptq3/reuse", f"{W}/fp/retrain", "asr", "digits", "wer", ">"),
+    ("mini", f"{W}/gptq2/reuse", f"{D}/fp/retrain", "asr", "digits", "wer", "≈"),
+    ("mini-superb", f"{W}/gptq3/reuse", f"{W}/fp/retrain", "pr", "digits", "per", ">"),
+    ("mini-superb", f"{W}/gptq3/reuse", f"{W}/fp/retrain", "ic", "intents", "acc", "<"),
+    ("mini", f"{W}/gptq2/reuse", f"{W}/fp/retrain", "asr", "digits", "wer", ">"),
+    ("mini", f"{W}/qat2/reuse", f"{D}/fp/retrain", "asr", "digits", "wer", "<"),
+    ("mini-superb", f"{W}/qat2/reuse", f"{D}/fp/retrain", "ic", "intents", "acc", ">"),
+    ("mini-superb", f"{W}/qat2/reuse", f"{D}/fp/retrain", "pr", "digits", "per", "≈"),
+    ("mini", f"{W}/qat1/reuse", f"{D}/fp/retrain", "asr", "digits", "wer", ">"),
+    ("mini", f"{W}/qat2@packed-int8/reuse", f"{W}/qat2/reuse", "asr", "digits", "wer", "≈"),
+    *[("mini-deploy", f"{W}/{dep}/reuse", f"{W}/{ref}/reuse", "asr", "digits", "wer", "≈") for dep, ref in (
         ("uniform8@int8-dynamic", "uniform8"), ("uniform8-all@int8-dynamic", "uniform8-all"), ("uniform4@int8-dynamic", "uniform4"),
         ("uniform4@packed", "uniform4"), ("uniform2@packed", "uniform2"), ("binary1@packed", "binary1"),
         ("uniform4@packed-int8", "uniform4"), ("qat2@packed-int8", "qat2"), ("qat1@packed-int8", "qat1"))],
 ]
 
 
-@pytest.mark.parametrize("a, b, task, data, metric, verdict", MINI_CLAIMS)
-def test_readme_claims_about_the_mini_rows_hold_with_their_intervals(a, b, task, data, metric, verdict):
+@pytest.mark.parametrize("suite, a, b, task, data, metric, verdict", MINI_CLAIMS)
+def test_readme_claims_about_the_mini_rows_hold_with_their_intervals(suite, a, b, task, data, metric, verdict):
     from bench.compare import config_difference
 
-    d = config_difference("mini", Path(__file__).resolve().parent.parent / "results", a, b, task, data, metric)
-    assert {"<": d.high < 0, ">": d.low > 0, "≈": not d.significant}[verdict], (a, b, d)
+    d = config_difference(suite, Path(__file__).resolve().parent.parent / "results", a, b, task, data, metric)
+    assert {"<": d.high < 0, ">": d.low > 0, "≈": not d.significant}[verdict], (suite, a, b, d)
 
 
 def test_readme_says_every_two_and_one_bit_model_collapses_end_to_end():
@@ -316,14 +320,13 @@ def test_readme_says_every_two_and_one_bit_model_collapses_end_to_end():
 
 
 def test_readme_s_cross_thread_comparison_matches_the_committed_stores():
-    """README: 34 cells, 11 identical, 18 within their intervals, 5 beyond (the student's CER and
-    the end-to-end rows of GPTQ 3 and 2 bits)."""
+    """README: 34 cells, 11 identical, 19 within their intervals, 4 beyond (the end-to-end rows of
+    GPTQ 3 and 2 bits)."""
     from bench.compare import compare_stores
 
     root = Path(__file__).resolve().parent.parent / "results"
     cells = compare_stores("mini", root, root / "threads1")
     assert len(cells) == 34 and int(cells.identical.sum()) == 11
     beyond = cells[(cells.agree == False) & ~cells.identical]  # noqa: E712
-    assert len(beyond) == 5 and len(cells) - 11 - 5 == 18
-    assert sorted(set(beyond.config)) == ["distil_whisper_tiny_en/fp/retrain", "whisper_tiny_en/gptq2/retrain",
-                                          "whisper_tiny_en/gptq3/retrain"]
+    assert len(beyond) == 4 and len(cells) - 11 - 4 == 19
+    assert sorted(set(beyond.config)) == ["whisper_tiny_en/gptq2/retrain", "whisper_tiny_en/gptq3/retrain"]

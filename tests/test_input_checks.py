@@ -250,5 +250,5 @@ def test_dry_run_finds_what_would_fail_hours_later(tmp_path, capsys, monkeypatch
 
 def test_bench_run_refuses_a_store_it_cannot_write_before_any_run(tmp_path, capsys):
     (tmp_path / "store").write_text("a file")
-    assert main(["run", "mini", "--store", str(tmp_path / "store"), "--only", "fbank/fp/retrain*"]) == 2
+    assert main(["run", "mini", "--store", str(tmp_path / "store"), "--only", "whisper_tiny_en/fp/retrain*"]) == 2
     assert "is a file, not a folder" in capsys.readouterr().err
