@@ -98,16 +98,17 @@ class FrozenUpstream:
             if self.cache is None or keys is None:
                 return self._forward(wavs, lengths)
             found = [self.cache.get(k) for k in keys]
-            missing = [i for i, f in enumerate(found) if f is None]
-            if missing:
-                idx = torch.tensor(missing, device=wavs.device)
-                sub_len = lengths[idx]
-                states, lens = self._forward(wavs[idx, : int(sub_len.max())], sub_len)
-                for j, i in enumerate(missing):
-                    # rounded as the cache keeps them, so a fresh process (a resumed run, whose cache
-                    # starts empty) computes with exactly the features an uninterrupted one reuses
-                    found[i] = [s[j, : int(lens[j])].to(torch.float16) for s in states]
-                    self.cache.put(keys[i], found[i])
+            for i in [i for i, f in enumerate(found) if f is None]:
+                # One utterance at a time: a batched forward's last bits depend on what else is in the
+                # batch (matrix products block differently by shape), and a resumed run or another
+                # seed meets an utterance first in another batch than an uninterrupted run did; a
+                # bit flipped under fp16 rounding then grows through training into another model.
+                # Rounded as the cache keeps them, so a fresh process (a resumed run, whose cache
+                # starts empty) computes with exactly the features an uninterrupted one reuses.
+                n = int(lengths[i])
+                states, lens = self._forward(wavs[i : i + 1, :n], lengths[i : i + 1])
+                found[i] = [s[0, : int(lens[0])].to(torch.float16) for s in states]
+                self.cache.put(keys[i], found[i])
             n_states = len(found[0])
             frame_lens = torch.tensor([f[0].shape[0] for f in found], device=wavs.device)
             padded = [

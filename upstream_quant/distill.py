@@ -90,6 +90,7 @@ class TeacherStudent(L.LightningModule):
         super().__init__()
         self.student = student
         self.teacher = [teacher.eval()]
+        self.crop_samples: int | None = None  # fit_unlabelled's crop: shorter items are whole utterances
         self.memo: dict[str, list[torch.Tensor]] = {}
         self.memo_bytes = 0
         self.memo_hits = self.memo_misses = 0
@@ -108,23 +109,31 @@ class TeacherStudent(L.LightningModule):
         import hashlib
 
         teacher = self.teacher[0].to(wavs.device)
-        keys = [hashlib.sha1(wavs[i, : int(n)].detach().cpu().numpy().tobytes()).hexdigest()
-                for i, n in enumerate(lengths.tolist())]
-        found = [self.memo.get(k) for k in keys]
-        missing = [i for i, f in enumerate(found) if f is None]
-        self.memo_hits += len(keys) - len(missing)
-        self.memo_misses += len(missing)
-        if missing:
-            idx = torch.tensor(missing, device=wavs.device)
-            sub_len = lengths[idx]
+
+        def run(idx: list[int]) -> list[list[torch.Tensor]]:
+            sub = torch.tensor(idx, device=wavs.device)
             with torch.no_grad():
-                states, lens = teacher(wavs[idx, : int(sub_len.max())], sub_len)
-            for j, i in enumerate(missing):
-                found[i] = [s[j, : int(n[j])].to("cpu", torch.float16) for s, n in zip(states, lens)]
-                size = sum(f.numel() * 2 for f in found[i])
-                if self.memo_bytes + size <= self.TEACHER_MEMO_MB * 1e6:
-                    self.memo[keys[i]] = found[i]
-                    self.memo_bytes += size
+                states, lens = teacher(wavs[sub, : int(lengths[sub].max())], lengths[sub])
+            return [[s[j, : int(n[j])].to("cpu", torch.float16) for s, n in zip(states, lens)] for j in range(len(idx))]
+
+        # Only whole utterances (shorter than the crop) can recur; each is run alone, so its states
+        # do not depend on the batch it first came in (a resumed run meets it in another one).
+        # Random crops are run together, as the batch they are in decides (the same on resume).
+        crop = self.crop_samples or wavs.shape[1] + 1
+        whole = [i for i, n in enumerate(lengths.tolist()) if n < crop]
+        keys = {i: hashlib.sha1(wavs[i, : int(lengths[i])].detach().cpu().numpy().tobytes()).hexdigest() for i in whole}
+        found: list = [self.memo.get(keys[i]) if i in keys else None for i in range(wavs.shape[0])]
+        self.memo_hits += sum(f is not None for f in found)
+        cropped = [i for i in range(wavs.shape[0]) if i not in keys]
+        for i, states in zip(cropped, run(cropped) if cropped else []):
+            found[i] = states
+        for i in [i for i in whole if found[i] is None]:
+            self.memo_misses += 1
+            found[i] = run([i])[0]
+            size = sum(f.numel() * 2 for f in found[i])
+            if self.memo_bytes + size <= self.TEACHER_MEMO_MB * 1e6:
+                self.memo[keys[i]] = found[i]
+                self.memo_bytes += size
         # padded to the longest valid length (the batch's padding frames are masked out of the loss)
         return [nn.utils.rnn.pad_sequence([f[k] for f in found], batch_first=True).to(wavs.device, torch.float32)
                 for k in range(len(found[0]))]
@@ -360,6 +369,7 @@ def fit_unlabelled(module: L.LightningModule, audio: Sequence[torch.Tensor | str
     workers = default_workers() if num_workers is None else int(num_workers)
     drop_last = len(audio) > batch_size
     crop = int(crop_seconds * 16000)
+    module.crop_samples = crop
     sampler = EpochShuffle(len(audio), seed, batch_size, drop_last, lengths=[min(crop, n) for n in _sample_counts(audio)])
     loader = torch.utils.data.DataLoader(
         CropDataset(audio, crop, seed), batch_size=batch_size, sampler=sampler,
