@@ -129,6 +129,9 @@ class Runner:
         self._caches: dict[str, tuple] = {}  # slot -> (what the features depend on, FeatureCache)
         self._measured: dict[tuple, dict] = {}
         self._heads: dict[str, dict] = {}  # fp config hash -> its head's result (reuse rows)
+        from .timeline import Timeline
+
+        self.timeline = Timeline(self.work / "timeline.jsonl")
 
     # ---------------------------------------------------------------- pieces
 
@@ -220,7 +223,9 @@ class Runner:
         config = q.config()
         calib = self.calibration(run) if q.calibrates else None
         started = time.time()
-        model = quantize(base, config, calibration=calib, progress=False)
+        # block-wise methods keep finished blocks here: an interrupted run continues from the next
+        model = quantize(base, config, calibration=calib, progress=False,
+                         resume_dir=self.work / f"{q.method}-{self.model_key(run)}" if q.calibrates else None)
         return model, {"quantize_seconds": round(time.time() - started, 2), "blocks": model.quantization.get("blocks")}
 
     def quantized(self, run: RunSpec):
@@ -247,6 +252,7 @@ class Runner:
                 # What runs is the packed file, reloaded (its unquantized tensors are fp16), in this
                 # invocation as in any later one that finds it: a resumed suite evaluates the same
                 # model. Ranks other than 0 round-trip through a file of their own.
+                self.timeline.event("packed")
                 with tempfile.TemporaryDirectory() as tmp:
                     target = path if is_rank_zero() else Path(tmp) / path.name
                     model = load_packed(save_packed(built, target), device=self.device)
@@ -289,7 +295,7 @@ class Runner:
             cache = self.eval_cache(fp, task.cache_mb, spill=True, slot="head") if task.cache_features else None
             self._heads[fp.config_hash] = train_and_evaluate(
                 self.upstream(fp), task, self.data_config(fp), work, device=self.device,
-                devices=run.devices, progress=self.progress, cache=cache)
+                devices=run.devices, progress=self.progress, cache=cache, callbacks=[self.timeline.callback()])
         result = self._heads[fp.config_hash]
         return result["checkpoint"], result
 
@@ -392,6 +398,8 @@ class Runner:
         from downstream.train import evaluate, train_and_evaluate
 
         started = time.time()
+        self.timeline.run = run.name
+        self.timeline.event("run")
         upstream = self.quantized(run)
         runs_on = upstream  # what computes the features: the reference path, or its deployed form
         if run.quant.deploy:
@@ -403,11 +411,13 @@ class Runner:
             task = self.task_config(run)
             cache = self.eval_cache(run, task.cache_mb, spill=True, slot="head") if task.cache_features else None
             result = train_and_evaluate(runs_on, task, self.data_config(run), self.work / run.config_hash,
-                                        device=self.device, devices=run.devices, progress=self.progress, cache=cache)
+                                        device=self.device, devices=run.devices, progress=self.progress, cache=cache,
+                                        callbacks=[self.timeline.callback()])
             self._heads[run.config_hash] = result  # the reuse rows that evaluate this head need not test it again
         else:
             checkpoint, head = self.head(run)
             head_result = head
+            self.timeline.event("test")
             result = evaluate(runs_on, checkpoint, self.data_config(run), device=self.device, cache=self.eval_cache(run))
             result["head"] = {"dev_curve": head["dev_curve"], "steps": head["steps"], "best": head["metrics"]}
         info = getattr(upstream, "build_info", {})
@@ -539,10 +549,12 @@ def run_suite(suite: Suite, runs: list[RunSpec], store: Path = DEFAULT_STORE, fo
             summary["failed"].append((run.name, f"{type(exc).__name__}: {exc}"))
             continue
         if is_rank_zero():
+            runner.timeline.event("row")
             if force:
                 replace_rows(path, run.config_hash, row)
             else:
                 append_row(path, row)
+            runner.timeline.event("row_written")
         summary["finished"] += 1
     summary["seconds"] = round(time.time() - started, 1)
     return summary

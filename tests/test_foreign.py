@@ -106,3 +106,33 @@ def test_block_reconstruction_refuses_a_model_without_blocks():
     net = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8))
     with pytest.raises(ValueError, match="list of blocks"):
         quantize(net, ReconConfig(bits=2, targets=(nn.Linear,)), calibration=[torch.randn(4, 8)], progress=False)
+
+
+def test_an_interrupted_reconstruction_resumes_from_its_next_block_to_the_same_model(whisper, tmp_path, monkeypatch):
+    """Killed after block 0 (here: block 1's refine step fails), the same call continues from
+    block 1 with block 0 loaded, not recomputed, and ends with the uninterrupted model, bit for bit."""
+    from upstream_quant import quantize as q
+
+    calib = mels(8, seed=1)
+    config = ReconConfig(bits=2, group_size=32, steps=30, targets=(nn.Linear,))
+    whole = quantize(whisper, config, calibration=calib, progress=False)
+    real = q.REFINERS[ReconConfig]
+    calls = []
+
+    def dies_at_block_1(cfg, block, path, *args, **kwargs):
+        calls.append(path)
+        if path == "layers.1":
+            raise KeyboardInterrupt("killed")
+        return real(cfg, block, path, *args, **kwargs)
+
+    monkeypatch.setitem(q.REFINERS, ReconConfig, dies_at_block_1)
+    with pytest.raises(KeyboardInterrupt):
+        quantize(whisper, config, calibration=calib, progress=False, resume_dir=tmp_path / "keep")
+    assert sorted(p.name for p in (tmp_path / "keep").iterdir()) == ["block0.pt"]  # nothing half-written
+    calls.clear()
+    monkeypatch.setitem(q.REFINERS, ReconConfig, lambda *a, **k: calls.append(a[2]) or real(*a, **k))
+    resumed = quantize(whisper, config, calibration=calib, progress=False, resume_dir=tmp_path / "keep")
+    assert calls == ["layers.1"]  # block 0 came from its file
+    assert resumed.quantization["blocks"] == whole.quantization["blocks"]
+    for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name

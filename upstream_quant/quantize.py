@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import warnings
 from dataclasses import asdict
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -68,6 +69,7 @@ def quantize(
     inplace: bool = False,
     progress: bool = True,
     filter_fn: FilterFn | None = None,
+    resume_dir: str | Path | None = None,
 ) -> nn.Module:
     """Quantize the chosen layers of `module` (a copy unless `inplace`) with `config`.
 
@@ -78,7 +80,9 @@ def quantize(
     `calibration` (methods that need layer inputs): see calibration.run_calibration: an iterable
     of model inputs (tensor / tuple of positional arguments / dict of keyword arguments per batch),
     a callable ``run(model)``, or, for our upstreams, a list of 1-D 16 kHz waveforms.
-    An error leaves `module` unchanged.
+    An error leaves `module` unchanged. `resume_dir`: block-wise methods (sequential GPTQ, block
+    reconstruction) keep each finished block there and, called again with the same arguments,
+    continue from the next one (an interrupted 40-minute job loses one block, not all).
     """
     if type(config) not in METHODS and not hasattr(config, "per_layer"):
         raise TypeError(f"unknown quantization config {type(config).__name__}; known: {[c.__name__ for c in METHODS]}")
@@ -130,11 +134,11 @@ def quantize(
     if needs and getattr(config, "sequential", False):
         model = copy_module(module).eval()
         refine = REFINERS.get(type(config))
-        quantize_sequential(model, {n: model.get_submodule(n) for n in layers}, calibration, build,
-                            need_hessian=getattr(config, "needs_hessian", False),
-                            need_sample=not getattr(config, "needs_hessian", False),
-                            refine=None if refine is None else (lambda *a: reports.append(refine(config, *a, progress=progress))),
-                            progress=progress)
+        reports = quantize_sequential(model, {n: model.get_submodule(n) for n in layers}, calibration, build,
+                                      need_hessian=getattr(config, "needs_hessian", False),
+                                      need_sample=not getattr(config, "needs_hessian", False),
+                                      refine=None if refine is None else (lambda *a: refine(config, *a, progress=progress)),
+                                      progress=progress, keep=None if resume_dir is None else Path(resume_dir))
         for name in layers:
             if hasattr(model.get_submodule(name), "latent"):
                 del model.get_submodule(name).latent

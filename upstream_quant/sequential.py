@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -180,11 +181,18 @@ RefineFn = Callable[[nn.Module, str, dict[str, nn.Module], list[Call], list[torc
 
 def quantize_sequential(model: nn.Module, layers: dict[str, nn.Module], calibration, quantize_layer: QuantizeFn,
                         need_hessian: bool, need_sample: bool, refine: RefineFn | None = None,
-                        progress: bool = True) -> None:
+                        progress: bool = True, keep: Path | None = None) -> list:
     """Replace `layers` of `model` (in place: give it a copy) by `quantize_layer(name, layer,
     stats)`, stage by stage. `refine(block, path, layers, calls, inputs, targets)`, if given, is
     called after each block's layers are quantized, with the block's quantized-path inputs and the
-    full-precision block's outputs on the full-precision path (block reconstruction)."""
+    full-precision block's outputs on the full-precision path (block reconstruction); what it
+    returns is collected and returned.
+
+    ``keep``: a folder where each finished block is saved (atomically) with its refine report; a
+    call that finds block i there loads it instead of quantizing it again and recomputes only the
+    block's outputs on the calibration inputs, so an interrupted job continues from the next block
+    and ends with the same model (each block's work is seeded by itself, not by the blocks before)."""
+    reports: list = []
     calibration = reusable(calibration)
     found = find_blocks(model, list(layers))
     if found is None:
@@ -192,7 +200,7 @@ def quantize_sequential(model: nn.Module, layers: dict[str, nn.Module], calibrat
             raise ValueError(f"block reconstruction needs the target layers inside a list of blocks (an nn.ModuleList "
                              f"of transformer layers); {type(model).__name__} has none holding them")
         _run_stages(model, Segment(model, calibration=calibration), layers, "", quantize_layer, need_hessian, need_sample)
-        return
+        return reports
     path, blocks = found
     inside = {n: m for n, m in layers.items() if under(n, path)}
     outside = {n: m for n, m in layers.items() if n not in inside}
@@ -208,7 +216,7 @@ def quantize_sequential(model: nn.Module, layers: dict[str, nn.Module], calibrat
         warnings.warn(f"{path}: blocks do not chain (block i+1's input is not block i's output); "
                       "calibrating with full forward passes per stage (slower)")
         _run_stages(model, Segment(model, calibration=calibration), layers, "", quantize_layer, need_hessian, need_sample)
-        return
+        return reports
     q_inputs = [c.args[0] for c in calls]
     fp_inputs = list(q_inputs) if refine is not None else None
     for i, block in enumerate(tqdm(blocks, desc=f"quantize {path}", disable=not progress, leave=False)):
@@ -220,14 +228,45 @@ def quantize_sequential(model: nn.Module, layers: dict[str, nn.Module], calibrat
             fp_inputs = segment.run(fp_inputs) if fp_inputs is not None else None
             continue
         targets = segment.run(fp_inputs) if fp_inputs is not None else None
-        bound = Segment(block, [Call((x, *c.args[1:]), c.kwargs) for x, c in zip(q_inputs, calls)])
-        _run_stages(block, bound, mine, prefix + ".", quantize_layer, need_hessian, need_sample)
-        if refine is not None:
-            refine(block, prefix, {n: block.get_submodule(n) for n in mine}, calls, q_inputs, targets)
+        saved = keep / f"block{i}.pt" if keep is not None else None
+        if saved is not None and saved.is_file():
+            state = torch.load(saved, map_location="cpu", weights_only=False)
+            device = next(block.parameters()).device
+            blocks[i] = block = state["block"].to(device)
+            segment = Segment(block, calls)
+            if state["report"] is not None:
+                reports.append(state["report"])
+        else:
+            bound = Segment(block, [Call((x, *c.args[1:]), c.kwargs) for x, c in zip(q_inputs, calls)])
+            _run_stages(block, bound, mine, prefix + ".", quantize_layer, need_hessian, need_sample)
+            report = None
+            if refine is not None:
+                report = refine(block, prefix, {n: block.get_submodule(n) for n in mine}, calls, q_inputs, targets)
+                reports.append(report)
+            if saved is not None:
+                _save_block(saved, block, report)
         q_inputs = segment.run(q_inputs)
         fp_inputs = targets
     for name, layer in outside.items():
         model.set_submodule(name, quantize_layer(name, layer, out_stats[name]))
+    return reports
+
+
+def _save_block(path: Path, block: nn.Module, report) -> None:
+    """One finished block and its report, written whole or not at all (a kill mid-write leaves
+    the previous state: no file)."""
+    import os
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save({"block": block, "report": report}, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def _run_stages(root: nn.Module, segment: Segment, layers: dict[str, nn.Module], prefix: str, quantize_layer: QuantizeFn,
