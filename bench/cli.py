@@ -153,6 +153,20 @@ def _cmd_readme(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_status(args: argparse.Namespace) -> int:
+    from .results import load_runs
+    from .runner import DEFAULT_STORE
+    from .status import report, suite_status
+    from .suites import load_suite
+
+    suite = load_suite(args.suite)
+    store = Path(args.store) if args.store else DEFAULT_STORE
+    statuses = suite_status(suite, store)
+    print(f"suite {suite.name} ({suite.path}), store {store / suite.name}")
+    print(report(statuses, load_runs(suite.name, store)))
+    return 0 if all(s.state == "finished" for s in statuses) else 3
+
+
 def plot_dir(store: Path, suite: str) -> Path:
     """plots/<suite> for the committed reference store (results/), else STORE/<suite>/plots."""
     return Path("plots") / suite if store.resolve() == Path("results").resolve() else store / suite / "plots"
@@ -744,6 +758,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", nargs="?", default="README.md")
     p.add_argument("--check", action="store_true", help="only check that they match (exit 2 if not)")
     p.set_defaults(func=_cmd_readme)
+
+    p = sub.add_parser("status", help="where each run of a suite stands: finished, running, interrupted (and how to "
+                                      "resume), failed, not started; exit 0 when all finished, else 3")
+    p.add_argument("suite", nargs="?", default="mini")
+    p.add_argument("--store", default=None, help="results store root (default runs/, where bench run writes)")
+    p.set_defaults(func=_cmd_status)
 
     p = sub.add_parser("plot", help="plots of a suite's results (PNG)")
     p.add_argument("suite")

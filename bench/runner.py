@@ -398,7 +398,7 @@ class Runner:
         from downstream.train import evaluate, train_and_evaluate
 
         started = time.time()
-        self.timeline.run = run.name
+        self.timeline.run, self.timeline.config_hash = run.name, run.config_hash
         self.timeline.event("run")
         upstream = self.quantized(run)
         runs_on = upstream  # what computes the features: the reference path, or its deployed form
@@ -538,15 +538,20 @@ def run_suite(suite: Suite, runs: list[RunSpec], store: Path = DEFAULT_STORE, fo
             row = runner.execute(run)
         except RunInterrupted as exc:
             exc.run = run.name
+            runner.timeline.event("interrupted", signal=signal.Signals(exc.signum).name)
             raise
         except SystemExit as exc:  # Lightning's SIGTERMException, or its exit after Ctrl+C
+            runner.timeline.event("interrupted")
             raise RunInterrupted(signal.SIGTERM if "SIGTERM" in type(exc).__name__ else signal.SIGINT, run.name) from exc
         except KeyboardInterrupt as exc:
+            runner.timeline.event("interrupted", signal="SIGINT")
             raise RunInterrupted(signal.SIGINT, run.name) from exc
         except Exception as exc:  # one bad run must not cost the others; reported at the end
+            error = f"{type(exc).__name__}: {exc}"
+            runner.timeline.event("failed", error=error.splitlines()[0][:500] if error else "")
             if os.environ.get("BENCH_DEBUG"):
                 raise
-            summary["failed"].append((run.name, f"{type(exc).__name__}: {exc}"))
+            summary["failed"].append((run.name, error))
             continue
         if is_rank_zero():
             runner.timeline.event("row")

@@ -1,12 +1,14 @@
 """A suite's timeline (`STORE/SUITE/work/timeline.jsonl`): one JSON line per phase of each run (run
-start, each training epoch, checkpoint, validation, test, packed-file and row writing) with the
-time, process and run. It says where a run was when it stopped, and it is how the resume chaos
-test (`bench.chaos`) aims its kills at phases of a run instead of at fixed seconds."""
+start, each training epoch, checkpoint, validation, test, packed-file and row writing, and a
+failure or an interruption it could see) with the time, machine, process and run. It says where
+a run was when it stopped (`bench status`), and it is how the resume chaos test (`bench.chaos`)
+aims its kills at phases of a run instead of at fixed seconds."""
 
 from __future__ import annotations
 
 import json
 import os
+import platform
 import time
 from pathlib import Path
 
@@ -18,11 +20,12 @@ class Timeline:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.run = ""
+        self.run, self.config_hash = "", ""
 
     def event(self, name: str, **payload) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        line = json.dumps({"t": round(time.time(), 4), "pid": os.getpid(), "run": self.run, "event": name} | payload)
+        line = json.dumps({"t": round(time.time(), 4), "host": platform.node(), "pid": os.getpid(), "run": self.run,
+                           "hash": self.config_hash, "event": name} | payload)
         with open(self.path, "a") as f:
             f.write(line + "\n")
 
