@@ -252,3 +252,17 @@ def test_act_order_and_the_hessian_search_cut_the_output_error_at_3_bits():
     # measured (seed 0): rtn 0.0175, output-aware rtn 0.0083, plain GPTQ 0.0072, full 0.0050
     assert full < 0.8 * plain and plain < 0.5 * rtn
     assert output_rtn < 0.6 * rtn  # the output-weighted range search helps round-to-nearest too
+
+
+def test_sequential_gptq_keeps_its_blocks_on_hubert_and_resumes_to_the_same_model(tiny_hubert, tmp_path):
+    """HuBERT's blocks hold local functions that do not pickle: what is kept is each block's
+    quantized layers; a second call loads them all and gives the same model."""
+    from upstream_quant.methods.gptq import GPTQConfig
+
+    gen = torch.Generator().manual_seed(0)
+    calib = [torch.randn(16000, generator=gen) for _ in range(4)]
+    first = quantize(tiny_hubert, GPTQConfig(bits=3), calibration=calib, progress=False, resume_dir=tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["block0.pt", "block1.pt"]
+    again = quantize(tiny_hubert, GPTQConfig(bits=3), calibration=calib, progress=False, resume_dir=tmp_path)
+    for (name, a), b in zip(first.state_dict().items(), again.state_dict().values()):
+        assert torch.equal(a, b), name

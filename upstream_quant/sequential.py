@@ -232,8 +232,8 @@ def quantize_sequential(model: nn.Module, layers: dict[str, nn.Module], calibrat
         if saved is not None and saved.is_file():
             state = torch.load(saved, map_location="cpu", weights_only=False)
             device = next(block.parameters()).device
-            blocks[i] = block = state["block"].to(device)
-            segment = Segment(block, calls)
+            for name, layer in state["layers"].items():  # the block's quantized layers, nothing else changed
+                block.set_submodule(name, layer.to(device))
             if state["report"] is not None:
                 reports.append(state["report"])
         else:
@@ -244,7 +244,7 @@ def quantize_sequential(model: nn.Module, layers: dict[str, nn.Module], calibrat
                 report = refine(block, prefix, {n: block.get_submodule(n) for n in mine}, calls, q_inputs, targets)
                 reports.append(report)
             if saved is not None:
-                _save_block(saved, block, report)
+                _save_block(saved, {n: block.get_submodule(n) for n in mine}, report)
         q_inputs = segment.run(q_inputs)
         fp_inputs = targets
     for name, layer in outside.items():
@@ -252,9 +252,10 @@ def quantize_sequential(model: nn.Module, layers: dict[str, nn.Module], calibrat
     return reports
 
 
-def _save_block(path: Path, block: nn.Module, report) -> None:
-    """One finished block and its report, written whole or not at all (a kill mid-write leaves
-    the previous state: no file)."""
+def _save_block(path: Path, layers: dict[str, nn.Module], report) -> None:
+    """A finished block's quantized layers (ours, so they pickle; the blocks of some upstreams hold
+    local functions that do not) and its report, written whole or not at all (a kill mid-write
+    leaves no file)."""
     import os
     import tempfile
 
@@ -262,7 +263,7 @@ def _save_block(path: Path, block: nn.Module, report) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     os.close(fd)
     try:
-        torch.save({"block": block, "report": report}, tmp)
+        torch.save({"layers": layers, "report": report}, tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
