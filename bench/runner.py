@@ -124,8 +124,8 @@ class Runner:
         self.work = self.store / suite.name / "work"
         self._upstreams: dict[tuple, object] = {}
         self._quantized: dict[str, object] = {}
-        # the test features and deploy measurement of the model last evaluated: the runs of one
-        # model with the heads of several seeds (consecutive in a suite) compute them once
+        # the features and deploy measurement of the model last evaluated: the runs of one model
+        # with the heads of several seeds (consecutive in a suite) compute them once
         self._caches: dict[str, tuple] = {}  # slot -> (what the features depend on, FeatureCache)
         self._measured: dict[tuple, dict] = {}
         self._heads: dict[str, dict] = {}  # fp config hash -> its head's result (reuse rows)
@@ -292,7 +292,7 @@ class Runner:
             # and seed repeated (about half of a reuse row's time on mini's 2,148-word test)
             work = self.work / fp.config_hash
             task = self.task_config(fp)
-            cache = self.eval_cache(fp, task.cache_mb, spill=True, slot="head") if task.cache_features else None
+            cache = self.train_cache(fp, task)
             self._heads[fp.config_hash] = train_and_evaluate(
                 self.upstream(fp), task, self.data_config(fp), work, device=self.device,
                 devices=run.devices, progress=self.progress, cache=cache, callbacks=[self.timeline.callback()])
@@ -356,6 +356,11 @@ class Runner:
             self._caches[slot] = (key, FeatureCache(max_mb=max_mb, spill_dir=spill_dir))
         return self._caches[slot][1]
 
+    def train_cache(self, run: RunSpec, task):
+        """The feature cache a head trains on: shared by the seeds of its config, spilling to disk
+        past the task's ``cache_mb``; None where the task caches no features."""
+        return self.eval_cache(run, task.cache_mb, spill=True, slot="head") if task.cache_features else None
+
     def measured(self, run: RunSpec, deployed) -> dict:
         """`deploy_measurements`, once per deployed model (the seeds' rows share it)."""
         key = (run.upstream, run.checkpoint, self.model_key(run), run.quant.deploy)
@@ -409,7 +414,7 @@ class Runner:
         head_result: dict = {}
         if run.protocol == "retrain":
             task = self.task_config(run)
-            cache = self.eval_cache(run, task.cache_mb, spill=True, slot="head") if task.cache_features else None
+            cache = self.train_cache(run, task)
             result = train_and_evaluate(runs_on, task, self.data_config(run), self.work / run.config_hash,
                                         device=self.device, devices=run.devices, progress=self.progress, cache=cache,
                                         callbacks=[self.timeline.callback()])
