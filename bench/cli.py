@@ -136,20 +136,31 @@ def default_store(suite: str, store: str | None) -> Path:
 
 
 def _cmd_readme(args: argparse.Namespace) -> int:
+    """Regenerate (or, with --check, compare) the marked tables of README.md and docs/*.md. Store
+    paths in the markers are relative to the project root (the folder with pyproject.toml above
+    the file), whichever file holds them."""
     from upstream_quant.io import write_atomic
 
-    from .tables import render_readme
+    from .tables import readme_files, render_readme
 
-    path = Path(args.file)
-    text = path.read_text()
-    new = render_readme(text, path.parent)
+    def project_root(path: Path) -> Path:  # where the markers' store paths start
+        return next((p for p in path.resolve().parents if (p / "pyproject.toml").is_file()), Path("."))
+
+    paths = [Path(f) for f in args.file] if args.file else readme_files(project_root(Path("README.md")))
+    stale = []
+    for path in paths:
+        text = path.read_text()
+        new = render_readme(text, project_root(path))
+        if args.check:
+            if new != text:
+                stale.append(path)
+            continue
+        write_atomic(path, new)
+        print(f"{path}: tables regenerated" if new != text else f"{path}: tables already match the stores")
+    if stale:
+        raise ValueError(f"{', '.join(map(str, stale))}: tables differ from the stores; run `bench readme` to regenerate them")
     if args.check:
-        if new != text:
-            raise ValueError(f"{path}: its tables differ from the stores; run `bench readme` to regenerate them")
-        print(f"{path}: tables match the stores")
-        return 0
-    write_atomic(path, new)
-    print(f"{path}: tables regenerated" if new != text else f"{path}: tables already match the stores")
+        print(f"{len(paths)} file(s): tables match the stores")
     return 0
 
 
@@ -266,6 +277,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
             return 1
         return 0
     check_output(store / suite.name / "runs.jsonl", "--store")
+    from upstream_quant.curves import check_logger
+
+    check_logger(args.logger)  # a logger whose package is missing fails here, before any run
     from .launch import argv_tail
 
     if args.launcher != "none":
@@ -280,7 +294,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         signal.signal(signum, interrupted)
     try:
         ensure_data(suite, progress=not args.no_progress)
-        summary = run_suite(suite, runs, store, force=args.force, device=args.device, progress=not args.no_progress)
+        summary = run_suite(suite, runs, store, force=args.force, device=args.device, progress=not args.no_progress,
+                            logger=args.logger)
     except RunInterrupted as exc:
         where = f"during run {exc.run}" if exc.run else "before the first run started"
         print(f"\nbench: interrupted by {signal.Signals(exc.signum).name} {where}; no row was written for it. "
@@ -489,10 +504,12 @@ def _cmd_qat(args: argparse.Namespace) -> int:
     from upstream_quant.io import check_output, write_atomic
     from upstream_quant.packed import save_packed
     from upstream_quant.methods.qat import QATConfig, train_qat
+    from upstream_quant.curves import check_logger
     from upstream_quant.upstream import pick_device
 
     if args.method == "binary" and args.bits != 1 or args.method == "uniform" and not 2 <= args.bits <= 8:
         raise ValueError(f"--method {args.method} --bits {args.bits}: binary is 1 bit, uniform 2..8 bits")
+    check_logger(args.logger)
     config = QATConfig(method=args.method, bits=args.bits, steps=args.steps, batch_size=args.batch_size,
                        lr=args.lr, scale_lr=args.scale_lr, crop_seconds=args.crop_seconds, seed=args.seed)
     check_output(args.out)
@@ -502,7 +519,7 @@ def _cmd_qat(args: argparse.Namespace) -> int:
     out = Path(args.out)
     work = Path(args.work_dir) if args.work_dir else out.with_suffix(".work")
     model, summary = train_qat(upstream, files, config, work, accelerator="gpu" if device.type == "cuda" else "cpu", devices=1,
-                               num_workers=args.workers)
+                               num_workers=args.workers, logger=args.logger)
     save_packed(model, out)
     write_atomic(out.with_suffix(".qat.json"), json.dumps({"upstream": args.upstream, "config": config.__dict__,
                                                            "audio": args.audio, **summary}, indent=1, default=str))
@@ -554,8 +571,30 @@ def _cmd_distill(args: argparse.Namespace) -> int:
     return run_distill(args)
 
 
+def _version_line() -> str:
+    from upstream_quant.version import DISTRIBUTION, package_version
+
+    from .runner import code_version
+
+    info = code_version()
+    commit = f", commit {info['git_commit'][:12]}{' (modified)' if info['git_dirty'] else ''}" if info["git_commit"] else ""
+    return f"bench ({DISTRIBUTION}) {package_version()}{commit}; torch {info['torch']}, s3prl {info['s3prl']}"
+
+
+class _Version(argparse.Action):
+    """``--version``, computed only when asked (it reads git)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(_version_line())
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bench", description="Low-bit quantization benchmark for speech SSL upstreams")
+    parser.add_argument("--version", action=_Version, help="package version, git commit, torch and s3prl")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("cost", help="parameter/MAC inventory, storage and estimated runtime (no weights needed), "
@@ -570,7 +609,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("quantize", help="quantize an upstream and write a packed file")
     p.add_argument("--upstream", required=True)
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--checkpoint", default=None, help="local s3prl/fairseq checkpoint")
+    src.add_argument("--checkpoint", default=None, help="local s3prl/fairseq checkpoint, or a transformers folder")
     src.add_argument("--random-init", action="store_true", help="exact architecture, random weights")
     p.add_argument("--quant", default=None, metavar="TOKEN",
                    help="the method as a suite token, e.g. gptq:3:g128, uniform:4:mse, recon:2:asym (bench methods lists them)")
@@ -681,6 +720,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, help="audio-loading processes (default: 8 beside a GPU, 1 on CPU)")
     p.add_argument("--device", default=None)
     p.add_argument("--out", required=True, help="packed .safetensors (a .qat.json summary goes beside it)")
+    p.add_argument("--logger", default="tensorboard", choices=["tensorboard", "csv", "wandb", "mlflow", "none"],
+                   help="training curves under each run's work folder (default tensorboard: WORK/tb/; "
+                        "wandb and mlflow need their extra)")
     p.set_defaults(func=_cmd_qat)
 
     p = sub.add_parser("distill", help="DistilHuBERT's recipe, label-free: distil a shallower student from a teacher upstream")
@@ -698,6 +740,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--work-dir", default=None, help="checkpoints for resuming (default: OUT.work/)")
     p.add_argument("--device", default=None, help="cpu, cuda, or auto")
     p.add_argument("--out", required=True, help="student weights (.safetensors, fp16); a .json manifest goes beside it")
+    p.add_argument("--logger", default="tensorboard", choices=["tensorboard", "csv", "wandb", "mlflow", "none"],
+                   help="training curves under each run's work folder (default tensorboard: WORK/tb/; "
+                        "wandb and mlflow need their extra)")
     p.set_defaults(func=_cmd_distill)
 
     p = sub.add_parser("deploy", help="run a packed file on a low-bit backend (int8-dynamic, int4-weight, packed) and "
@@ -735,6 +780,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slurm-gpus", type=int, default=None, help="GPUs per job (default: --devices)")
     p.add_argument("--slurm-cpus", type=int, default=10, help="CPU cores per job (data-loading workers)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--logger", default="tensorboard", choices=["tensorboard", "csv", "wandb", "mlflow", "none"],
+                   help="training curves under each run's work folder (default tensorboard: WORK/tb/; "
+                        "wandb and mlflow need their extra)")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("table", help="generate a results table (paper: the 1-bit/2-bit comparison; or a suite)")
@@ -754,8 +802,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the cells as JSON")
     p.set_defaults(func=_cmd_compare)
 
-    p = sub.add_parser("readme", help="regenerate the README's result tables from their stores (marked blocks)")
-    p.add_argument("file", nargs="?", default="README.md")
+    p = sub.add_parser("readme", help="regenerate the result tables of README.md and docs/*.md from their stores "
+                                      "(marked blocks)")
+    p.add_argument("file", nargs="*", help="only these files (default: README.md and docs/*.md)")
     p.add_argument("--check", action="store_true", help="only check that they match (exit 2 if not)")
     p.set_defaults(func=_cmd_readme)
 

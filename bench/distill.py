@@ -27,6 +27,9 @@ def run_distill(args: argparse.Namespace) -> int:
     from upstream_quant.upstreams.whisper import save_whisper, sha256_file
 
     check_output(args.out)
+    from upstream_quant.curves import check_logger
+
+    check_logger(args.logger)
     device = pick_device(args.device)
     teacher = load_upstream(args.teacher, device="cpu")
     if teacher.architecture().get("family") != "whisper":
@@ -47,7 +50,8 @@ def run_distill(args: argparse.Namespace) -> int:
     print(f"distilling {args.name}: {sum(p.numel() for p in student.parameters()):,} parameters "
           f"(teacher {sum(p.numel() for p in teacher.parameters()):,}), {len(files)} files streamed from disk, "
           f"{config.steps} steps on {device}", file=sys.stderr)
-    result = distill(student, teacher, files, config, work, accelerator="gpu" if device.type == "cuda" else "cpu", devices=1)
+    result = distill(student, teacher, files, config, work, accelerator="gpu" if device.type == "cuda" else "cpu", devices=1,
+                     logger=args.logger)
     save_whisper(result.student, out, metadata={"teacher": args.teacher})
     manifest = {
         "name": args.name,

@@ -9,7 +9,9 @@ one after the other, waiting for each (what the tests use); ``slurm`` submits th
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import time
 from pathlib import Path
 
 from .results import load_runs
@@ -24,6 +26,8 @@ def argv_tail(args: argparse.Namespace) -> list[str]:
             out += [flag, value]
     if args.devices != 1:
         out += ["--devices", str(args.devices)]
+    if getattr(args, "logger", "tensorboard") != "tensorboard":
+        out += ["--logger", args.logger]
     for flag in ("only", "shard", "device"):
         if getattr(args, flag):
             out += [f"--{flag}", getattr(args, flag)]
@@ -42,6 +46,32 @@ def job_command(argv: list[str]):
     from submitit.helpers import CommandFunction
 
     return CommandFunction([sys.executable, "-m", "bench.cli", *argv], verbose=False)
+
+
+JOBS_INDEX = "index.jsonl"
+
+
+def record_jobs(folder: Path, jobs: list[tuple[RunSpec, str]], launcher: str) -> None:
+    """Which job runs which run (``STORE/SUITE/jobs/index.jsonl``, appended): `bench status` asks
+    the scheduler about them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / JOBS_INDEX, "a") as f:
+        for run, job_id in jobs:
+            f.write(json.dumps({"job_id": str(job_id), "hash": run.config_hash, "run": run.name, "launcher": launcher,
+                                "submitted": round(time.time(), 1)}) + "\n")
+
+
+def read_jobs(folder: Path) -> dict[str, dict]:
+    """Config hash -> its latest job record."""
+    out = {}
+    path = folder / JOBS_INDEX
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        out[record["hash"]] = record
+    return out
 
 
 def launch(args: argparse.Namespace, suite: Suite, runs: list[RunSpec], store: Path) -> int:
@@ -63,6 +93,7 @@ def launch(args: argparse.Namespace, suite: Suite, runs: list[RunSpec], store: P
     executor.update_parameters(**params)
     if args.launcher == "slurm":
         jobs = [(run, executor.submit(job_command(job_argv(args, run)))) for run in todo]
+        record_jobs(folder, [(run, job.job_id) for run, job in jobs], "slurm")
         print(f"suite {suite.name}: {len(jobs)} job(s) submitted (slurm), logs in {folder}")
         for run, job in jobs:
             print(f"  job {job.job_id}: {run.name}")
@@ -73,6 +104,7 @@ def launch(args: argparse.Namespace, suite: Suite, runs: list[RunSpec], store: P
     failed = 0
     for run in todo:
         job = executor.submit(job_command(job_argv(args, run)))
+        record_jobs(folder, [(run, job.job_id)], "local")
         print(f"  job {job.job_id}: {run.name}", flush=True)
         try:
             job.result()

@@ -53,7 +53,9 @@ def code_version() -> dict:
         s3prl = version("s3prl")
     except Exception:
         s3prl = None
-    return {"git_commit": commit, "git_dirty": dirty, "torch": torch.__version__, "lightning": lightning.__version__,
+    from upstream_quant.version import package_version
+
+    return {"package_version": package_version(), "git_commit": commit, "git_dirty": dirty, "torch": torch.__version__, "lightning": lightning.__version__,
             "s3prl": s3prl, "python": platform.python_version()}
 
 
@@ -119,8 +121,10 @@ class Runner:
     model as reloaded from its file, so that a later invocation (a resume, another protocol)
     reloads it instead of recomputing (QAT: hours) and gets the same results."""
 
-    def __init__(self, suite: Suite, store: Path, device: str | None = None, progress: bool = True):
+    def __init__(self, suite: Suite, store: Path, device: str | None = None, progress: bool = True,
+                 logger: str | None = None):
         self.suite, self.store, self.device, self.progress = suite, Path(store), device, progress
+        self.logger = logger  # training curves (upstream_quant.curves): default TensorBoard under each work folder
         self.work = self.store / suite.name / "work"
         self._upstreams: dict[tuple, object] = {}
         self._quantized: dict[str, object] = {}
@@ -216,7 +220,8 @@ class Runner:
                 calibration=lambda group: self.calibration(run, group=group),
                 unlabelled_files=lambda max_hours: self.unlabelled_files(run, max_hours),
                 work_dir=self.work / f"{q.method}-{self.model_key(run)}", device=self.device, devices=run.devices,
-                seed=run.seed, options=dict(run.options.get(q.method, {})), progress=self.progress)
+                seed=run.seed, options=dict(run.options.get(q.method, {})), progress=self.progress, logger=self.logger,
+                callbacks=[self.timeline.callback()])
             return method.build(base, q, context)
         from upstream_quant.quantize import quantize
 
@@ -224,8 +229,12 @@ class Runner:
         calib = self.calibration(run) if q.calibrates else None
         started = time.time()
         # block-wise methods keep finished blocks here: an interrupted run continues from the next
-        model = quantize(base, config, calibration=calib, progress=False,
-                         resume_dir=self.work / f"{q.method}-{self.model_key(run)}" if q.calibrates else None)
+        keep = self.work / f"{q.method}-{self.model_key(run)}" if q.calibrates else None
+        model = quantize(base, config, calibration=calib, progress=False, resume_dir=keep)
+        if keep is not None and is_rank_zero():
+            from upstream_quant.curves import log_block_curves
+
+            log_block_curves(self.logger, keep, model.quantization.get("blocks"))
         return model, {"quantize_seconds": round(time.time() - started, 2), "blocks": model.quantization.get("blocks")}
 
     def quantized(self, run: RunSpec):
@@ -295,7 +304,8 @@ class Runner:
             cache = self.train_cache(fp, task)
             self._heads[fp.config_hash] = train_and_evaluate(
                 self.upstream(fp), task, self.data_config(fp), work, device=self.device,
-                devices=run.devices, progress=self.progress, cache=cache, callbacks=[self.timeline.callback()])
+                devices=run.devices, progress=self.progress, cache=cache, callbacks=[self.timeline.callback()],
+                logger=self.logger)
         result = self._heads[fp.config_hash]
         return result["checkpoint"], result
 
@@ -417,7 +427,7 @@ class Runner:
             cache = self.train_cache(run, task)
             result = train_and_evaluate(runs_on, task, self.data_config(run), self.work / run.config_hash,
                                         device=self.device, devices=run.devices, progress=self.progress, cache=cache,
-                                        callbacks=[self.timeline.callback()])
+                                        callbacks=[self.timeline.callback()], logger=self.logger)
             self._heads[run.config_hash] = result  # the reuse rows that evaluate this head need not test it again
         else:
             checkpoint, head = self.head(run)
@@ -522,15 +532,19 @@ def ensure_data(suite: Suite, progress: bool = True) -> None:
 
 
 def run_suite(suite: Suite, runs: list[RunSpec], store: Path = DEFAULT_STORE, force: bool = False,
-              device: str | None = None, progress: bool = True) -> dict:
+              device: str | None = None, progress: bool = True, logger: str | None = None) -> dict:
     """Run what is not in the store yet; returns counts and failures (other runs go on after a
-    failure). SIGTERM/SIGINT raise `RunInterrupted` naming the unfinished run (no row for it)."""
+    failure). SIGTERM/SIGINT raise `RunInterrupted` naming the unfinished run (no row for it).
+    Each run's messages and warnings go to its `bench.runlog` file; ``logger`` names the
+    training-curve logger (`upstream_quant.curves.LOGGERS`)."""
     from tqdm import tqdm
+
+    from .runlog import run_log, run_log_path
 
     path = runs_path(suite.name, store)
     done = {row.get("config_hash") for row in load_runs(suite.name, store)}
     todo = [r for r in runs if force or r.config_hash not in done]
-    runner = Runner(suite, store, device, progress)
+    runner = Runner(suite, store, device, progress, logger)
     # a missing download or a checkpoint of the wrong family fails here, before any run
     for run in {(r.upstream, r.checkpoint): r for r in todo if r.needs_fp_upstream}.values():
         runner.upstream(run)
@@ -539,8 +553,10 @@ def run_suite(suite: Suite, runs: list[RunSpec], store: Path = DEFAULT_STORE, fo
     bar = tqdm(todo, desc=f"suite {suite.name}", unit="run", disable=not progress, file=sys.stderr)
     for run in bar:
         bar.set_postfix_str(run.name)
+        log_file = run_log_path(runner.work, run.config_hash)
         try:
-            row = runner.execute(run)
+            with run_log(log_file, header=run.name):
+                row = runner.execute(run)
         except RunInterrupted as exc:
             exc.run = run.name
             runner.timeline.event("interrupted", signal=signal.Signals(exc.signum).name)
@@ -553,10 +569,10 @@ def run_suite(suite: Suite, runs: list[RunSpec], store: Path = DEFAULT_STORE, fo
             raise RunInterrupted(signal.SIGINT, run.name) from exc
         except Exception as exc:  # one bad run must not cost the others; reported at the end
             error = f"{type(exc).__name__}: {exc}"
-            runner.timeline.event("failed", error=error.splitlines()[0][:500] if error else "")
+            runner.timeline.event("failed", error=error.splitlines()[0][:500] if error else "", log=str(log_file))
             if os.environ.get("BENCH_DEBUG"):
                 raise
-            summary["failed"].append((run.name, error))
+            summary["failed"].append((run.name, f"{error} (log: {log_file})"))
             continue
         if is_rank_zero():
             runner.timeline.event("row")

@@ -1,8 +1,9 @@
 """`bench status SUITE`: where each run of a suite stands, from the store's rows and the suite's
 timeline (`bench.timeline`): finished (its headline metric), running (its last phase, on this
 machine), interrupted (its last phase, checkpoint and the command that resumes it), failed (the
-error), or not started; and the totals. Exit code 0 when every run is finished, 3 otherwise, so
-scripts can wait on it."""
+error and its log file), or not started; and the totals. Runs launched with ``--launcher slurm``
+add their job's state as ``sacct`` reports it (queued, running on another node, timed out).
+Exit code 0 when every run is finished, 3 otherwise, so scripts can wait on it."""
 
 from __future__ import annotations
 
@@ -35,16 +36,58 @@ def _alive(pid: int) -> bool:
 
 
 def _where(event: dict) -> str:
-    return event["event"] + (f" {event['epoch']}" if event.get("epoch") is not None else "")
+    out = event["event"]
+    if event.get("epoch") is not None:
+        out += f" {event['epoch']}" + (f"/{event['max_epochs']}" if event.get("max_epochs") else "")
+    if event.get("step") is not None:
+        out += f", step {event['step']}" + (f"/{event['max_steps']}" if event.get("max_steps") else "")
+    return out
+
+
+def _time_left(events: list[dict]) -> str:
+    """Training time left from the run's own pace: the epoch events of its current process."""
+    epochs = [e for e in events if e["event"] == "epoch" and e.get("pid") == events[-1].get("pid")]
+    if len(epochs) < 2 or epochs[-1]["t"] <= epochs[0]["t"]:
+        return ""
+    first, last = epochs[0], epochs[-1]
+    for done, total in (("step", "max_steps"), ("epoch", "max_epochs")):
+        if last.get(total) and last.get(done) is not None and last[done] > first.get(done, last[done]):
+            pace = (last["t"] - first["t"]) / (last[done] - first[done])
+            return f"; about {max(last[total] - last[done], 0) * pace / 60:.1f} min of training left"
+    return ""
+
+
+def slurm_states(job_ids: list[str]) -> dict[str, str]:
+    """Each SLURM job's state as ``sacct`` reports it (through submitit's watcher); empty when
+    ``sacct`` is not on this machine."""
+    import shutil
+
+    if not job_ids or shutil.which("sacct") is None:
+        return {}
+    from submitit.slurm.slurm import SlurmInfoWatcher
+
+    watcher = SlurmInfoWatcher(delay_s=0)
+    for job_id in job_ids:
+        watcher.register_job(str(job_id))
+    watcher.update()
+    return {str(j): watcher.get_state(str(j), mode="cache") for j in job_ids}
+
+
 
 
 def suite_status(suite, store: Path) -> list[RunStatus]:
     """One `RunStatus` per run of ``suite`` (a `bench.suites.Suite`) in ``store``, in suite order."""
+    from .launch import read_jobs
+
     rows = {r.get("config_hash"): r for r in load_runs(suite.name, store)}
     work = Path(store) / suite.name / "work"
-    last: dict[str, dict] = {}  # config hash -> its last event (a run under --set is another config)
+    events: dict[str, list[dict]] = {}  # config hash -> its events (a run under --set is another config)
     for event in read_timeline(work / "timeline.jsonl"):
-        last[event.get("hash", "")] = event
+        events.setdefault(event.get("hash", ""), []).append(event)
+    jobs = {h: j for h, j in read_jobs(Path(store) / suite.name / "jobs").items()
+            if j.get("launcher") == "slurm" and h not in rows}
+    states = slurm_states(sorted({j["job_id"] for j in jobs.values()}))
+    resume = f"resume: bench run {suite.path} --store {store}"
     out = []
     for run in suite.runs:
         row = rows.get(run.config_hash)
@@ -53,19 +96,32 @@ def suite_status(suite, store: Path) -> list[RunStatus]:
             headline = {k: v for k, v in metrics.items() if k.startswith("test_")} or metrics
             out.append(RunStatus(run.name, "finished", ", ".join(f"{k} {v}" for k, v in headline.items())))
             continue
-        event = last.get(run.config_hash)
-        if event is None:
-            out.append(RunStatus(run.name, "not started"))
+        history = events.get(run.config_hash, [])
+        event = history[-1] if history else None
+        job = jobs.get(run.config_hash)
+        slurm = states.get(job["job_id"], "UNKNOWN") if job else None
+        job_note = f"slurm job {job['job_id']} {slurm}" if job else ""
+        if job and slurm in ("PENDING", "REQUEUED", "CONFIGURING") and (event is None or event["event"] == "interrupted"):
+            out.append(RunStatus(run.name, "not started", f"{job_note} (queued)"))
+        elif event is None:
+            out.append(RunStatus(run.name, "not started", job_note))
         elif event["event"] == "failed":
-            out.append(RunStatus(run.name, "failed", f"{event.get('error', '')} (timeline: {work / 'timeline.jsonl'})"))
-        elif event.get("host", platform.node()) == platform.node() and _alive(event["pid"]) and event["event"] != "interrupted":
-            out.append(RunStatus(run.name, "running", f"at {_where(event)} (pid {event['pid']})"))
+            where = f"log: {event['log']}" if event.get("log") else f"timeline: {work / 'timeline.jsonl'}"
+            out.append(RunStatus(run.name, "failed", f"{event.get('error', '')} ({where})" + (f"; {job_note}" if job else "")))
+        elif event["event"] != "interrupted" and (
+                slurm in ("RUNNING", "COMPLETING") or
+                (not job and event.get("host", platform.node()) == platform.node() and _alive(event["pid"]))):
+            host = "" if event.get("host") == platform.node() else f" on {event.get('host')}"
+            out.append(RunStatus(run.name, "running", f"at {_where(event)}{_time_left(history)} (pid {event['pid']}{host})"
+                                 + (f"; {job_note}" if job else "")))
         else:
             ckpt = work / run.config_hash / "last.ckpt"
-            detail = f"stopped at {_where(event)}"
+            detail = f"stopped at {_where(event)}" + (f" ({job_note})" if job else "")
+            if event.get("host") not in (None, platform.node()) and not job:
+                detail += f" on {event['host']} (running there, or stopped: this machine cannot tell)"
             if ckpt.is_file():
                 detail += f"; resumes from {ckpt}"
-            out.append(RunStatus(run.name, "interrupted", detail + f"; resume: bench run {suite.path} --store {store}"))
+            out.append(RunStatus(run.name, "interrupted", f"{detail}; {resume}"))
     return out
 
 

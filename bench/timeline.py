@@ -51,7 +51,10 @@ class _Phases(L.Callback):
         self.timeline = timeline
 
     def on_train_epoch_start(self, trainer, module):
-        self.timeline.event("epoch", epoch=trainer.current_epoch)
+        # where training is and where it ends: `bench status` estimates a running run's time left
+        self.timeline.event("epoch", epoch=trainer.current_epoch, step=trainer.global_step,
+                            max_epochs=trainer.max_epochs if (trainer.max_epochs or -1) > 0 else None,
+                            max_steps=trainer.max_steps if (trainer.max_steps or -1) > 0 else None)
 
     def on_save_checkpoint(self, trainer, module, checkpoint):
         self.timeline.event("checkpoint", epoch=trainer.current_epoch, step=trainer.global_step)

@@ -16,6 +16,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from upstream_quant.curves import curve_callbacks, make_logger
 from upstream_quant.upstream import pick_device
 
 from .datamodule import DataConfig, SpeechDataModule
@@ -28,12 +29,12 @@ warnings.filterwarnings("ignore", message=".*overridden `transfer_batch_to_devic
 
 
 def _trainer(task: TaskConfig, device: torch.device, devices: int, work_dir: Path | None, progress: bool,
-             callbacks: list, **kwargs) -> L.Trainer:
+             callbacks: list, logger=False, **kwargs) -> L.Trainer:
     accelerator = "gpu" if device.type == "cuda" else "cpu"
     return L.Trainer(
         accelerator=accelerator, devices=devices, strategy="ddp" if devices > 1 else "auto",
         precision="bf16-mixed" if accelerator == "gpu" else "32-true", gradient_clip_val=task.grad_clip,
-        logger=False, enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
+        logger=logger, enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
         use_distributed_sampler=False, callbacks=callbacks, default_root_dir=work_dir, **kwargs,
     )
 
@@ -48,8 +49,12 @@ def _datamodule(task: TaskConfig, data: DataConfig) -> SpeechDataModule:
 
 def train_and_evaluate(upstream: torch.nn.Module, task: TaskConfig, data: DataConfig, work_dir: str | Path,
                        device: str | None = None, devices: int = 1, progress: bool = True,
-                       callbacks: list | None = None, cache: FeatureCache | None = None) -> dict:
+                       callbacks: list | None = None, cache: FeatureCache | None = None,
+                       logger: str | None = None) -> dict:
     """Train featurizer + head, keep the best checkpoint by the dev metric, test it; returns a result record.
+
+    ``logger`` (`upstream_quant.curves.LOGGERS`, default TensorBoard) writes the training curves
+    (train loss, learning rate, dev metrics, utterances a second) under ``work_dir``.
 
     Steps are rounded up to whole validation periods (``val_every_epochs`` epochs) so that
     every run ends with a validation. A run
@@ -80,8 +85,10 @@ def train_and_evaluate(upstream: torch.nn.Module, task: TaskConfig, data: DataCo
     # last.ckpt after every epoch (not only validation epochs): an interrupted run loses at most one epoch
     resume = L.pytorch.callbacks.ModelCheckpoint(dirpath=work_dir, filename="last", save_top_k=1, every_n_epochs=1,
                                                  save_on_train_epoch_end=True, enable_version_counter=False)
-    trainer = _trainer(task, dev, devices, work_dir, progress, [ckpt, resume, *(callbacks or [])], max_epochs=epochs,
-                       check_val_every_n_epoch=task.val_every_epochs)
+    curves = make_logger(logger, work_dir, name=work_dir.name)
+    trainer = _trainer(task, dev, devices, work_dir, progress, [ckpt, resume, *curve_callbacks(curves), *(callbacks or [])],
+                       logger=curves, max_epochs=epochs, check_val_every_n_epoch=task.val_every_epochs,
+                       log_every_n_steps=min(50, steps_per_epoch))
     last = work_dir / "last.ckpt"
     resumes = _count_resume(work_dir) if last.is_file() and not _finished(work_dir) else _count_resume(work_dir, 0)
     started = time.time()

@@ -144,7 +144,7 @@ def test_run_killed_with_sigkill_resumes_without_losing_or_duplicating(tiny_suit
     out, _ = again.communicate(timeout=300)
     assert "0 finished, 3 already in the store" in out and len(_rows(rows_file)) == 3
     row = rows[0]
-    for key in ("config_hash", "spec", "seed", "git_commit", "torch", "device", "wall_seconds", "storage_mb",
+    for key in ("config_hash", "spec", "seed", "git_commit", "package_version", "torch", "device", "wall_seconds", "storage_mb",
                 "stored_mb", "est_runtime", "metrics", "featurizer_weights"):
         assert key in row, key
     table = (store / "tiny" / "table.md").read_text()

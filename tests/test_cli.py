@@ -330,3 +330,19 @@ def test_readme_s_cross_thread_comparison_matches_the_committed_stores():
     beyond = cells[(cells.agree == False) & ~cells.identical]  # noqa: E712
     assert len(beyond) == 4 and len(cells) - 11 - 4 == 19
     assert sorted(set(beyond.config)) == ["whisper_tiny_en/gptq2/retrain", "whisper_tiny_en/gptq3/retrain"]
+
+
+def test_version_is_printed_and_recorded_in_packed_files(tmp_path, capsys, tiny_hubert):
+    from upstream_quant.methods.uniform import UniformConfig
+    from upstream_quant.packed import read_manifest, save_packed
+    from upstream_quant.quantize import quantize
+    from upstream_quant.version import package_version
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"bench (lowbit-speech-bench) {package_version()}") and "torch" in out
+    assert package_version() != "0+unknown"  # the installed package's own version
+    path = save_packed(quantize(tiny_hubert, UniformConfig(bits=4)), tmp_path / "m.safetensors")
+    assert read_manifest(path)["package_version"] == package_version()

@@ -86,7 +86,49 @@ def test_status_names_each_runs_state_and_how_to_resume(tmp_path, capsys):
     assert "test_wer" in lines["fbank/fp/retrain/asr-chirps/seed0"]
     interrupted = lines["fbank/fp/retrain/asr-chirps/seed1"]
     assert f"resumes from {ckpt}" in interrupted and f"resume: bench run {suite_path} --store {store}" in interrupted
-    assert "Error" in lines["fbank/fp/retrain/asr-broken/seed0"], out
+    failed = lines["fbank/fp/retrain/asr-broken/seed0"]
+    assert "Error" in failed, out
+    broken = next(r for r in suite.runs if r.name.endswith("broken/seed0"))
+    log = store / "tiny" / "work" / broken.config_hash / "run.log"
+    assert f"(log: {log})" in failed and "Traceback" in log.read_text()  # the failed run's log keeps its traceback
     assert "1 finished, 1 interrupted, 1 failed, 1 not started of 4" in out
     rows = [json.loads(x) for x in (store / "tiny" / "runs.jsonl").read_text().splitlines()]
     assert len(rows) == 1
+
+
+def test_status_reads_slurm_job_states_and_estimates_time_left(tmp_path, monkeypatch, capsys):
+    """Jobs from `--launcher slurm` (their index) and a fake ``sacct`` on PATH printing what
+    SLURM prints: a queued job, a running one (on another node, its timeline has two epochs),
+    and one that timed out."""
+    from bench.launch import record_jobs
+    from bench.status import suite_status
+    from bench.timeline import Timeline
+
+    suite_path = tmp_path / "tiny.toml"
+    suite_path.write_text(SUITE.format(good=tmp_path / "g", bad=tmp_path / "b"))
+    suite = load_suite(str(suite_path))
+    store = tmp_path / "store"
+    queued, running, timed_out, _ = suite.runs
+    record_jobs(store / "tiny" / "jobs", [(queued, "101"), (running, "102"), (timed_out, "103")], "slurm")
+    timeline = Timeline(store / "tiny" / "work" / "timeline.jsonl")
+    for run, epochs in ((running, (0, 1, 2)), (timed_out, (0,))):
+        timeline.run, timeline.config_hash = run.name, run.config_hash
+        timeline.event("run")
+        for epoch in epochs:
+            timeline.event("epoch", epoch=epoch, step=10 * epoch, max_epochs=12, max_steps=None)
+            time.sleep(0.05)
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "sacct").write_text("#!/bin/sh\necho 'JobID|State|NodeList'\necho '101|PENDING|None assigned'\n"
+                                "echo '102|RUNNING|gpu7'\necho '102.batch|RUNNING|gpu7'\necho '103|TIMEOUT|gpu3'\n")
+    (fake / "sacct").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:{__import__('os').environ['PATH']}")
+    statuses = {s.name: s for s in suite_status(suite, store)}
+    assert statuses[queued.name].state == "not started" and "slurm job 101 PENDING (queued)" in statuses[queued.name].detail
+    assert statuses[running.name].state == "running", statuses[running.name]
+    assert "at epoch 2/12, step 20" in statuses[running.name].detail and "min of training left" in statuses[running.name].detail
+    assert "slurm job 102 RUNNING" in statuses[running.name].detail
+    assert statuses[timed_out.name].state == "interrupted" and "slurm job 103 TIMEOUT" in statuses[timed_out.name].detail
+    assert f"resume: bench run {suite_path} --store {store}" in statuses[timed_out.name].detail
+    monkeypatch.setenv("PATH", "/nonexistent")  # no sacct here: the jobs are reported as unknown, nothing breaks
+    assert suite_status(suite, store)[1].state == "interrupted"

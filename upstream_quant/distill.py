@@ -356,12 +356,15 @@ def _sample_counts(audio: Sequence[torch.Tensor | str | Path]) -> list[int]:
 def fit_unlabelled(module: L.LightningModule, audio: Sequence[torch.Tensor | str | Path], steps: int, batch_size: int,
                    crop_seconds: float, seed: int, work_dir: str | Path, accelerator: str = "auto",
                    devices: int | str = "auto", progress: bool = True, callbacks: list | None = None,
-                   num_workers: int | None = None) -> tuple[L.Trainer, list[float], float]:
+                   num_workers: int | None = None, logger: str | None = None) -> tuple[L.Trainer, list[float], float]:
     """Lightning fit on unlabelled random crops of ``audio`` (waveforms, or file paths streamed
     from disk by ``num_workers`` loader processes, default `default_workers`), checkpointing
     every 100 steps to ``work_dir/last.ckpt`` and resuming from it; returns the trainer, the loss
-    trace and seconds."""
+    trace and seconds. ``logger`` (`upstream_quant.curves.LOGGERS`) writes the loss, its terms,
+    the learning rate and the throughput under ``work_dir``."""
     import time
+
+    from .curves import curve_callbacks, make_logger
 
     if not audio:
         raise ValueError("no unlabelled audio to train on")
@@ -380,9 +383,11 @@ def fit_unlabelled(module: L.LightningModule, audio: Sequence[torch.Tensor | str
     ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=work_dir, save_last=True, every_n_train_steps=100, save_top_k=0)
     trace = _LossTrace()
     gpu = torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda")
+    curves = make_logger(logger, work_dir, name=work_dir.name)
     trainer = L.Trainer(
-        max_steps=steps, accelerator=accelerator, devices=devices, callbacks=[ckpt, trace, _StepSeed(seed), *(callbacks or [])],
-        logger=False, enable_progress_bar=progress, enable_model_summary=False, gradient_clip_val=10.0,
+        max_steps=steps, accelerator=accelerator, devices=devices,
+        callbacks=[ckpt, trace, _StepSeed(seed), *curve_callbacks(curves), *(callbacks or [])],
+        logger=curves, enable_progress_bar=progress, enable_model_summary=False, gradient_clip_val=10.0,
         precision="bf16-mixed" if gpu else "32-true", default_root_dir=work_dir, log_every_n_steps=10,
         strategy="ddp" if isinstance(devices, int) and devices > 1 else "auto",
     )
@@ -398,14 +403,14 @@ def fit_unlabelled(module: L.LightningModule, audio: Sequence[torch.Tensor | str
 
 def distill(student: Upstream, teacher: Upstream, audio: list, config: DistillConfig,
             work_dir: str | Path, accelerator: str = "auto", devices: int | str = "auto",
-            progress: bool = True) -> DistillResult:
+            progress: bool = True, logger: str | None = None) -> DistillResult:
     """Train ``student`` to predict ``teacher``'s layers on unlabelled ``audio`` (waveforms, or
     file paths streamed from disk); resumes from
     ``work_dir/last.ckpt`` when a previous run was interrupted."""
     L.seed_everything(config.seed, workers=True, verbose=False)
     module = DistillModule(student.train(), teacher, config)
     trainer, losses, seconds = fit_unlabelled(module, audio, config.steps, config.batch_size, config.crop_seconds,
-                                              config.seed, work_dir, accelerator, devices, progress)
+                                              config.seed, work_dir, accelerator, devices, progress, logger=logger)
     tail = losses[-50:] or [float("nan")]
     return DistillResult(module.student.eval(), sum(tail) / len(tail), int(trainer.global_step), seconds, losses)
 

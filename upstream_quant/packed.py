@@ -22,6 +22,7 @@ from .accounting import under_any
 from .io import umask_mode
 from .qweight import QuantizedLayer, QuantizedWeight
 from .quantize import effective_weight
+from .version import package_version
 
 FORMAT = "lowbit-packed/2"  # /2: the sha256 covers the manifest as well as the tensors
 READABLE = ("lowbit-packed/1", FORMAT)
@@ -106,6 +107,7 @@ def save_packed(upstream, path: str | Path) -> Path:
         "architecture": upstream.architecture(),
         "quantization": getattr(upstream, "quantization", None),
         "layers": layers,
+        "package_version": package_version(),
     }
     manifest["sha256"] = _digest(tensors, manifest)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -194,6 +194,8 @@ class DownstreamTask(L.LightningModule):
         metrics = self.score(self._outputs)
         for k, v in metrics.items():
             self.log(f"dev_{k}", v, prog_bar=k == self.metric_name)
+        # the curves' x-axis: the step the row's dev_curve records (Lightning would log one fewer)
+        self.log("step", float(self.global_step))
         if not self.trainer.sanity_checking:
             self.dev_curve.append((int(self.global_step), float(metrics[self.metric_name])))
 

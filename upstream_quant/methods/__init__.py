@@ -24,7 +24,8 @@ class BuildContext:
     """What a method that builds its own model (mixed precision, QAT) may ask of the run: audio of
     the head's training data (``calibration(group)``: waveforms, ``unlabelled_files(max_hours)``:
     paths), a work folder of its own, the device, DDP processes, seed, the run's ``--set`` options
-    of the method's section, and whether to show progress."""
+    of the method's section, whether to show progress, and the training-curve logger
+    (`upstream_quant.curves.LOGGERS`)."""
 
     calibration: Callable[[str], list]
     unlabelled_files: Callable[[float | None], list[str]]
@@ -34,6 +35,8 @@ class BuildContext:
     seed: int
     options: dict = field(default_factory=dict)
     progress: bool = True
+    logger: str | None = None
+    callbacks: list = field(default_factory=list)  # Lightning callbacks for its training (bench's timeline)
 
 
 @dataclass(frozen=True)

@@ -157,7 +157,8 @@ def _lightning_module():
 
 def train_qat(upstream: nn.Module, audio: list, config: QATConfig, work_dir,
               accelerator: str = "auto", devices: int | str = "auto", progress: bool = True,
-              callbacks: list | None = None, num_workers: int | None = None) -> tuple[nn.Module, dict]:
+              callbacks: list | None = None, num_workers: int | None = None,
+              logger: str | None = None) -> tuple[nn.Module, dict]:
     """QAT of ``upstream`` on unlabelled ``audio`` (waveforms, or file paths streamed from disk);
     returns the exported quantized model and a summary. Resumes from ``work_dir/last.ckpt``."""
     from ..distill import fit_unlabelled
@@ -166,7 +167,8 @@ def train_qat(upstream: nn.Module, audio: list, config: QATConfig, work_dir,
     student = prepare_qat(upstream, config).train()
     module = _lightning_module()(student, upstream, config)
     trainer, losses, seconds = fit_unlabelled(module, audio, config.steps, config.batch_size, config.crop_seconds,
-                                              config.seed, work_dir, accelerator, devices, progress, callbacks, num_workers)
+                                              config.seed, work_dir, accelerator, devices, progress, callbacks, num_workers,
+                                              logger=logger)
     model = export(module.student, config)
     tail = losses[-20:] or [float("nan")]
     return model, {"steps": int(trainer.global_step), "seconds": round(seconds, 1), "first_loss": losses[0] if losses else None,
@@ -203,7 +205,8 @@ def _build(base: nn.Module, spec, context) -> tuple[nn.Module, dict]:
     device = pick_device(context.device)
     model, summary = train_qat(base, context.unlabelled_files(max_hours), config, context.work_dir,
                                accelerator="gpu" if device.type == "cuda" else "cpu", devices=context.devices,
-                               progress=context.progress, num_workers=workers)
+                               progress=context.progress, num_workers=workers, logger=context.logger,
+                               callbacks=list(context.callbacks))
     return model, {"qat": summary}
 
 

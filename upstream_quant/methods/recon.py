@@ -148,15 +148,18 @@ def refine_block(config: ReconConfig, block: nn.Module, path: str, layers: dict[
              for t, x in zip(targets, inputs)]
     was_training = block.training
     block.eval()  # dropout off: the targets were computed without it
+    curve, every = [], max(1, config.steps // 50)  # about 50 points of the loss (training curves, bench.runner)
     try:
         with torch.enable_grad():
-            for _ in tqdm(range(config.steps), desc=f"reconstruct {path}", disable=not progress, leave=False):
+            for step in tqdm(range(config.steps), desc=f"reconstruct {path}", disable=not progress, leave=False):
                 picks = torch.randint(len(calls), (config.batch,), generator=generator).tolist()
                 loss = sum(F.mse_loss(first_output(block(inputs[i], *calls[i].args[1:], **calls[i].kwargs)), targets[i]) / scale[i]
                            for i in picks) / len(picks)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+                if step % every == 0 or step == config.steps - 1:
+                    curve.append((step, round(float(loss), 6)))
     finally:
         for p, flag in frozen.items():
             p.requires_grad_(flag)
@@ -169,7 +172,7 @@ def refine_block(config: ReconConfig, block: nn.Module, path: str, layers: dict[
     if not kept:  # training made it worse on its own objective: back to GPTQ's layers
         for name, layer in layers.items():
             block.set_submodule(name, layer)
-    return {"block": path, "gptq_error": start_error, "recon_error": end_error, "kept": kept}
+    return {"block": path, "gptq_error": start_error, "recon_error": end_error, "kept": kept, "loss_curve": curve}
 
 
 def _parse(token: str, bits: int, options: list[str]) -> dict:

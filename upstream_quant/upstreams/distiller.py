@@ -71,8 +71,10 @@ class DistillerUpstream(Upstream):
     def forward(self, wavs: torch.Tensor, wavs_len: torch.Tensor):
         check_batch(wavs, wavs_len)
         valid = (~padding_mask(wavs_len.to(wavs.device), wavs.shape[1])).float()
-        _, feat_final, pred, pad_mask, layer_hidden = self.model(wavs, valid, get_hidden=True, no_pred=False)
-        states = [feat_final] + list(layer_hidden) + list(pred.unbind(1))
+        # a Distiller without prediction heads (a transformers DistilHuBERT folder) has no states after its layers
+        _, feat_final, pred, pad_mask, layer_hidden = self.model(wavs, valid, get_hidden=True,
+                                                                 no_pred=self.model.output_layer is None)
+        states = [feat_final] + list(layer_hidden) + (list(pred.unbind(1)) if pred is not None else [])
         lengths = pad_mask.sum(1).long()
         return states, [lengths] * len(states)
 
@@ -99,7 +101,12 @@ def build_distilhubert(name: str = "distilhubert") -> DistillerUpstream:
 
 
 def load_distiller_checkpoint(path: str | Path, name: str = "distilhubert") -> DistillerUpstream:
-    """A Distiller checkpoint as s3prl's pretraining writes it (fields Config, Distiller)."""
+    """A Distiller checkpoint as s3prl's pretraining writes it (fields Config, Distiller), or a
+    transformers DistilHuBERT folder (`hf_folders.load_distilhubert_folder`: no prediction heads)."""
+    if Path(path).is_dir():
+        from .hf_folders import load_distilhubert_folder
+
+        return load_distilhubert_folder(path, name)
     # Old checkpoints also pickle a scheduler from a top-level `optimizers` module;
     # checkpoints.read_checkpoint reads it as a plain attribute holder.
     state = read_checkpoint(path, required=("Config", "Distiller"))

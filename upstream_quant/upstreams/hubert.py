@@ -77,7 +77,12 @@ def build_hubert_base(name: str = "hubert_base") -> HubertUpstream:
 
 
 def load_hubert_checkpoint(path: str | Path, name: str = "hubert_base") -> HubertUpstream:
-    """A HuBERT checkpoint in s3prl's converted format or fairseq's original format."""
+    """A HuBERT checkpoint in s3prl's converted format or fairseq's original format, or a
+    transformers ``HubertModel`` folder (`hf_folders.load_hubert_folder`)."""
+    if Path(path).is_dir():
+        from .hf_folders import load_hubert_folder
+
+        return load_hubert_folder(path, name)
     state = read_checkpoint(path)
     if all(key in state for key in S3PRL_KEYS):
         model_cfg, task_cfg = to_plain(state["model_cfg"]), to_plain(state["task_cfg"])

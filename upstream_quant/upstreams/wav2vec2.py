@@ -212,24 +212,11 @@ def load_transformers_folder(folder: str | Path, name: str = "wav2vec2_base") ->
     """A transformers ``Wav2Vec2Model`` / ``Wav2Vec2ForPreTraining`` / ``Wav2Vec2ForCTC`` folder
     (``save_pretrained`` output, or a hub snapshot): ``config.json``, the weights, and for CTC
     ``vocab.json``; input normalisation from ``preprocessor_config.json`` (``do_normalize``)."""
-    folder = Path(folder)
-    config_file = folder / "config.json"
-    if not config_file.is_file():
-        raise CheckpointError(f"{folder}: no config.json; a transformers folder holds config.json and model.safetensors "
-                              "or pytorch_model.bin")
-    config = json.loads(config_file.read_text())
-    if config.get("model_type") != "wav2vec2":
-        raise CheckpointError(f"{config_file}: model_type {config.get('model_type')!r}, not 'wav2vec2'")
-    if (folder / "model.safetensors").is_file():
-        from safetensors.torch import load_file
+    from .hf_folders import check_family, read_folder
 
-        state = load_file(str(folder / "model.safetensors"))
-    elif (folder / "pytorch_model.bin").is_file():
-        state = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
-    else:
-        raise CheckpointError(f"{folder}: no model.safetensors or pytorch_model.bin")
-    prep = folder / "preprocessor_config.json"
-    normalize = bool(json.loads(prep.read_text()).get("do_normalize", False)) if prep.is_file() else False
+    folder = Path(folder)
+    config, state, normalize = read_folder(folder)
+    check_family(folder, config, "wav2vec2")
     model_cfg = hf_model_cfg(config)
     weights, skipped = {}, []
     for key, value in state.items():
