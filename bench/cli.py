@@ -51,7 +51,7 @@ def _print_storage_and_runtime(storage_mb: dict, est_runtime: dict, decimals: in
     print("\nestimated runtime (relative to full-precision HuBERT Base)")
     for scope, r in est_runtime.items():
         print(f"  {scope:<8} {r:10.3f}")
-    print("\nconventions: see README 'Cost accounting'")
+    print("\nconventions: see docs/accounting.md")
 
 
 def _cost_packed(args: argparse.Namespace) -> int:
@@ -393,8 +393,8 @@ def parse_deploy_configs(text: str) -> list[tuple[int, str, int | None, str]]:
     """``BITS:BACKEND[:gN][:all|:cnn8],...`` (e.g. ``8:int8-dynamic,8:int8-dynamic:all,4:int4-weight:g64,
     1:auto:cnn8``): the transformer's linears are quantized, with ``all`` every linear and
     convolution (the CNN, the feature projection and the positional convolution too), with
-    ``cnn8`` those others at 8 bits beside the transformer at BITS (a backend per layer: ``auto``)."""
-    from upstream_quant.deploy import BACKENDS
+    ``cnn8`` those others at 8 bits beside the transformer at BITS (a backend per layer: ``auto`` or ``compact``)."""
+    from upstream_quant.deploy import BACKENDS, CHOOSERS
 
     out = []
     for item in text.split(","):
@@ -410,8 +410,8 @@ def parse_deploy_configs(text: str) -> list[tuple[int, str, int | None, str]]:
         except (ValueError, IndexError):
             raise ValueError(f"--configs {item!r}: expected BITS:BACKEND[:gN][:all|:cnn8], e.g. 8:int8-dynamic, "
                              f"8:int8-dynamic:all, 4:int4-weight:g64 or 1:auto:cnn8") from None
-        if backend not in ("auto", *BACKENDS) or not 1 <= bits <= 8:
-            raise ValueError(f"--configs {item!r}: bits 1..8 and a backend of auto, {', '.join(BACKENDS)}")
+        if backend not in (*CHOOSERS, *BACKENDS) or not 1 <= bits <= 8:
+            raise ValueError(f"--configs {item!r}: bits 1..8 and a backend of {', '.join(CHOOSERS + BACKENDS)}")
         out.append((bits, backend, group, layers))
     return out
 
@@ -555,6 +555,13 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
     counts = Counter(deployed.deploy_backends.values())
     print(f"{args.packed}: {reference.name}, {len(deployed.deploy_backends)} quantized layers on "
           + ", ".join(f"{b} ({n})" for b, n in sorted(counts.items())) + f", {device}")
+    notes = getattr(deployed, "deploy_notes", {})
+    if notes:  # auto kept the reference form where no low-bit form was faster: say where and why
+        print(f"{len(notes)} layer(s) kept the reference form (auto takes a low-bit form only where it is faster):")
+        for name, note in list(notes.items())[:8]:
+            print(f"  {name}: {note}")
+        if len(notes) > 8:
+            print(f"  ... and {len(notes) - 8} more")
     print(f"resident weights of the quantized layers: {resident_weight_bytes(reference) / 1e6:.2f} MB as the reference "
           f"(codes + float32 weight), {resident_weight_bytes(deployed) / 1e6:.2f} MB deployed")
     for i, (a, b) in enumerate(zip(ref_states, dep_states)):
@@ -748,7 +755,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("deploy", help="run a packed file on a low-bit backend (int8-dynamic, int4-weight, packed) and "
                                       "compare it with the reference path: memory, deviation, latency")
     p.add_argument("--packed", required=True, metavar="FILE")
-    p.add_argument("--backend", default="auto", help="auto, reference, int8-dynamic, int4-weight, packed or packed-int8")
+    p.add_argument("--backend", default="auto", help="auto (the fastest form per layer, measured: never slower than the "
+                   "reference), compact (the bit width's memory), reference, int8-dynamic, int4-weight, packed or packed-int8")
     p.add_argument("--seconds", type=float, default=4.0, help="length of the two seeded test inputs")
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)

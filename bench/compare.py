@@ -77,7 +77,7 @@ def format_comparison(cells: pd.DataFrame, suite: str, store_a, store_b) -> str:
 def config_difference(suite: str, store: Path, a: str, b: str, task: str, data: str, metric: str,
                       resamples: int = DEFAULT_RESAMPLES):
     """Config `a` minus config `b` of one store on one task, data and metric (paired bootstrap):
-    what a sentence comparing two rows of a table rests on (the README's claims are tested with it)."""
+    what a sentence comparing two rows of a table rests on (the claims of the README and docs are tested with it)."""
     frame = runs_frame(suite, Path(store))
     rows = {c: frame[(frame.config == c) & (frame.task == task) & (frame.data == data)] for c in (a, b)}
     for c, r in rows.items():

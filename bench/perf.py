@@ -305,7 +305,7 @@ def perf_step(batch: int = 2, seconds: float = 4.0, reps: int = 2) -> int:
 
 
 def perf_whisper(corpus: str = "data/synth/digits", split: str = "test", count: int = 2, reps: int = 3) -> int:
-    """Whisper tiny.en at the utterance's own length against Whisper's 30 s padding (the README's
+    """Whisper tiny.en at the utterance's own length against Whisper's 30 s padding (docs/upstreams.md's
     cosines and timings): mean frame cosine per hidden state over the valid frames, and the
     forward time of the batch both ways."""
     from pathlib import Path

@@ -26,24 +26,26 @@ def run_log_path(work: Path, config_hash: str) -> Path:
 
 @contextlib.contextmanager
 def run_log(path: Path, header: str = ""):
-    """Everything logged or warned inside the block is appended to ``path``."""
+    """Everything logged or warned inside the block is appended to ``path``: our messages, the
+    warnings, and Lightning's lines (only there, not on the terminal); other libraries' log
+    records too (where they also go to any handler the root logger has)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.setLevel(logging.INFO)
     root = logging.getLogger()
-    quieted = []
-    for name in _LIGHTNING:
+    saved = []  # (logger, propagate, level, stream handlers taken off)
+    for name in ("bench", "py.warnings", *_LIGHTNING):
         logger = logging.getLogger(name)
+        streams = [h for h in logger.handlers if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]
+        saved.append((logger, logger.propagate, logger.level, streams))
+        for h in streams:
+            logger.removeHandler(h)
         logger.addHandler(handler)
-        for h in list(logger.handlers):
-            if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
-                logger.removeHandler(h)
-                quieted.append((logger, h))
+        logger.propagate = False  # to the file only: the terminal keeps progress bars and results
+        if logger.level == logging.NOTSET or logger.level > logging.INFO:
+            logger.setLevel(logging.INFO)
     root.addHandler(handler)
-    level = root.level
-    if root.level > logging.INFO or root.level == logging.NOTSET:
-        root.setLevel(logging.INFO)
     logging.captureWarnings(True)
     with warnings.catch_warnings():  # a fresh "once per location" registry: every run's log has its warnings
         log.info("run started on %s at %s%s", platform.node(), datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -61,9 +63,9 @@ def run_log(path: Path, header: str = ""):
         finally:
             logging.captureWarnings(False)
             root.removeHandler(handler)
-            root.setLevel(level)
-            for name in _LIGHTNING:
-                logging.getLogger(name).removeHandler(handler)
-            for logger, h in quieted:
-                logger.addHandler(h)
+            for logger, propagate, level, streams in saved:
+                logger.removeHandler(handler)
+                logger.propagate, logger.level = propagate, level
+                for h in streams:
+                    logger.addHandler(h)
             handler.close()

@@ -62,13 +62,13 @@ class QuantSpec:
 
     @classmethod
     def parse(cls, text: str) -> "QuantSpec":
-        from upstream_quant.deploy import BACKENDS
+        from upstream_quant.deploy import BACKENDS, CHOOSERS
 
         text = text.strip()
         if "@" in text:
             head, backend = text.rsplit("@", 1)
-            if backend not in ("auto", *BACKENDS):
-                raise ValueError(f"quantization {text!r}: unknown deploy backend {backend!r}; known: auto, {', '.join(BACKENDS)}")
+            if backend not in (*CHOOSERS, *BACKENDS):
+                raise ValueError(f"quantization {text!r}: unknown deploy backend {backend!r}; known: {', '.join(CHOOSERS + BACKENDS)}")
             spec = cls._parse(head)
             if spec.method == "fp":
                 raise ValueError(f"quantization {text!r}: a full-precision model has nothing to deploy")

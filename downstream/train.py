@@ -26,6 +26,9 @@ from .tasks import TaskConfig, get_task, make_task
 # Our tasks move only the tensors of a batch (its utterance records stay on the host), which is
 # intended; Lightning warns whenever a module overrides this hook next to a data module.
 warnings.filterwarnings("ignore", message=".*overridden `transfer_batch_to_device`.*")
+# A run's work folder holds its checkpoints beside its resume counter, feature spill and curves,
+# and a rerun resumes from it on purpose: Lightning's warning about a non-empty folder says nothing to act on.
+warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
 
 
 def _trainer(task: TaskConfig, device: torch.device, devices: int, work_dir: Path | None, progress: bool,
@@ -61,7 +64,7 @@ def train_and_evaluate(upstream: torch.nn.Module, task: TaskConfig, data: DataCo
     interrupted in any way resumes from ``work_dir/last.ckpt`` (saved every epoch) and, with
     per-epoch reseeding, reaches the same result as an uninterrupted one. With ``devices`` > 1
     (DDP) each step takes one batch per device, so divide ``max_steps`` by the device count to
-    keep the number of utterances seen (see README).
+    keep the number of utterances seen (see docs/paper-run.md).
     """
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)

@@ -70,7 +70,7 @@ def test_estimated_cost_scales_weight_macs_by_bits():
 @pytest.mark.parametrize("bits,ours,storage,ours_runtime,runtime", [
     (1, 25.237, 25.23, 0.1261, 0.12), (2, 35.854, 35.84, 0.1543, 0.15)])
 def test_paper_convention_reproduces_low_bit_rows(bits, ours, storage, ours_runtime, runtime):
-    """Our values pinned (the README quotes them), and their gap to the paper's printed figures no
+    """Our values pinned (docs/accounting.md quotes them), and their gap to the paper's printed figures no
     larger than stated there: 0.015 MB, and runtime equal to the paper's once truncated."""
     report = acc.cost_report("hubert_base", bits)
     assert report.storage_mb["paper"] == pytest.approx(ours, abs=5e-4)

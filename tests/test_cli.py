@@ -128,20 +128,8 @@ def test_calibration_dir_errors(tmp_path):
         load_calibration_dir(str(tmp_path))
 
 
-def test_readme_tables_are_generated_from_the_committed_stores():
-    from pathlib import Path
-
-    from bench.tables import render_readme
-
-    root = Path(__file__).resolve().parent.parent
-    text = (root / "README.md").read_text()
-    for suite in ("mini", "mini-superb", "mini-deploy", "mini-ptq", "mini-personal", "paper"):
-        assert f"<!-- bench table {suite} --store results -->" in text
-    assert render_readme(text, root) == text, "README tables differ from results/: run `bench readme`"
-
-
 def test_readme_claim_about_the_personal_rows_matches_the_committed_store():
-    """The README says the -F and -M min-max rows of mini-personal are one model evaluated twice
+    """docs/measurements.md says the -F and -M min-max rows of mini-personal are one model evaluated twice
     (equal bit maps, equal metrics) and that the cosine rows share the allocation."""
     from bench.results import load_runs
 
@@ -153,7 +141,7 @@ def test_readme_claim_about_the_personal_rows_matches_the_committed_store():
 
 
 def test_readme_claims_about_the_engine_groups_match_the_committed_store():
-    """The README: the espeak and other-voice groups allocate differently at 2.6 MB (2 layers)
+    """docs/measurements.md: the espeak and other-voice groups allocate differently at 2.6 MB (2 layers)
     and identically at 3.2 MB; the same-vs-other gaps are within about one standard deviation;
     the Hessian-guided scales beat min-max beyond it at 3.2 MB on the other voices."""
     import statistics
@@ -254,18 +242,18 @@ def test_perf_deploy_configurations_parse_with_their_layers_and_refuse_bad_ones(
 
 
 def test_a_deploy_probe_of_a_mixed_model_records_its_own_estimate():
-    """``cnn8``: the transformer at 1 bit, the CNN and the rest at 8, each on its backend (auto),
+    """``cnn8``: the transformer at 1 bit, the CNN and the rest at 8, each on its backend (compact),
     costed as the model it is (the estimate falls below the transformer-only one's)."""
     from bench.perf import deploy_probe
     from upstream_quant.accounting import cost_report
 
-    row = deploy_probe("distilhubert", 1, "auto", None, 0.5, 1, 1, "cpu", "cnn8")
+    row = deploy_probe("distilhubert", 1, "compact", None, 0.5, 1, 1, "cpu", "cnn8")
     only = cost_report("distilhubert", 1, 0.5).est_runtime["full"]
     assert row["layers"] == "cnn8" and row["est_runtime"]["full"] < only and row["latency_s"] > 0
     assert abs(row["linear_weights_mb"] - row["ideal_mb"]) / row["ideal_mb"] < 0.1
 
 
-# The README's comparisons of rows of the mini suites, as (suite, a, b, task, data, metric, verdict):
+# The comparisons of rows of the mini suites that the README and docs/measurements.md state, as (suite, a, b, task, data, metric, verdict):
 # "<" a below b, ">" a above b (both significant), "≈" not distinguishable (the paired 95 %
 # interval holds 0).
 W, D = "whisper_tiny_en", "distil_whisper_tiny_en"
@@ -320,7 +308,7 @@ def test_readme_says_every_two_and_one_bit_model_collapses_end_to_end():
 
 
 def test_readme_s_cross_thread_comparison_matches_the_committed_stores():
-    """README: 34 cells, 11 identical, 19 within their intervals, 4 beyond (the end-to-end rows of
+    """docs/measurements.md: 34 cells, 11 identical, 19 within their intervals, 4 beyond (the end-to-end rows of
     GPTQ 3 and 2 bits)."""
     from bench.compare import compare_stores
 

@@ -134,3 +134,23 @@ def test_run_log_keeps_warnings_and_the_traceback_and_restores_logging(tmp_path)
     assert lightning.handlers == before
     assert not any(getattr(h, "baseFilename", None) == str(path) for h in logging.getLogger().handlers)
     json.dumps(text)  # plain text
+
+
+def test_run_log_keeps_our_lines_off_the_terminal_even_with_a_root_stream_handler(tmp_path, capsys):
+    """A library that called logging.basicConfig() puts a stream handler on the root logger: our
+    run's messages and Lightning's must still go to the file only."""
+    import sys
+
+    stream = logging.StreamHandler(sys.stderr)
+    root = logging.getLogger()
+    root.addHandler(stream)
+    try:
+        with run_log(tmp_path / "run.log", header="r2"):
+            logging.getLogger("lightning.pytorch").info("GPU available: False")
+            warnings.warn("hidden warning", UserWarning)
+    finally:
+        root.removeHandler(stream)
+    err = capsys.readouterr().err
+    assert "run started" not in err and "GPU available" not in err and "hidden warning" not in err
+    text = (tmp_path / "run.log").read_text()
+    assert "run started" in text and "GPU available" in text and "hidden warning" in text

@@ -102,7 +102,23 @@ def test_a_layer_the_kernel_gets_wrong_is_refused_or_left_to_packed(tiny_hubert,
     monkeypatch.setattr(deploy_module, "_qlinear", wrong)
     with pytest.raises(DeployError, match=r"computes this .* wrongly \(relative error 0.01.*backends that can: reference, packed"):
         deploy(reference, "int8-dynamic")
-    assert set(deploy(reference, "auto").deploy_backends.values()) == {"packed"}
+    assert set(deploy(reference, "compact").deploy_backends.values()) == {"packed"}
+    # auto leaves out the form that fails its check and times the others
+    assert set(deploy(reference, "auto", timer=_timer(FAST)).deploy_backends.values()) == {"packed"}
+
+
+# what a probe would measure, per backend (the reference path is 1): deterministic stand-ins
+FAST = {"reference": 1.0, "int8-dynamic": 0.5, "packed-int8": 0.6, "packed": 0.9}
+SLOW = {"reference": 1.0, "int8-dynamic": 1.3, "packed-int8": 1.2, "packed": 2.0}
+
+
+def _timer(speeds: dict, calls: list | None = None):
+    def timer(module, x):
+        backend = getattr(module, "backend", "reference")
+        if calls is not None:
+            calls.append(backend)
+        return speeds[backend]
+    return timer
 
 
 def test_input_codes_keep_a_transposed_layout_and_equal_the_contiguous_ones():
@@ -138,19 +154,73 @@ def test_int4_weight_runs_pytorchs_kernel_close_to_the_reference(tiny_hubert, ba
         assert float(torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0)) > 0.9999
 
 
-def test_auto_takes_int8_kernels_where_they_run_and_packed_elsewhere(tiny_hubert):
+@pytest.mark.parametrize("chooser", ["compact", "auto"])
+def test_int8_kernels_where_they_run_and_packed_elsewhere(tiny_hubert, chooser):
+    """``compact`` by rule; ``auto`` the same where the low-bit forms are the faster ones."""
     from upstream_quant.methods.mixed import MixedPrecisionConfig
     from upstream_quant.quantize import target_layers
 
+    kwargs = {"timer": _timer(FAST)} if chooser == "auto" else {}
     layers = sorted(target_layers(tiny_hubert, ("transformer",)))
     mixed = quantize(tiny_hubert, MixedPrecisionConfig(bit_map=tuple((n, 8 if i % 2 else 2) for i, n in enumerate(layers))),
                      progress=False)
-    plan = deploy(mixed, "auto").deploy_backends
+    plan = deploy(mixed, chooser, **kwargs).deploy_backends
     assert plan == {n: ("int8-dynamic" if i % 2 else "packed-int8") for i, n in enumerate(layers)}
     grouped = quantize(tiny_hubert, UniformConfig(bits=4, group_size=16), progress=False)
-    assert set(deploy(grouped, "auto").deploy_backends.values()) == {"packed"}  # groups: no one int8 product
+    assert set(deploy(grouped, chooser, **kwargs).deploy_backends.values()) == {"packed"}  # groups: no one int8 product
     wide = quantize(tiny_hubert, UniformConfig(bits=8, symmetric=False), progress=False)
-    assert set(deploy(wide, "auto").deploy_backends.values()) == {"packed"}  # codes - zero beyond int8
+    assert set(deploy(wide, chooser, **kwargs).deploy_backends.values()) == {"packed"}  # codes - zero beyond int8
+
+
+def test_auto_keeps_the_reference_where_no_low_bit_form_is_faster_and_says_so(tiny_hubert, batch):
+    model = quantize(tiny_hubert, UniformConfig(bits=4), progress=False)
+    calls = []
+    deployed = deploy(model, "auto", timer=_timer(SLOW, calls))
+    assert set(deployed.deploy_backends.values()) == {"reference"}
+    assert set(deployed.deploy_notes) == set(deployed.deploy_backends)
+    assert all("reference kept: packed-int8 took 1.20x" in note for note in deployed.deploy_notes.values())
+    for a, b in zip(_states(model, batch), _states(deployed, batch)):
+        assert torch.equal(a, b)  # the reference path itself
+    # one probe per distinct layer shape and backend, not per layer
+    shapes = {tuple(m.codes.shape) for m in model.modules() if isinstance(m, QuantizedLayer)}
+    assert len(calls) == 3 * len(shapes) < 3 * len(deployed.deploy_backends)
+    # a margin: a form only 3 % faster than the reference is noise on a shared machine, not a gain
+    assert set(deploy(model, "auto", timer=_timer(FAST | {"packed-int8": 0.97, "packed": 0.98})).deploy_backends.values()) == {"reference"}
+
+
+def test_auto_probe_timings_are_cached_per_machine_and_shape(tiny_hubert, tmp_path, monkeypatch):
+    from upstream_quant import autotune
+
+    model = quantize(tiny_hubert, UniformConfig(bits=2), progress=False)
+    calls = []
+    cache = autotune.ProbeCache(tmp_path / "probe.json")
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, QuantizedLayer)}
+    plan, _ = autotune.choose_measured(layers, torch.device("cpu"), timer=_timer(FAST, calls), cache=cache)
+    assert set(plan.values()) == {"packed-int8"} and calls and (tmp_path / "probe.json").is_file()
+    again = autotune.ProbeCache(tmp_path / "probe.json")
+    calls.clear()
+    assert autotune.choose_measured(layers, torch.device("cpu"), timer=_timer(FAST, calls), cache=again)[0] == plan
+    assert calls == []  # every timing came from the file
+    (tmp_path / "probe.json").write_text("{not json")  # a damaged cache is timed again, not an error
+    assert autotune.choose_measured(layers, torch.device("cpu"), timer=_timer(FAST, calls),
+                                    cache=autotune.ProbeCache(tmp_path / "probe.json"))[0] == plan and calls
+
+
+def test_auto_with_the_real_timer_is_never_slower_than_the_reference_path_by_its_own_probe(tiny_hubert):
+    """The real timer on the machine that runs the tests: whatever it picks, it picked a form
+    that its probe measured at or below the reference's time (the benchmark is `bench deploy`)."""
+    from upstream_quant import autotune
+
+    model = quantize(tiny_hubert, UniformConfig(bits=4), progress=False)
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, QuantizedLayer)}
+    cache = autotune.ProbeCache(None)
+    plan, notes = autotune.choose_measured(layers, torch.device("cpu"), cache=cache)
+    machine = autotune.machine_key(torch.device("cpu"))
+    for name, backend in plan.items():
+        layer = layers[name]
+        ref = cache.get(machine, autotune.layer_key(layer, "reference"))
+        assert ref is not None and (backend == "reference" or cache.get(machine, autotune.layer_key(layer, backend)) <= ref)
+        assert (backend == "reference") == (name in notes)
 
 
 @pytest.mark.parametrize("config", [UniformConfig(bits=2), UniformConfig(bits=4, symmetric=False), UniformConfig(bits=3),

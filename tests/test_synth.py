@@ -53,7 +53,7 @@ def _digest(folder):
     """Each file's bytes by sha256, except espeak-ng's: one of its files was once seen to differ
     between two same-seed builds on a loaded machine (not reproduced in 12 builds under load nor
     in 320 repeated renders). Those are compared by length and waveform instead (samples equal
-    to within one 16-bit step on 99.9% of them), which is the claim the README makes."""
+    to within one 16-bit step on 99.9% of them), which is the claim docs/data.md makes."""
     import numpy as np
     import soundfile as sf
 

@@ -31,7 +31,7 @@ def test_distilhubert_random_init_inventory():
     up = load_upstream("distilhubert", random_init=True, device="cpu")
     summary, total, heads = counts(up)
     # s3prl's Distiller with the released 4-8-12 config: 23,491,200 without the prediction heads
-    # (the DistilHuBERT paper rounds to 23.49M; the figure 23,492,224 has 1,024 more, see README).
+    # (the DistilHuBERT paper rounds to 23.49M; the figure 23,492,224 has 1,024 more, see docs/upstreams.md).
     assert total - heads == 23_491_200
     assert summary[("transformer", "weight")] == 2 * (4 * 768 * 768 + 2 * 768 * 3072)
     assert up.num_hidden_states == 6

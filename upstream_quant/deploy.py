@@ -18,10 +18,13 @@ its uint8 codes and a float32 dequantized weight (5 bytes a weight, full-precisi
 - ``packed-int8``: the same resident form, unpacked to int8 values and multiplied on PyTorch's
   int8 matmul with inputs quantized per token (CPU, linear layers with one scale per row).
 
-``auto`` takes ``int8-dynamic`` for 8-bit layers where it can run, ``packed-int8`` below 8 bits
-where it can, and ``packed`` elsewhere (the CPU int4 kernel is slower than fp32 at
-speech-encoder sizes; see README). Hand-written here because no library
-keeps 1-3-bit weights packed on CPU; the kernels themselves are PyTorch's.
+``auto`` times, per layer shape on this machine, the reference path and the forms that keep the
+bit width's memory (``int8-dynamic`` for 8-bit layers, ``packed-int8`` and ``packed``; the CPU
+int4 kernel is slower than fp32 at speech-encoder sizes, see docs/deployment.md), and takes the
+fastest; a low-bit form only where it beats the reference (`autotune`), so ``auto`` is never
+slower than the model it replaces. ``compact`` takes, unmeasured, the first of those forms that
+runs each layer: the bit width's memory whatever the speed. Hand-written here because no library keeps 1-3-bit weights
+packed on CPU; the kernels themselves are PyTorch's.
 """
 from __future__ import annotations
 
@@ -37,6 +40,9 @@ from .packed import pack_codes
 from .qweight import ActivationQuant, QuantizedLayer, dequantize
 
 BACKENDS = ("reference", "int8-dynamic", "int4-weight", "packed", "packed-int8")
+# per-layer choices rather than backends: ``auto`` (the fastest form, measured; never slower than
+# the reference) and ``compact`` (the first form that keeps the bit width's memory, unmeasured)
+CHOOSERS = ("auto", "compact")
 INT4_GROUPS = (32, 64, 128, 256)
 
 
@@ -408,54 +414,73 @@ def why_not(backend: str, layer: QuantizedLayer, device: torch.device) -> str | 
 
 
 def auto_backends(bits: int) -> tuple[str, ...]:
-    """The backends ``auto`` tries for a `bits`-wide layer, first choice first: int8 kernels for
-    8-bit layers; below 8 bits packed weights, on int8 products (``packed-int8``), else unpacked
-    to float (``packed``): the memory the bit width saves is kept either way (``int8-dynamic`` on
-    4-bit codes must be asked for)."""
+    """The low-bit backends ``auto`` times against the reference for a `bits`-wide layer: int8
+    kernels for 8-bit layers; below 8 bits packed weights, on int8 products (``packed-int8``) or
+    unpacked to float (``packed``), which keep the memory the bit width saves (``int8-dynamic``
+    on 4-bit codes must be asked for)."""
     return ("int8-dynamic", "packed-int8", "packed") if bits == 8 else ("packed-int8", "packed")
 
 
 def choose(layer: QuantizedLayer, device: torch.device) -> str:
-    """``auto``: the first of `auto_backends` that runs the layer (``packed`` runs any)."""
+    """The first of `auto_backends` that can run the layer (``packed`` runs any): the form that
+    keeps its bit width's memory, unmeasured (``auto`` itself measures, `autotune`)."""
     return next(b for b in auto_backends(layer.bits) if why_not(b, layer, device) is None)
 
 
-def deploy(model: nn.Module, backend: str = "auto", device: str | torch.device | None = None) -> nn.Module:
+def deploy(model: nn.Module, backend: str = "auto", device: str | torch.device | None = None,
+           timer=None) -> nn.Module:
     """A copy of `model` whose quantized layers run on `backend` (``auto`` or one of `BACKENDS`),
     in eval mode on `device` (default: the model's). Every layer is checked before any is built: a
-    layer the backend cannot run is a `DeployError` naming it, the reason and the backends that can."""
+    layer the backend cannot run is a `DeployError` naming it, the reason and the backends that can.
+    ``auto`` measures (`autotune.choose_measured`; ``timer`` replaces its timing, for tests) and
+    notes in ``deploy_notes`` each layer that kept the reference form because no low-bit form
+    was faster."""
     from .quantize import copy_module
     from .upstream import pick_device
 
-    if backend != "auto" and backend not in BACKENDS:
-        raise DeployError(f"unknown backend {backend!r}; known: auto, {', '.join(BACKENDS)}")
+    if backend not in CHOOSERS and backend not in BACKENDS:
+        raise DeployError(f"unknown backend {backend!r}; known: {', '.join(CHOOSERS + BACKENDS)}")
     first = next(iter(model.parameters()), None)
     target = pick_device(device) if device is not None else (first.device if first is not None else torch.device("cpu"))
     layers = {n: m for n, m in model.named_modules() if isinstance(m, QuantizedLayer)}
     if not layers:
         raise DeployError("the model has no quantized layers (quantize it first, or load a packed file)")
-    plan = {}
+    plan, notes = {}, {}
+    if backend == "auto":
+        from .autotune import choose_measured
+
+        out = copy_module(model).to(target).eval()
+        plan, notes = choose_measured({n: out.get_submodule(n) for n in layers}, target, timer=timer)
+        return _build(out, plan, notes, backend, target)
     for name, layer in layers.items():
-        chosen = choose(layer, target) if backend == "auto" else backend
+        chosen = choose(layer, target) if backend == "compact" else backend
         reason = why_not(chosen, layer, target)
         if reason:
             able = [b for b in BACKENDS if why_not(b, layer, target) is None]
             raise DeployError(f"backend {chosen} cannot run layer {name!r} ({layer.bits}-bit {layer.kind}, "
                               f"group_size {layer.group_size}) on {target}: {reason}; backends that can: {', '.join(able)}")
         plan[name] = chosen
-    out = copy_module(model).to(target).eval()
+    return _build(copy_module(model).to(target).eval(), plan, notes, backend, target)
+
+
+def _build(out: nn.Module, plan: dict[str, str], notes: dict[str, str], backend: str, target: torch.device) -> nn.Module:
+    """Swap each layer of ``out`` (a copy) for its planned form."""
     for name, chosen in plan.items():
         if chosen == "reference":
             continue
         try:
             built = _module(chosen, target)(out.get_submodule(name))
         except DeployError as err:  # a kernel that fails its own check on this layer
-            if backend != "auto":
+            if backend == "compact":
+                plan[name], built = "packed", PackedLayer(out.get_submodule(name))
+            elif backend == "auto":  # never a form slower than, or unchecked against, the reference
+                plan[name] = "reference"
+                notes[name] = f"reference kept: {chosen} fails its check on this layer ({err})"
+                continue
+            else:
                 raise DeployError(f"backend {chosen} cannot run layer {name!r}: {err}; backends that can: reference, packed") from None
-            plan[name] = "packed"
-            built = PackedLayer(out.get_submodule(name))
         out.set_submodule(name, built.to(target))
-    out.deploy_backends = plan
+    out.deploy_backends, out.deploy_notes = plan, notes
     return out
 
 

@@ -397,6 +397,8 @@ def fit_unlabelled(module: L.LightningModule, audio: Sequence[torch.Tensor | str
     with warnings.catch_warnings():
         # EpochShuffle resumes mid-epoch at the right batch (tested), which Lightning cannot see
         warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended.*")
+        # the work folder is reused on purpose (resume; curves under tb/)
+        warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
         trainer.fit(module, loader, ckpt_path=str(last) if last.is_file() else None)
     return trainer, trace.losses, time.time() - started
 
