@@ -313,7 +313,7 @@ def test_readme_s_cross_thread_comparison_matches_the_committed_stores():
     from bench.compare import compare_stores
 
     root = Path(__file__).resolve().parent.parent / "results"
-    cells = compare_stores("mini", root, root / "threads1")
+    cells = compare_stores("mini", root / "a3ae9f7", root / "threads1")
     assert len(cells) == 34 and int(cells.identical.sum()) == 11
     beyond = cells[(cells.agree == False) & ~cells.identical]  # noqa: E712
     assert len(beyond) == 4 and len(cells) - 11 - 4 == 19

@@ -190,31 +190,33 @@ def test_auto_keeps_the_reference_where_no_low_bit_form_is_faster_and_says_so(ti
 
 def test_auto_probe_timings_are_cached_per_machine_and_shape(tiny_hubert, tmp_path, monkeypatch):
     from upstream_quant import autotune
+    from upstream_quant.deploy import measured_plan
 
     model = quantize(tiny_hubert, UniformConfig(bits=2), progress=False)
     calls = []
     cache = autotune.ProbeCache(tmp_path / "probe.json")
     layers = {n: m for n, m in model.named_modules() if isinstance(m, QuantizedLayer)}
-    plan, _ = autotune.choose_measured(layers, torch.device("cpu"), timer=_timer(FAST, calls), cache=cache)
+    plan, _ = measured_plan(layers, torch.device("cpu"), timer=_timer(FAST, calls), cache=cache)
     assert set(plan.values()) == {"packed-int8"} and calls and (tmp_path / "probe.json").is_file()
     again = autotune.ProbeCache(tmp_path / "probe.json")
     calls.clear()
-    assert autotune.choose_measured(layers, torch.device("cpu"), timer=_timer(FAST, calls), cache=again)[0] == plan
+    assert measured_plan(layers, torch.device("cpu"), timer=_timer(FAST, calls), cache=again)[0] == plan
     assert calls == []  # every timing came from the file
     (tmp_path / "probe.json").write_text("{not json")  # a damaged cache is timed again, not an error
-    assert autotune.choose_measured(layers, torch.device("cpu"), timer=_timer(FAST, calls),
-                                    cache=autotune.ProbeCache(tmp_path / "probe.json"))[0] == plan and calls
+    assert measured_plan(layers, torch.device("cpu"), timer=_timer(FAST, calls),
+                         cache=autotune.ProbeCache(tmp_path / "probe.json"))[0] == plan and calls
 
 
 def test_auto_with_the_real_timer_is_never_slower_than_the_reference_path_by_its_own_probe(tiny_hubert):
     """The real timer on the machine that runs the tests: whatever it picks, it picked a form
     that its probe measured at or below the reference's time (the benchmark is `bench deploy`)."""
     from upstream_quant import autotune
+    from upstream_quant.deploy import measured_plan
 
     model = quantize(tiny_hubert, UniformConfig(bits=4), progress=False)
     layers = {n: m for n, m in model.named_modules() if isinstance(m, QuantizedLayer)}
     cache = autotune.ProbeCache(None)
-    plan, notes = autotune.choose_measured(layers, torch.device("cpu"), cache=cache)
+    plan, notes = measured_plan(layers, torch.device("cpu"), cache=cache)
     machine = autotune.machine_key(torch.device("cpu"))
     for name, backend in plan.items():
         layer = layers[name]

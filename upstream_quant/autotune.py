@@ -118,13 +118,14 @@ class ProbeCache:
             self.dirty = False
 
 
-def choose_measured(layers: dict[str, QuantizedLayer], device: torch.device, timer: Timer | None = None,
-                    cache: ProbeCache | None = None) -> tuple[dict[str, str], dict[str, str]]:
-    """``auto``'s plan: per layer, the fastest of the backends that can run it, the reference
-    path included; a low-bit form only where it is at least ``1 - MARGIN`` faster than the
-    reference. Returns the plan and a note per layer that kept the reference form."""
-    from .deploy import DeployError, _module, auto_backends, why_not
-
+def choose_measured(layers: dict[str, QuantizedLayer], device: torch.device,
+                    candidates: Callable[[QuantizedLayer], list[str]], build: Callable[[str, QuantizedLayer], nn.Module],
+                    timer: Timer | None = None, cache: ProbeCache | None = None) -> tuple[dict[str, str], dict[str, str]]:
+    """``auto``'s plan: per layer, the fastest of ``candidates(layer)`` (the low-bit backends
+    that can run it; ``build(backend, layer)`` makes its module, raising ValueError when the
+    kernel fails its own check) and the reference path; a low-bit form only where it is at least
+    ``1 - MARGIN`` faster than the reference. Returns the plan and a note per layer that kept
+    the reference form. (`upstream_quant.deploy` passes its backends in: this module knows none.)"""
     if cache is None:  # a given timer (tests) neither reads nor writes the machine's timings
         cache = ProbeCache(None) if timer is not None else ProbeCache.default()
     timer = timer or time_layer
@@ -132,15 +133,13 @@ def choose_measured(layers: dict[str, QuantizedLayer], device: torch.device, tim
     plan, notes = {}, {}
     for name, layer in layers.items():
         timings = {}
-        for backend in ("reference", *auto_backends(layer.bits)):
-            if backend != "reference" and why_not(backend, layer, device) is not None:
-                continue
+        for backend in ("reference", *candidates(layer)):
             key = layer_key(layer, backend)
             seconds = cache.get(machine, key)
             if seconds is None:
                 try:
-                    module = layer if backend == "reference" else _module(backend, device)(layer).to(device)
-                except DeployError:  # a kernel that fails its own check on this layer
+                    module = layer if backend == "reference" else build(backend, layer)
+                except ValueError:  # a kernel that fails its own check on this layer (DeployError)
                     continue
                 seconds = timer(module.eval(), probe_input(layer, device))
                 cache.put(machine, key, seconds)

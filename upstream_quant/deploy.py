@@ -447,10 +447,8 @@ def deploy(model: nn.Module, backend: str = "auto", device: str | torch.device |
         raise DeployError("the model has no quantized layers (quantize it first, or load a packed file)")
     plan, notes = {}, {}
     if backend == "auto":
-        from .autotune import choose_measured
-
         out = copy_module(model).to(target).eval()
-        plan, notes = choose_measured({n: out.get_submodule(n) for n in layers}, target, timer=timer)
+        plan, notes = measured_plan({n: out.get_submodule(n) for n in layers}, target, timer=timer)
         return _build(out, plan, notes, backend, target)
     for name, layer in layers.items():
         chosen = choose(layer, target) if backend == "compact" else backend
@@ -461,6 +459,16 @@ def deploy(model: nn.Module, backend: str = "auto", device: str | torch.device |
                               f"group_size {layer.group_size}) on {target}: {reason}; backends that can: {', '.join(able)}")
         plan[name] = chosen
     return _build(copy_module(model).to(target).eval(), plan, notes, backend, target)
+
+
+def measured_plan(layers: dict[str, QuantizedLayer], device: torch.device, timer=None, cache=None):
+    """``auto``'s plan and notes for ``layers`` on ``device`` (`autotune.choose_measured` over
+    the backends of `auto_backends` that can run each layer)."""
+    from .autotune import choose_measured
+
+    return choose_measured(layers, device,
+                           candidates=lambda layer: [b for b in auto_backends(layer.bits) if why_not(b, layer, device) is None],
+                           build=lambda b, layer: _module(b, device)(layer).to(device), timer=timer, cache=cache)
 
 
 def _build(out: nn.Module, plan: dict[str, str], notes: dict[str, str], backend: str, target: torch.device) -> nn.Module:

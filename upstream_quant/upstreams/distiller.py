@@ -10,6 +10,7 @@ import torch
 
 from ..checkpoints import CheckpointError, read_checkpoint, to_plain
 from ..compat import ensure_torchaudio
+from .hf_folders import HF_EXTRA, check_family, common_cfg, read_folder, renamed
 from ..upstream import Upstream, check_batch, padding_mask
 from . import UpstreamSpec, register_family, register_upstream
 
@@ -102,10 +103,8 @@ def build_distilhubert(name: str = "distilhubert") -> DistillerUpstream:
 
 def load_distiller_checkpoint(path: str | Path, name: str = "distilhubert") -> DistillerUpstream:
     """A Distiller checkpoint as s3prl's pretraining writes it (fields Config, Distiller), or a
-    transformers DistilHuBERT folder (`hf_folders.load_distilhubert_folder`: no prediction heads)."""
+    transformers DistilHuBERT folder (`load_distilhubert_folder`: no prediction heads)."""
     if Path(path).is_dir():
-        from .hf_folders import load_distilhubert_folder
-
         return load_distilhubert_folder(path, name)
     # Old checkpoints also pickle a scheduler from a top-level `optimizers` module;
     # checkpoints.read_checkpoint reads it as a plain attribute holder.
@@ -118,6 +117,39 @@ def load_distiller_checkpoint(path: str | Path, name: str = "distilhubert") -> D
         upstream.model.load_state_dict(state["Distiller"])
     except RuntimeError as err:
         raise CheckpointError(f"checkpoint {path} does not match the Distiller architecture it describes: {err}") from err
+    return upstream
+
+
+def load_distilhubert_folder(folder: str | Path, name: str = "distilhubert"):
+    """A transformers DistilHuBERT folder (``ntu-spml/distilhubert``: a ``HubertModel`` with 2
+    layers and no feature-projection norm) as our Distiller. transformers keeps no prediction
+    heads, so this upstream has 3 hidden states (projected CNN features, then each transformer
+    layer) instead of s3prl's 6 (those plus the 3 heads); the last transformer layer, which
+    SUPERB's DistilHuBERT protocol uses, is state 2 either way."""
+    folder = Path(folder)
+    config, state, normalize = read_folder(folder)
+    check_family(folder, config, "distilhubert")
+    if normalize:
+        raise CheckpointError(f"{folder}: do_normalize true; s3prl's Distiller takes raw waveforms")
+    common = common_cfg(config, folder)
+    distiller = {k: v for k, v in DISTILHUBERT.items() if k not in ("pred_layer_id",)} | {
+        "extractor_mode": common["extractor_mode"], "extractor_conv_feature_layers": common["conv_feature_layers"],
+        **{k: common[k] for k in ("encoder_embed_dim", "encoder_layers", "encoder_attention_heads",
+                                   "encoder_ffn_embed_dim", "conv_pos", "conv_pos_groups", "layer_norm_first")},
+        "out_layer_type": "none", "task_emb_type": "none", "n_tasks": 0, "pred_layer_id": [],
+    }
+    if config.get("conv_bias", False):
+        raise CheckpointError(f"{folder}: conv_bias true; the Distiller's feature extractor has no convolution biases")
+    weights, skipped = renamed(state, common["extractor_mode"], "hubert.")  # the projection: post_extract_proj
+    unknown = [k for k in skipped if not k.startswith(HF_EXTRA)]
+    weights.pop("mask_emb", None)  # pretraining only: the Distiller has none
+    if unknown:
+        raise CheckpointError(f"{folder}: parameters this loader does not know: {unknown[:5]}")
+    upstream = build_distiller(distiller, name)
+    try:
+        upstream.model.load_state_dict(weights)
+    except RuntimeError as err:
+        raise CheckpointError(f"{folder} does not match the Distiller architecture its config.json describes: {err}") from err
     return upstream
 
 

@@ -1,8 +1,9 @@
 """Hugging Face ``transformers`` folders (``save_pretrained`` output or a hub snapshot:
 ``config.json`` + ``model.safetensors`` or ``pytorch_model.bin``) for the HuBERT family:
 ``facebook/hubert-base-ls960`` into our HuBERT (s3prl's model code) and ``ntu-spml/distilhubert``
-into our Distiller. Parameter names are mapped onto fairseq's (the same map as wav2vec 2.0's,
-`wav2vec2.HF_RENAMES`); weight norm comes in either parametrisation (``weight_g``/``weight_v`` or
+into our Distiller (each family's loader is in its own module; this one holds what they share).
+Parameter names are mapped onto fairseq's (one map, `HF_RENAMES`, for wav2vec 2.0 and the HuBERT
+family); weight norm comes in either parametrisation (``weight_g``/``weight_v`` or
 ``parametrizations.weight.original0/1``).
 
 Which family a folder is: ``model_type`` ``wav2vec2`` is wav2vec 2.0; ``hubert`` with a layer
@@ -13,6 +14,7 @@ without it is DistilHuBERT as transformers converted it (s3prl's Distiller has n
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -62,7 +64,7 @@ def check_family(folder: Path, config: dict, expected: str) -> None:
                               f"not {expected}{hint}")
 
 
-def _common_cfg(config: dict, folder: Path) -> dict:
+def common_cfg(config: dict, folder: Path) -> dict:
     """fairseq's encoder fields shared by HuBERT and the Distiller."""
     if config.get("feat_extract_activation", "gelu") != "gelu" or config.get("hidden_act", "gelu") != "gelu":
         raise CheckpointError(f"{folder}: only GELU models are supported")
@@ -77,80 +79,44 @@ def _common_cfg(config: dict, folder: Path) -> dict:
     }
 
 
-def _renamed(state: dict, extractor_mode: str, prefix: str) -> tuple[dict, list[str]]:
+def renamed(state: dict, extractor_mode: str, prefix: str) -> tuple[dict, list[str]]:
     """Our (fairseq's) names of a folder's parameters under ``prefix``, and the keys not mapped."""
-    from .wav2vec2 import _rename
-
     weights, skipped = {}, []
     for key, value in state.items():
-        new = _rename(key.removeprefix(prefix), extractor_mode)
+        new = rename(key.removeprefix(prefix), extractor_mode)
         (skipped.append(key) if new is None else weights.__setitem__(new, value))
     return weights, skipped
 
 
+# transformers' Wav2Vec2 / Hubert parameter names -> s3prl's (fairseq's): (pattern, replacement). The
+# extractor's norm sits at index 2 of fairseq's conv block: a GroupNorm (layer 0, "default"
+# extractor) or a LayerNorm between two transposes (every layer, "layer_norm" extractor).
+HF_RENAMES = (
+    (r"feature_extractor\.conv_layers\.(\d+)\.conv\.", r"feature_extractor.conv_layers.\1.0."),
+    (r"feature_projection\.layer_norm\.", "layer_norm."),
+    (r"feature_projection\.projection\.", "post_extract_proj."),
+    (r"encoder\.pos_conv_embed\.conv\.parametrizations\.weight\.original0", "encoder.pos_conv.0.weight_g"),
+    (r"encoder\.pos_conv_embed\.conv\.parametrizations\.weight\.original1", "encoder.pos_conv.0.weight_v"),
+    (r"encoder\.pos_conv_embed\.conv\.", "encoder.pos_conv.0."),
+    (r"encoder\.layers\.(\d+)\.attention\.", r"encoder.layers.\1.self_attn."),
+    (r"encoder\.layers\.(\d+)\.layer_norm\.", r"encoder.layers.\1.self_attn_layer_norm."),
+    (r"encoder\.layers\.(\d+)\.feed_forward\.intermediate_dense\.", r"encoder.layers.\1.fc1."),
+    (r"encoder\.layers\.(\d+)\.feed_forward\.output_dense\.", r"encoder.layers.\1.fc2."),
+    (r"encoder\.layers\.(\d+)\.final_layer_norm\.", r"encoder.layers.\1.final_layer_norm."),
+    (r"encoder\.layer_norm\.", "encoder.layer_norm."),
+    (r"masked_spec_embed$", "mask_emb"),
+)
+
+
+def rename(key: str, extractor_mode: str) -> str | None:
+    """Our name of a transformers parameter (without its ``wav2vec2.`` prefix), None if not ours."""
+    norm = r"feature_extractor.conv_layers.\1.2." if extractor_mode == "default" else r"feature_extractor.conv_layers.\1.2.1."
+    for pattern, replacement in ((r"feature_extractor\.conv_layers\.(\d+)\.layer_norm\.", norm), *HF_RENAMES):
+        new, n = re.subn("^" + pattern, replacement, key)
+        if n:
+            return new
+    return None
+
+
 # what a HubertModel / HubertForCTC folder holds beside the encoder (CTC head: not an upstream's)
-_HF_EXTRA = ("lm_head.", "masked_spec_embed", "hubert.masked_spec_embed")
-
-
-def load_hubert_folder(folder: str | Path, name: str = "hubert_base"):
-    """A transformers ``HubertModel`` (or ``HubertForCTC``: its encoder) folder as our HuBERT:
-    all 13 hidden states, equal to transformers' own (tested). The pretraining heads
-    (``final_proj``, label embeddings), which a transformers folder does not hold, stay at their
-    initial values: nothing at inference reads them."""
-    from .hubert import HUBERT_BASE, HubertUpstream, _build
-
-    folder = Path(folder)
-    config, state, normalize = read_folder(folder)
-    check_family(folder, config, "hubert")
-    if config.get("conv_bias", False):
-        raise CheckpointError(f"{folder}: conv_bias true; HuBERT's feature extractor has no convolution biases")
-    model_cfg = _common_cfg(config, folder) | {"label_rate": 50.0, "final_dim": HUBERT_BASE["model_cfg"]["final_dim"]}
-    weights, skipped = _renamed(state, model_cfg["extractor_mode"], "hubert.")
-    unknown = [k for k in skipped if not k.startswith(_HF_EXTRA)]
-    if unknown:
-        raise CheckpointError(f"{folder}: parameters this loader does not know: {unknown[:5]}")
-    symbols = [[f"<s{i}>" for i in range(HUBERT_BASE["num_symbols"])]]
-    torch.manual_seed(0)  # the unused pretraining heads: reproducible
-    upstream = _build(model_cfg, {"label_rate": 50.0, "sample_rate": 16000, "normalize": normalize}, symbols, name)
-    result = upstream.model.load_state_dict(weights, strict=False)
-    unused = tuple(p.removeprefix("model.") for p in HubertUpstream.unused_at_inference)
-    missing = [k for k in result.missing_keys if not k.startswith(unused)]
-    if missing or result.unexpected_keys:
-        raise CheckpointError(f"{folder} does not match the HuBERT architecture its config.json describes: "
-                              f"missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}")
-    return upstream
-
-
-def load_distilhubert_folder(folder: str | Path, name: str = "distilhubert"):
-    """A transformers DistilHuBERT folder (``ntu-spml/distilhubert``: a ``HubertModel`` with 2
-    layers and no feature-projection norm) as our Distiller. transformers keeps no prediction
-    heads, so this upstream has 3 hidden states (projected CNN features, then each transformer
-    layer) instead of s3prl's 6 (those plus the 3 heads); the last transformer layer, which
-    SUPERB's DistilHuBERT protocol uses, is state 2 either way."""
-    from .distiller import DISTILHUBERT, build_distiller
-
-    folder = Path(folder)
-    config, state, normalize = read_folder(folder)
-    check_family(folder, config, "distilhubert")
-    if normalize:
-        raise CheckpointError(f"{folder}: do_normalize true; s3prl's Distiller takes raw waveforms")
-    common = _common_cfg(config, folder)
-    distiller = {k: v for k, v in DISTILHUBERT.items() if k not in ("pred_layer_id",)} | {
-        "extractor_mode": common["extractor_mode"], "extractor_conv_feature_layers": common["conv_feature_layers"],
-        **{k: common[k] for k in ("encoder_embed_dim", "encoder_layers", "encoder_attention_heads",
-                                   "encoder_ffn_embed_dim", "conv_pos", "conv_pos_groups", "layer_norm_first")},
-        "out_layer_type": "none", "task_emb_type": "none", "n_tasks": 0, "pred_layer_id": [],
-    }
-    if config.get("conv_bias", False):
-        raise CheckpointError(f"{folder}: conv_bias true; the Distiller's feature extractor has no convolution biases")
-    weights, skipped = _renamed(state, common["extractor_mode"], "hubert.")  # the projection: post_extract_proj
-    unknown = [k for k in skipped if not k.startswith(_HF_EXTRA)]
-    weights.pop("mask_emb", None)  # pretraining only: the Distiller has none
-    if unknown:
-        raise CheckpointError(f"{folder}: parameters this loader does not know: {unknown[:5]}")
-    upstream = build_distiller(distiller, name)
-    try:
-        upstream.model.load_state_dict(weights)
-    except RuntimeError as err:
-        raise CheckpointError(f"{folder} does not match the Distiller architecture its config.json describes: {err}") from err
-    return upstream
+HF_EXTRA = ("lm_head.", "masked_spec_embed", "hubert.masked_spec_embed")

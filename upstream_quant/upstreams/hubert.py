@@ -7,6 +7,7 @@ import torch
 
 from ..checkpoints import CheckpointError, read_checkpoint, to_plain
 from ..compat import ensure_torchaudio
+from .hf_folders import HF_EXTRA, check_family, common_cfg, read_folder, renamed
 from ..upstream import FairseqEncoder
 from . import UpstreamSpec, register_family, register_upstream
 
@@ -78,10 +79,8 @@ def build_hubert_base(name: str = "hubert_base") -> HubertUpstream:
 
 def load_hubert_checkpoint(path: str | Path, name: str = "hubert_base") -> HubertUpstream:
     """A HuBERT checkpoint in s3prl's converted format or fairseq's original format, or a
-    transformers ``HubertModel`` folder (`hf_folders.load_hubert_folder`)."""
+    transformers ``HubertModel`` folder (`load_hubert_folder`)."""
     if Path(path).is_dir():
-        from .hf_folders import load_hubert_folder
-
         return load_hubert_folder(path, name)
     state = read_checkpoint(path)
     if all(key in state for key in S3PRL_KEYS):
@@ -107,6 +106,33 @@ def load_hubert_checkpoint(path: str | Path, name: str = "hubert_base") -> Huber
         upstream.model.load_state_dict(weights)
     except RuntimeError as err:
         raise CheckpointError(f"checkpoint {path} does not match the HuBERT architecture it describes: {err}") from err
+    return upstream
+
+
+def load_hubert_folder(folder: str | Path, name: str = "hubert_base"):
+    """A transformers ``HubertModel`` (or ``HubertForCTC``: its encoder) folder as our HuBERT:
+    all 13 hidden states, equal to transformers' own (tested). The pretraining heads
+    (``final_proj``, label embeddings), which a transformers folder does not hold, stay at their
+    initial values: nothing at inference reads them."""
+    folder = Path(folder)
+    config, state, normalize = read_folder(folder)
+    check_family(folder, config, "hubert")
+    if config.get("conv_bias", False):
+        raise CheckpointError(f"{folder}: conv_bias true; HuBERT's feature extractor has no convolution biases")
+    model_cfg = common_cfg(config, folder) | {"label_rate": 50.0, "final_dim": HUBERT_BASE["model_cfg"]["final_dim"]}
+    weights, skipped = renamed(state, model_cfg["extractor_mode"], "hubert.")
+    unknown = [k for k in skipped if not k.startswith(HF_EXTRA)]
+    if unknown:
+        raise CheckpointError(f"{folder}: parameters this loader does not know: {unknown[:5]}")
+    symbols = [[f"<s{i}>" for i in range(HUBERT_BASE["num_symbols"])]]
+    torch.manual_seed(0)  # the unused pretraining heads: reproducible
+    upstream = _build(model_cfg, {"label_rate": 50.0, "sample_rate": 16000, "normalize": normalize}, symbols, name)
+    result = upstream.model.load_state_dict(weights, strict=False)
+    unused = tuple(p.removeprefix("model.") for p in HubertUpstream.unused_at_inference)
+    missing = [k for k in result.missing_keys if not k.startswith(unused)]
+    if missing or result.unexpected_keys:
+        raise CheckpointError(f"{folder} does not match the HuBERT architecture its config.json describes: "
+                              f"missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}")
     return upstream
 
 

@@ -19,6 +19,7 @@ from torch import nn
 from ..accounting import under_any
 from ..checkpoints import CheckpointError, read_checkpoint, to_plain
 from ..compat import ensure_torchaudio
+from .hf_folders import check_family, read_folder, rename as _rename
 from ..upstream import FairseqEncoder
 from . import UpstreamSpec, register_family, register_upstream
 
@@ -159,35 +160,7 @@ def fairseq_letters(dict_file: Path, checkpoint) -> CTCOutput:
     return CTCOutput((*FAIRSEQ_SPECIALS, *letters), blank=0)
 
 
-# transformers' Wav2Vec2 parameter names -> s3prl's (fairseq's): (pattern, replacement). The
-# extractor's norm sits at index 2 of fairseq's conv block: a GroupNorm (layer 0, "default"
-# extractor) or a LayerNorm between two transposes (every layer, "layer_norm" extractor).
-HF_RENAMES = (
-    (r"feature_extractor\.conv_layers\.(\d+)\.conv\.", r"feature_extractor.conv_layers.\1.0."),
-    (r"feature_projection\.layer_norm\.", "layer_norm."),
-    (r"feature_projection\.projection\.", "post_extract_proj."),
-    (r"encoder\.pos_conv_embed\.conv\.parametrizations\.weight\.original0", "encoder.pos_conv.0.weight_g"),
-    (r"encoder\.pos_conv_embed\.conv\.parametrizations\.weight\.original1", "encoder.pos_conv.0.weight_v"),
-    (r"encoder\.pos_conv_embed\.conv\.", "encoder.pos_conv.0."),
-    (r"encoder\.layers\.(\d+)\.attention\.", r"encoder.layers.\1.self_attn."),
-    (r"encoder\.layers\.(\d+)\.layer_norm\.", r"encoder.layers.\1.self_attn_layer_norm."),
-    (r"encoder\.layers\.(\d+)\.feed_forward\.intermediate_dense\.", r"encoder.layers.\1.fc1."),
-    (r"encoder\.layers\.(\d+)\.feed_forward\.output_dense\.", r"encoder.layers.\1.fc2."),
-    (r"encoder\.layers\.(\d+)\.final_layer_norm\.", r"encoder.layers.\1.final_layer_norm."),
-    (r"encoder\.layer_norm\.", "encoder.layer_norm."),
-    (r"masked_spec_embed$", "mask_emb"),
-)
 HF_PRETRAINING = ("quantizer.", "project_q.", "project_hid.", "lm_head.")
-
-
-def _rename(key: str, extractor_mode: str) -> str | None:
-    """Our name of a transformers parameter (without its ``wav2vec2.`` prefix), None if not ours."""
-    norm = r"feature_extractor.conv_layers.\1.2." if extractor_mode == "default" else r"feature_extractor.conv_layers.\1.2.1."
-    for pattern, replacement in ((r"feature_extractor\.conv_layers\.(\d+)\.layer_norm\.", norm), *HF_RENAMES):
-        new, n = re.subn("^" + pattern, replacement, key)
-        if n:
-            return new
-    return None
 
 
 def hf_model_cfg(config: dict) -> dict:
@@ -212,8 +185,6 @@ def load_transformers_folder(folder: str | Path, name: str = "wav2vec2_base") ->
     """A transformers ``Wav2Vec2Model`` / ``Wav2Vec2ForPreTraining`` / ``Wav2Vec2ForCTC`` folder
     (``save_pretrained`` output, or a hub snapshot): ``config.json``, the weights, and for CTC
     ``vocab.json``; input normalisation from ``preprocessor_config.json`` (``do_normalize``)."""
-    from .hf_folders import check_family, read_folder
-
     folder = Path(folder)
     config, state, normalize = read_folder(folder)
     check_family(folder, config, "wav2vec2")
