@@ -108,7 +108,8 @@ def plot_suite(rows: pd.DataFrame, out_dir: Path) -> list[Path]:
         a1.set_ylabel(spec.axis_label)
         a2.set_xlabel("weight bits")
         a2.set_ylabel("estimated runtime (rel. to HuBERT Base)")
-        a1.legend(fontsize=7)
+        if a1.get_legend_handles_labels()[0]:  # a store with full-precision rows only has no curves to name
+            a1.legend(fontsize=7)
         a1.grid(alpha=0.3)
         a2.grid(alpha=0.3)
         fig.suptitle(f"{task} on {data}: per bit width")

@@ -48,6 +48,11 @@ def test_default_logger_writes_tensorboard_curves_equal_to_the_rows_dev_curve(tm
     # and the run's log: Lightning's lines, kept after success
     log = (work / "run.log").read_text()
     assert "run started" in log and "run finished" in log and "fbank/fp/retrain/asr-chirps/seed0" in log
+    # a finished suite's status: every run finished with the metrics its row (and so its table) holds, exit 0
+    from bench.status import suite_status
+
+    (status,) = suite_status(suite, tmp_path / "store")
+    assert status.state == "finished" and f"test_wer {row['metrics']['test_wer']}" in status.detail
 
 
 def test_csv_logger_and_none(tmp_path):

@@ -71,6 +71,15 @@ def test_distillation_loss_falls_resumes_and_exports(tiny_hubert, batch, tmp_pat
         assert name == other and torch.equal(a, b), name
     assert summary["final_loss"] == full_summary["final_loss"]
     assert full_summary["final_loss"] < full_summary["first_loss"]
+    # the default logger's curves: every logged loss is one of the trace's (TensorBoard under the work folder)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "full" / "tb"))
+    events.Reload()
+    logged = [e.value for e in events.Scalars("loss")]
+    tags = set(events.Tags()["scalars"])
+    assert len(logged) >= 2 and "utterances_per_second" in tags and any(t.startswith("lr-Adam") for t in tags)
+    assert all(any(abs(v - t) <= 1e-5 * max(1.0, abs(t)) for t in full_summary["loss_curve"]) for v in logged)
     path = save_packed(full, tmp_path / "qat.safetensors")
     with torch.no_grad():
         a, _ = full(*batch)

@@ -52,7 +52,13 @@ def weights_status(name: str, checkpoint: str | Path | None = None, timeout: flo
     if not os.environ.get("BENCH_OFFLINE") and _reachable(spec.hub_url, timeout):
         return True, f"to download from {spec.hub_url}"
     return False, (f"not cached and {spec.hub_url} unreachable: give --checkpoint {name}=PATH "
-                   f"(a local s3prl/fairseq checkpoint)")
+                   f"(a local s3prl/fairseq checkpoint{_FOLDERS.get(name, '')})")
+
+
+# the Hugging Face folders an offline user may already hold, named in the message of a failed download
+_FOLDERS = {"hubert_base": " or a Hugging Face folder such as facebook/hubert-base-ls960",
+            "distilhubert": " or a Hugging Face folder such as ntu-spml/distilhubert",
+            "wav2vec2_base": " or a Hugging Face folder such as facebook/wav2vec2-base"}
 
 
 def download_weights(name: str, timeout: float = 5.0) -> Path:
@@ -70,7 +76,7 @@ def download_weights(name: str, timeout: float = 5.0) -> Path:
         raise UpstreamUnavailable(
             f"cannot download the weights of {name!r} from {spec.hub_url} (offline or unreachable) and no "
             f"cached copy is at {cached}. Alternatives: load_upstream({name!r}, checkpoint='PATH') with a local "
-            f"s3prl/fairseq checkpoint (CLI: --checkpoint PATH), or load_upstream({name!r}, random_init=True) "
+            f"s3prl/fairseq checkpoint{_FOLDERS.get(name, '')} (CLI: --checkpoint PATH), or load_upstream({name!r}, random_init=True) "
             f"for the exact architecture with random weights (CLI: --random-init), enough for cost accounting."
         )
     from s3prl.util.download import _urls_to_filepaths
