@@ -128,3 +128,36 @@ def test_python_blocks_run(page, tmp_path, monkeypatch):
         exec(compile(m.group("body"), f"{page.name}:python block", "exec"), namespace)
         ran += 1
     assert ran or all(m.group("skip") for m in FENCE.finditer(page.read_text()) if m.group("lang") == "python")
+
+
+def _subparsers(parser) -> dict:
+    import argparse
+
+    actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return actions[0].choices if actions else {}
+
+
+def test_every_bench_command_named_in_the_prose_exists_with_the_flags_it_shows():
+    """Inline `bench ...` spans (synopses with placeholders, names of commands) checked against
+    the CLI: the (sub)command exists and every --flag shown is one of its options."""
+    parser = build_parser()
+    commands = _subparsers(parser)
+    seen = 0
+    for page in PAGES:
+        text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S).replace("\n", " ")
+        for span in re.findall(r"`(bench [^`]+)`", text):
+            words = span.split()[1:]
+            names = words[0].split("/") if words and not words[0].startswith("-") else []
+            for name in names:
+                assert name in commands, f"{page.name}: `{span}`: no command {name!r}"
+                sub = commands[name]
+                nested = _subparsers(sub)
+                if nested and len(words) > 1 and words[1] in nested:
+                    sub = nested[words[1]]
+                options = {o for a in sub._actions for o in a.option_strings}
+                for flag in re.findall(r"(?<![\w-])(--[\w-]+)", span):
+                    assert flag in options, f"{page.name}: `{span}`: {name} has no option {flag}"
+            for flag in ([] if names else re.findall(r"(?<![\w-])(--[\w-]+)", span)):
+                assert flag in {o for a in parser._actions for o in a.option_strings}, f"{page.name}: `{span}`"
+            seen += 1
+    assert seen >= 50
