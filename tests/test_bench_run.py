@@ -92,7 +92,9 @@ def test_shipped_suites_parse_and_expand():
     # post-training ablations in mini-ptq
     assert {(r.task, r.data) for r in mini.runs} == {("asr", "digits"), ("e2e_asr", "passages")}
     assert {r.seed for r in mini.runs if r.task != "e2e_asr"} == {0, 1, 2} and mini.student == "distil_whisper_tiny_en"
-    assert {r.quant.method for r in load_suite("mini-ptq").runs} == {"uniform", "binary", "gptq", "recon"}
+    ptq = load_suite("mini-ptq").runs
+    assert {r.quant.method for r in ptq} == {"uniform", "binary", "gptq", "recon", "fp"}
+    assert {r.task for r in ptq if r.quant.method == "fp"} == {"e2e_asr"}  # the end-to-end rows' reference
     superb = load_suite("paper-superb")
     assert {r.task for r in superb.runs} == {"asr", "pr", "ic", "ks"} and {r.upstream for r in superb.runs} == {"hubert_base", "distilhubert"}
 
