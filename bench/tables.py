@@ -147,7 +147,11 @@ def headline_columns(df: pd.DataFrame) -> set[str]:
 
 def markdown(df: pd.DataFrame) -> str:
     """The markdown table of a generated table (`display_table`'s cells)."""
-    shown = display_table(df, headline_columns(df))
+    return _cells_markdown(display_table(df, headline_columns(df)))
+
+
+def _cells_markdown(shown: pd.DataFrame) -> str:
+    """Display cells as markdown, empty where missing."""
     return shown.astype(object).where(shown.notna(), None).to_markdown(index=False, missingval="") + "\n"
 
 
@@ -436,7 +440,7 @@ def table_markdown(suite: str, store: Path, rows: list[str] | None = None, colum
         if unknown:
             raise ValueError(f"table {suite}: no column(s) {unknown}; it has {list(shown.columns)}")
         shown = shown[columns]
-    return shown.astype(object).where(shown.notna(), None).to_markdown(index=False, missingval="") + "\n"
+    return _cells_markdown(shown)
 
 
 def suite_student(suite: str) -> str | None:

@@ -22,7 +22,9 @@ import lightning as L
 
 LOGGERS = ("tensorboard", "csv", "wandb", "mlflow", "none")
 DEFAULT_LOGGER = "tensorboard"
-_EXTRA = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
+# the module each logger imports, and how to install it (tensorboard is a dependency of the project itself)
+_PACKAGES = {"tensorboard": ("tensorboard", "pip install -e ."), "wandb": ("wandb", "pip install -e '.[wandb]'"),
+             "mlflow": ("mlflow", "pip install -e '.[mlflow]'")}
 
 
 class LoggerUnavailable(ValueError):
@@ -33,12 +35,12 @@ def check_logger(kind: str) -> str:
     """``kind`` if it is a known logger whose package imports; a one-line error otherwise."""
     if kind not in LOGGERS:
         raise ValueError(f"logger {kind!r}: choose one of {', '.join(LOGGERS)}")
-    module = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}.get(kind)
-    if module is not None:
+    if kind in _PACKAGES:
+        module, install = _PACKAGES[kind]
         try:
             __import__(module)
         except ImportError as exc:
-            raise LoggerUnavailable(f"--logger {kind} needs the {module!r} package: pip install -e '.[{_EXTRA[kind]}]' "
+            raise LoggerUnavailable(f"--logger {kind} needs the {module!r} package: {install} "
                                     f"(or --logger csv, which needs nothing) ({exc})") from exc
     return kind
 
