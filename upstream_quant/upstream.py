@@ -60,6 +60,12 @@ class Upstream(nn.Module):
     def forward(self, wavs: torch.Tensor, wavs_len: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         raise NotImplementedError
 
+    def forward_one(self, wav: torch.Tensor) -> list[torch.Tensor]:
+        """All hidden states of one unpadded utterance (1, samples), with no Python that reads
+        tensor values: the path an ONNX export traces with the length as a symbol. Equals
+        `forward` on that utterance (tested per family)."""
+        raise NotImplementedError(f"{self.name} has no single-utterance path (forward_one), so it cannot be exported")
+
     def extra_repr(self) -> str:
         return f"name={self.name}, hidden_size={self.hidden_size}, num_hidden_states={self.num_hidden_states}"
 
@@ -106,6 +112,27 @@ class FairseqEncoder(Upstream):
 
     def _extract(self, wavs: torch.Tensor, pad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         raise NotImplementedError
+
+    def forward_one(self, wav: torch.Tensor) -> list[torch.Tensor]:
+        """`Upstream.forward_one`: the encoder's steps without the padding it needs in a batch (an
+        unpadded utterance has none; the encoder's pad to an even length is masked out of
+        attention, so leaving it out changes nothing)."""
+        m = self.model
+        if self.task_cfg.normalize:
+            wav = torch.nn.functional.layer_norm(wav, wav.shape[-1:])
+        x = m.layer_norm(m.feature_extractor(wav).transpose(1, 2))
+        if m.post_extract_proj is not None:
+            x = m.post_extract_proj(x)
+        enc = m.encoder
+        x = x + enc.pos_conv(x.transpose(1, 2)).transpose(1, 2)
+        if not enc.layer_norm_first:
+            x = enc.layer_norm(x)
+        states, x = [], x.transpose(0, 1)
+        for layer in enc.layers:
+            states.append(x.transpose(0, 1))
+            x, _ = layer(x, self_attn_padding_mask=None, need_weights=False)
+        x = x.transpose(0, 1)
+        return states + [enc.layer_norm(x) if enc.layer_norm_first else x]
 
     def forward(self, wavs: torch.Tensor, wavs_len: torch.Tensor):
         check_batch(wavs, wavs_len)

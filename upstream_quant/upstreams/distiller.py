@@ -79,6 +79,23 @@ class DistillerUpstream(Upstream):
         lengths = pad_mask.sum(1).long()
         return states, [lengths] * len(states)
 
+    def forward_one(self, wav: torch.Tensor) -> list[torch.Tensor]:
+        """`Upstream.forward_one`: the Distiller's steps with no padding mask (its encoder's
+        masking is a data-dependent index)."""
+        m = self.model
+        if m.task_emb_type != "expand-last":
+            raise NotImplementedError(f"{self.name}: forward_one follows DistilHuBERT's task embedding 'expand-last', "
+                                      f"this model has {m.task_emb_type!r}")
+        x = m.feature_extractor(wav).transpose(1, 2)
+        if m.post_extract_proj is not None:
+            x = m.post_extract_proj(x)
+        hidden, layers = m.encoder(x, None, get_hidden=True)
+        states = [x, *layers]
+        if m.output_layer is not None:  # (1, frames, heads x dim) -> one state per head
+            pred = m.output_layer(hidden)
+            states += list(pred.reshape(1, pred.shape[1], m.n_tasks, -1).unbind(2))
+        return states
+
     def architecture(self) -> dict:
         """Everything needed to rebuild this architecture without its weights."""
         return {"family": "distiller", "config": self.config}

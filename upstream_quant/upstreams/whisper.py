@@ -200,6 +200,21 @@ class WhisperEncoderUpstream(Upstream):
         states = [s[:, :keep] for s in states]
         return states, [lengths] * len(states)
 
+    def forward_one(self, wav: torch.Tensor) -> list[torch.Tensor]:
+        """`Upstream.forward_one`: `forward`'s steps for one utterance, no batch padding to mask."""
+        frames = (wav.shape[1] // HOP + 1) // 2
+        if self.config.pad_to_30s:
+            wav = F.pad(wav, (0, self.max_samples - wav.shape[1]))
+        x = F.gelu(self.conv1(self.frontend(wav[0]).unsqueeze(0)))
+        x = F.gelu(self.conv2(x)).transpose(1, 2)
+        x = x + sinusoids(x.shape[1], x.shape[2]).to(x.dtype)  # the same values as the stored table's rows, not stored
+        states = [x]
+        for layer in self.layers:
+            x = layer(x, None)
+            states.append(x)
+        states[-1] = self.layer_norm(x)
+        return [s[:, :frames] for s in states] if self.config.pad_to_30s else states
+
     def architecture(self) -> dict:
         return {"family": "whisper", "config": asdict(self.config)}
 
