@@ -394,7 +394,7 @@ def parse_deploy_configs(text: str) -> list[tuple[int, str, int | None, str]]:
     1:auto:cnn8``): the transformer's linears are quantized, with ``all`` every linear and
     convolution (the CNN, the feature projection and the positional convolution too), with
     ``cnn8`` those others at 8 bits beside the transformer at BITS (a backend per layer: ``auto`` or ``compact``)."""
-    from upstream_quant.deploy import BACKENDS, CHOOSERS
+    from upstream_quant.deploy import CHOICES
 
     out = []
     for item in text.split(","):
@@ -410,8 +410,8 @@ def parse_deploy_configs(text: str) -> list[tuple[int, str, int | None, str]]:
         except (ValueError, IndexError):
             raise ValueError(f"--configs {item!r}: expected BITS:BACKEND[:gN][:all|:cnn8], e.g. 8:int8-dynamic, "
                              f"8:int8-dynamic:all, 4:int4-weight:g64 or 1:auto:cnn8") from None
-        if backend not in (*CHOOSERS, *BACKENDS) or not 1 <= bits <= 8:
-            raise ValueError(f"--configs {item!r}: bits 1..8 and a backend of {', '.join(CHOOSERS + BACKENDS)}")
+        if backend not in CHOICES or not 1 <= bits <= 8:
+            raise ValueError(f"--configs {item!r}: bits 1..8 and a backend of {', '.join(CHOICES)}")
         out.append((bits, backend, group, layers))
     return out
 
@@ -552,6 +552,9 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
 
     ref_states, t_ref = timed(reference)
     dep_states, t_dep = timed(deployed)
+    frames = reference(wavs, lens)[1][-1].tolist()  # a padded frame's value is no form's output: compare the real ones
+    ref_states = [torch.cat([s[i, :n] for i, n in enumerate(frames)]) for s in ref_states]
+    dep_states = [torch.cat([s[i, :n] for i, n in enumerate(frames)]) for s in dep_states]
     counts = Counter(deployed.deploy_backends.values())
     print(f"{args.packed}: {reference.name}, {len(deployed.deploy_backends)} quantized layers on "
           + ", ".join(f"{b} ({n})" for b, n in sorted(counts.items())) + f", {device}")
@@ -570,6 +573,36 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
     print(f"forward of 2 x {args.seconds:g} s (median of {args.reps}): reference {t_ref:.3f} s, deployed {t_dep:.3f} s "
           f"({t_dep / t_ref:.2f}x)")
     return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    """A packed file as an ONNX graph ONNX Runtime runs (`upstream_quant.onnx_export`), checked
+    against the reference path on a seeded utterance: every hidden state's cosine."""
+    import torch
+
+    from upstream_quant.onnx_export import ExportError, export_onnx
+    from upstream_quant.ort_backend import session
+    from upstream_quant.packed import load_packed, quantized_layers
+
+    reference = load_packed(args.packed, device="cpu")
+    if not quantized_layers(reference):
+        raise ExportError(f"{args.packed} holds no quantized layer: export a quantized model (bench quantize)")
+    report = export_onnx(reference, args.out)
+    forms = ", ".join(f"{form} ({n})" for form, n in sorted(report["layers"].items()))
+    print(f"wrote {args.out}: {reference.name}, {sum(report['layers'].values())} quantized layers as {forms}")
+    print(f"  quantized weights {report['quantized_weight_bytes'] / 1e6:.3f} MB in the graph, "
+          f"{report['stored_weight_bytes'] / 1e6:.3f} MB in the packed file; whole file {report['file_bytes'] / 1e6:.2f} MB, "
+          f"packed file {report['stored_bytes'] / 1e6:.2f} MB")
+    wav = 0.1 * torch.randn(1, int(args.seconds * 16000), generator=torch.Generator().manual_seed(args.seed))
+    outs = session(args.out, torch.device("cpu")).run(None, {"wav": wav.numpy()})
+    with torch.no_grad():
+        ref = reference.forward_one(wav)
+    cos = [float(torch.nn.functional.cosine_similarity(torch.from_numpy(o).flatten(), r.flatten(), dim=0)) for o, r in zip(outs, ref)]
+    worst = min(range(len(cos)), key=cos.__getitem__)
+    ok = min(cos) > 0.999
+    print(f"  ONNX Runtime vs the reference path on a seeded {args.seconds:g} s utterance: {len(cos)} hidden states, "
+          f"lowest cosine {cos[worst]:.6f} (state {worst}): {'ok' if ok else 'FAILED (needs > 0.999)'}")
+    return 0 if ok else 1
 
 
 def _cmd_distill(args: argparse.Namespace) -> int:
@@ -752,16 +785,27 @@ def build_parser() -> argparse.ArgumentParser:
                         "wandb and mlflow need their extra)")
     p.set_defaults(func=_cmd_distill)
 
-    p = sub.add_parser("deploy", help="run a packed file on a low-bit backend (int8-dynamic, int4-weight, packed) and "
+    p = sub.add_parser("deploy", help="run a packed file on a low-bit backend (int8-dynamic, int4-weight, packed, "
+                                      "onnxruntime) and "
                                       "compare it with the reference path: memory, deviation, latency")
     p.add_argument("--packed", required=True, metavar="FILE")
     p.add_argument("--backend", default="auto", help="auto (the fastest form per layer, measured: never slower than the "
-                   "reference), compact (the bit width's memory), reference, int8-dynamic, int4-weight, packed or packed-int8")
+                   "reference), compact (the bit width's memory), reference, int8-dynamic, int4-weight, packed, packed-int8, "
+                   "or onnxruntime (the model exported to ONNX and run there; the [onnx] extra)")
     p.add_argument("--seconds", type=float, default=4.0, help="length of the two seeded test inputs")
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
     p.set_defaults(func=_cmd_deploy)
+
+    p = sub.add_parser("export", help="a packed file as an ONNX graph that keeps its low-bit weights (ONNX Runtime's "
+                                      "MatMulNBits), checked against the reference path")
+    p.add_argument("--packed", required=True, metavar="FILE")
+    p.add_argument("--format", default="onnx", choices=["onnx"])
+    p.add_argument("--out", required=True, metavar="MODEL.onnx")
+    p.add_argument("--seconds", type=float, default=4.0, help="length of the seeded check utterance")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("run", help="run a suite (default mini): resumable, one results row per finished run")
     p.add_argument("suite", nargs="?", default="mini", help="suite name (bench/suites/NAME.toml) or a .toml path")

@@ -387,11 +387,12 @@ class Runner:
         import torch
 
         from upstream_quant.deploy import resident_weight_bytes
+        from upstream_quant.upstream import module_device
 
         from .perf import measure_latency
 
         fp = self.upstream(run)
-        device = next(deployed.parameters()).device
+        device = module_device(deployed)
         gen = torch.Generator().manual_seed(0)
         wavs = (0.1 * torch.randn(1, int(self.DEPLOY_SECONDS * 16000), generator=gen)).to(device)
         lens = torch.tensor([wavs.shape[1]], device=device)

@@ -62,13 +62,13 @@ class QuantSpec:
 
     @classmethod
     def parse(cls, text: str) -> "QuantSpec":
-        from upstream_quant.deploy import BACKENDS, CHOOSERS
+        from upstream_quant.deploy import CHOICES
 
         text = text.strip()
         if "@" in text:
             head, backend = text.rsplit("@", 1)
-            if backend not in (*CHOOSERS, *BACKENDS):
-                raise ValueError(f"quantization {text!r}: unknown deploy backend {backend!r}; known: {', '.join(CHOOSERS + BACKENDS)}")
+            if backend not in CHOICES:
+                raise ValueError(f"quantization {text!r}: unknown deploy backend {backend!r}; known: {', '.join(CHOICES)}")
             spec = cls._parse(head)
             if spec.method == "fp":
                 raise ValueError(f"quantization {text!r}: a full-precision model has nothing to deploy")

@@ -43,6 +43,9 @@ BACKENDS = ("reference", "int8-dynamic", "int4-weight", "packed", "packed-int8")
 # per-layer choices rather than backends: ``auto`` (the fastest form, measured; never slower than
 # the reference) and ``compact`` (the first form that keeps the bit width's memory, unmeasured)
 CHOOSERS = ("auto", "compact")
+# whole-model runtimes rather than layer forms: the model exported (`onnx_export`) and run there
+RUNTIMES = ("onnxruntime",)
+CHOICES = CHOOSERS + BACKENDS + RUNTIMES  # what `deploy`, suite specs (SPEC@CHOICE) and perf configs take
 INT4_GROUPS = (32, 64, 128, 256)
 
 
@@ -438,13 +441,17 @@ def deploy(model: nn.Module, backend: str = "auto", device: str | torch.device |
     from .quantize import copy_module
     from .upstream import pick_device
 
-    if backend not in CHOOSERS and backend not in BACKENDS:
-        raise DeployError(f"unknown backend {backend!r}; known: {', '.join(CHOOSERS + BACKENDS)}")
+    if backend not in CHOICES:
+        raise DeployError(f"unknown backend {backend!r}; known: {', '.join(CHOICES)}")
     first = next(iter(model.parameters()), None)
     target = pick_device(device) if device is not None else (first.device if first is not None else torch.device("cpu"))
     layers = {n: m for n, m in model.named_modules() if isinstance(m, QuantizedLayer)}
     if not layers:
         raise DeployError("the model has no quantized layers (quantize it first, or load a packed file)")
+    if backend == "onnxruntime":
+        from .ort_backend import deploy_onnxruntime
+
+        return deploy_onnxruntime(model, target)
     plan, notes = {}, {}
     if backend == "auto":
         out = copy_module(model).to(target).eval()
@@ -501,7 +508,7 @@ def resident_weight_bytes(model: nn.Module, quantized_only: bool = True) -> int:
     deployed), or of everything (every parameter and buffer, non-persistent ones included)."""
     total, seen = 0, set()
     for m in model.modules():
-        if isinstance(m, _Deployed):
+        if isinstance(m, _Deployed) or getattr(m, "backend", None) == "onnxruntime":
             total += m.resident_bytes()
         elif isinstance(m, QuantizedLayer) or not quantized_only:
             for t in [*m.parameters(recurse=False), *m.buffers(recurse=False)]:

@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .accounting import stored_bytes, stored_weights
+from .accounting import weight_bytes as weight_bytes_of
 from .qweight import QuantizedLayer
 
 ORT_BITS = (2, 4, 8)  # MatMulNBits' widths in the pinned onnxruntime
@@ -228,7 +230,8 @@ def require_onnx() -> None:
 def export_onnx(model: nn.Module, path: str | Path, example_seconds: float = 2.0) -> dict:
     """Write `model` (quantized or full precision) as ONNX at `path`: input ``wav`` (1, samples),
     outputs ``hidden_state_0..`` (1, frames, dim), the length dynamic. Returns a report: layers
-    per written form, the quantized layers' weight bytes, the file's bytes."""
+    per written form, the quantized layers' weight bytes in the graph and in our packed format,
+    the file's bytes and the packed file's (`stored_bytes`)."""
     import onnx
 
     require_onnx()
@@ -261,8 +264,10 @@ def export_onnx(model: nn.Module, path: str | Path, example_seconds: float = 2.0
     tmp = path.with_name(path.name + ".tmp")
     onnx.save_model(proto, str(tmp))
     tmp.replace(path)
-    return {"path": str(path), "layers": forms, "quantized_weight_bytes": weight_bytes,
-            "file_bytes": path.stat().st_size, "fp16_tensors": stored_half, "num_hidden_states": model.num_hidden_states}
+    return {"path": str(path), "layers": forms, "layer_names": sorted(layers), "quantized_weight_bytes": weight_bytes,
+            "stored_weight_bytes": sum(weight_bytes_of(w) for w in stored_weights(model).values()),
+            "file_bytes": path.stat().st_size, "stored_bytes": stored_bytes(model), "fp16_tensors": stored_half,
+            "num_hidden_states": model.num_hidden_states}
 
 
 def _form(layer: QuantizedLayer) -> str:

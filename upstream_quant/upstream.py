@@ -25,6 +25,13 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
     return dev
 
 
+def module_device(module: nn.Module) -> torch.device:
+    """Where a module's tensors live: its first parameter's or buffer's device (an upstream run by
+    ONNX Runtime has buffers only), CPU for one with neither."""
+    first = next(iter([*module.parameters(), *module.buffers()]), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
 def conv_output_lengths(lengths: torch.Tensor, convs: Iterable[tuple[int, int]]) -> torch.Tensor:
     """Frames after a stack of unpadded (kernel, stride) convolutions, as the CNN front ends compute them."""
     out = lengths.clone()
