@@ -377,7 +377,8 @@ def _cmd_perf(args: argparse.Namespace) -> int:
         return perf_whisper(args.corpus, args.split, reps=args.reps)
     if args.what == "deploy":
         return perf_deploy(args.upstream, parse_deploy_configs(args.configs), args.seconds, args.reps, args.batch, args.device,
-                           args.out, args.rounds)
+                           args.out, args.rounds, peers=not args.no_peers,
+                           alongside=tuple(a for a in (args.alongside or "").split(",") if a))
     if args.what == "step":
         return perf_step()
     if args.what == "stream":
@@ -587,7 +588,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     reference = load_packed(args.packed, device="cpu")
     if not quantized_layers(reference):
         raise ExportError(f"{args.packed} holds no quantized layer: export a quantized model (bench quantize)")
-    report = export_onnx(reference, args.out)
+    report = export_onnx(reference, args.out, int8_inputs=args.int8_inputs)
     forms = ", ".join(f"{form} ({n})" for form, n in sorted(report["layers"].items()))
     print(f"wrote {args.out}: {reference.name}, {sum(report['layers'].values())} quantized layers as {forms}")
     print(f"  quantized weights {report['quantized_weight_bytes'] / 1e6:.3f} MB in the graph, "
@@ -687,6 +688,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="deploy: cpu or cuda (default: auto)")
     p.add_argument("--out", default=None, help="deploy: also write the measurements as JSON (bench table paper reads "
                                                "STORE/deploy/UPSTREAM.json)")
+    p.add_argument("--no-peers", action="store_true", help="deploy: leave out the ONNX Runtime peers (fp32 export, "
+                   "ORT's int8 quantize_dynamic on MatMul/Gemm and on every op)")
+    p.add_argument("--alongside", default=None, metavar="UPSTREAMS", help="deploy: comma-separated upstreams whose fp32 "
+                   "(PyTorch and ONNX Runtime) is timed in the same rounds, e.g. distilhubert beside a 1-bit hubert_base")
     p.add_argument("--rounds", type=int, default=1, help="deploy: measure every configuration this many times, "
                                                          "each ratio within its round (median and range reported)")
     p.add_argument("--corpus", default="data/synth/digits", help="whisper, clip: LibriSpeech-layout corpus root")
@@ -803,6 +808,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--packed", required=True, metavar="FILE")
     p.add_argument("--format", default="onnx", choices=["onnx"])
     p.add_argument("--out", required=True, metavar="MODEL.onnx")
+    p.add_argument("--int8-inputs", action="store_true", help="MatMulNBits quantizes its inputs to 8 bits and multiplies "
+                   "in int8 (ORT's accuracy_level 4: its fast path at 4 and 8 bits; outputs change slightly)")
     p.add_argument("--seconds", type=float, default=4.0, help="length of the seeded check utterance")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_export)

@@ -381,6 +381,33 @@ def _status_kb(field: str) -> int:
     return 0
 
 
+# What a user would run instead of our forms, timed beside them: the fp32 model exported to ONNX and
+# run by ONNX Runtime, and ORT's own int8 (`quantize_dynamic` of that export, on MatMul/Gemm only
+# or on every op it quantizes, Conv included)
+ORT_PEERS = {"ort-fp32": 16, "ort-int8-matmul": 8, "ort-int8-all": 8}
+
+
+def ort_peer(base, backend: str, device: torch.device):
+    """One of `ORT_PEERS` for the fp32 upstream `base`, as an `OrtUpstream`."""
+    import tempfile
+    from pathlib import Path
+
+    from upstream_quant.onnx_export import export_onnx
+    from upstream_quant.ort_backend import OrtUpstream
+
+    folder = Path(tempfile.mkdtemp(prefix="lowbit-peer-"))
+    path = folder / "fp32.onnx"
+    report = export_onnx(base, path, store_half=False)
+    if backend != "ort-fp32":
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        quantized = folder / "int8.onnx"
+        quantize_dynamic(path, quantized, weight_type=QuantType.QInt8,
+                         op_types_to_quantize=["MatMul", "Gemm"] if backend == "ort-int8-matmul" else None)
+        path = quantized
+    return OrtUpstream(path, base, report, device)
+
+
 def deploy_probe(upstream: str, bits: int, backend: str, group_size: int | None, seconds: float, reps: int, batch: int,
                  device: str | None, layers: str = "transformer") -> dict:
     """One measurement of `perf_deploy`, meant to run in a process of its own: build the model
@@ -389,7 +416,7 @@ def deploy_probe(upstream: str, bits: int, backend: str, group_size: int | None,
     ``cnn8`` the transformer at `bits` and the other feature layers at 8), drop everything else,
     reset the peak-RSS counter, then time `reps` forward passes after a warm-up. The ``linears``
     columns count the transformer's linears whatever `layers` is; the estimate is the model's own
-    (`model_cost`)."""
+    (`model_cost`). A backend of `ORT_PEERS` is the fp32 model on ONNX Runtime."""
     import gc
 
     from upstream_quant import load_upstream
@@ -409,7 +436,11 @@ def deploy_probe(upstream: str, bits: int, backend: str, group_size: int | None,
     groups = (n_weights // group_size) if group_size else sum(m.weight.shape[0] for m in linears.values())
     fp_bytes = sum(t.numel() * 4 for m in linears.values() for t in m.parameters(recurse=False))
     del linears  # it holds the fp32 layers
-    if bits == 16:
+    if backend in ORT_PEERS:
+        model, linear_bytes = ort_peer(base, backend, dev), None
+        est = model_cost(base, seconds).est_runtime
+        del base
+    elif bits == 16:
         model, linear_bytes = base.to(dev), fp_bytes
         est = model_cost(base, seconds).est_runtime
     else:
@@ -422,7 +453,9 @@ def deploy_probe(upstream: str, bits: int, backend: str, group_size: int | None,
             quantized = quantize(quantized, UniformConfig(bits=8, targets=rest), progress=False)
         est = model_cost(quantized, seconds).est_runtime
         model = deploy(quantized, backend, device=dev)
-        linear_bytes = sum(resident_weight_bytes(model.get_submodule(name)) for name in model.deploy_backends
+        layer_bytes = (model.layer_bytes if hasattr(model, "layer_bytes")  # an exported model: bytes in its graph
+                       else lambda name: resident_weight_bytes(model.get_submodule(name)))
+        linear_bytes = sum(layer_bytes(name) for name in model.deploy_backends
                            if group_of(name, model.group_prefixes) == "transformer")
         del quantized, base
     gc.collect()
@@ -442,24 +475,32 @@ def deploy_probe(upstream: str, bits: int, backend: str, group_size: int | None,
     latency = measure_latency(model, wavs, lens, reps)
     gpu = {"cuda_allocated_mb": torch.cuda.memory_allocated(dev) / 1e6,
            "cuda_peak_mb": torch.cuda.max_memory_allocated(dev) / 1e6} if dev.type == "cuda" else {}
-    ideal = n_weights * bits / 8 + groups * 2 if bits != 16 else None  # codes, and an fp16 scale per row or group
-    return {"bits": bits, "backend": backend if bits != 16 else "fp32", "group_size": group_size,
-            "layers": layers if bits != 16 else None,
+    ideal = n_weights * bits / 8 + groups * 2 if bits != 16 and backend not in ORT_PEERS else None  # codes, an fp16 scale per row or group
+    return {"upstream": upstream, "bits": bits, "backend": backend if bits != 16 or backend in ORT_PEERS else "fp32",
+            "group_size": group_size, "layers": layers if bits != 16 and backend not in ORT_PEERS else None,
             "latency_s": latency, "rss_mb": rss_kb / 1e3, "peak_rss_mb": _status_kb("VmHWM") / 1e3,
-            "linear_weights_mb": linear_bytes / 1e6, "ideal_mb": None if ideal is None else ideal / 1e6,
+            "linear_weights_mb": None if linear_bytes is None else linear_bytes / 1e6, "ideal_mb": None if ideal is None else ideal / 1e6,
             "all_weights_mb": resident_weight_bytes(model, quantized_only=False) / 1e6,
             "threads": torch.get_num_threads(), "device": str(dev), "est_runtime": est, **gpu}
 
 
 def perf_deploy(upstream: str, configs: list[tuple[int, str, int | None, str]], seconds: float, reps: int, batch: int,
-                device: str | None = None, out: str | None = None, rounds: int = 1) -> int:
+                device: str | None = None, out: str | None = None, rounds: int = 1, peers: bool = True,
+                alongside: tuple[str, ...] = ()) -> int:
     """Measured latency, throughput and memory of deployed low-bit models beside fp32 and the
     estimate. Each configuration runs in a fresh process (freed heap handed back with malloc_trim
     after building), so resident and peak memory are its own. With ``rounds`` > 1 every
     configuration, fp32 included, is measured once per round, and each ratio to fp32 is taken
     within its round: the median is reported with its range (a shared machine drifts). Every row
     also has its latency over HuBERT Base's fp32 (``measured_vs_reference``, the paper's unit for
-    runtimes), which is timed in each round too when `upstream` is another model."""
+    runtimes), which is timed in each round too when `upstream` is another model.
+
+    ``peers`` (when onnxruntime is installed and the device is the CPU): the same rounds time
+    `ORT_PEERS`, what a user would run instead, and every row gets its latency over the fastest
+    fp32 of its round (``measured_vs_best_fp32``: PyTorch's or ONNX Runtime's, whichever won).
+    ``alongside``: other upstreams' fp32, on PyTorch and (with peers) ONNX Runtime, timed in the
+    same rounds (the paper's headline sets DistilHuBERT's fp32 beside a 1-bit HuBERT)."""
+    import importlib.util
     import json
     import os
     import statistics
@@ -467,10 +508,20 @@ def perf_deploy(upstream: str, configs: list[tuple[int, str, int | None, str]], 
     import sys
 
     from upstream_quant.accounting import REFERENCE_UPSTREAM
+    from upstream_quant.upstream import pick_device
 
-    # another upstream is also timed against HuBERT Base's fp32, as the paper's runtimes are
-    reference = (REFERENCE_UPSTREAM, 16, "fp32", None, None) if upstream != REFERENCE_UPSTREAM else None
-    plan = [(upstream, 16, "fp32", None, None), *[(upstream, *c) for c in configs], *([reference] if reference else [])]
+    peers = peers and importlib.util.find_spec("onnxruntime") is not None and pick_device(device).type == "cpu"
+    fp = (upstream, 16, "fp32", None, None)
+    ort_fp = (upstream, 16, "ort-fp32", None, None) if peers else None
+    peer_keys = [(upstream, ORT_PEERS[b], b, None, None) for b in ORT_PEERS] if peers else []
+    others = [(name, 16, b, None, None) for name in alongside for b in ("fp32", *(["ort-fp32"] if peers else []))]
+    # another upstream is also timed against HuBERT Base's fp32 (on its fastest runtime), as the
+    # paper's runtimes are
+    references = ([(REFERENCE_UPSTREAM, 16, b, None, None) for b in ("fp32", *(["ort-fp32"] if peers else []))]
+                  if upstream != REFERENCE_UPSTREAM else [])
+    reference = references[0] if references else None
+    plan = [fp, *peer_keys, *[(upstream, *c) for c in configs], *others,
+            *[r for r in references if r not in others]]
     measured: dict[tuple, list[dict]] = {key: [] for key in plan}
     for round_ in range(rounds):
         for key in plan:
@@ -486,46 +537,64 @@ def perf_deploy(upstream: str, configs: list[tuple[int, str, int | None, str]], 
             measured[key].append(json.loads(line[7:]) | {"round": round_})
             print(f"  measured {name} {bits}-bit {backend} (round {round_ + 1}/{rounds})", file=sys.stderr)
 
-    def ratios_to(base_key, runs) -> list[float]:
-        base = {r["round"]: r["latency_s"] for r in measured[base_key]}
+    def latency(key) -> dict[int, float]:
+        return {r["round"]: r["latency_s"] for r in measured.get(key, [])}
+
+    def ratios(base: dict[int, float], runs) -> list[float]:
         return [r["latency_s"] / base[r["round"]] for r in runs if r["round"] in base]
 
-    if not measured[plan[0]] or (reference and not measured[reference]):
+    if not measured[fp] or (reference and not measured[reference]):
         return 1
+    def fastest(keys) -> dict[int, float]:
+        """Per round, the fastest fp32 of `keys` (PyTorch's, and ONNX Runtime's when timed)."""
+        return {i: min(t for t in (latency(k).get(i) for k in keys if k) if t is not None) for i in latency(keys[0])}
+
+    best = fastest([fp, ort_fp])
+    ref_best = fastest(references) if references else best
     rows = []
     for key, runs in measured.items():
-        ratios = ratios_to(plan[0], runs)
-        if key == reference or not ratios:
+        if (key in references and key not in others) or not runs:
             continue
+        to_fp = ratios(latency(fp), runs)
         row = dict(runs[0]) | {"latency_s": statistics.median(r["latency_s"] for r in runs),
-                               "measured_runtime": round(statistics.median(ratios), 4),
-                               "measured_range": [round(min(ratios), 4), round(max(ratios), 4)]}
-        vs_ref = ratios_to(reference, runs) if reference else ratios
+                               "measured_runtime": round(statistics.median(to_fp), 4),
+                               "measured_range": [round(min(to_fp), 4), round(max(to_fp), 4)]}
+        vs_ref = ratios(ref_best, runs)
         row["measured_vs_reference"] = round(statistics.median(vs_ref), 4)
         row["vs_reference_range"] = [round(min(vs_ref), 4), round(max(vs_ref), 4)]
+        vs_best = ratios(best, runs)
+        row["measured_vs_best_fp32"] = round(statistics.median(vs_best), 4)
+        row["vs_best_fp32_range"] = [round(min(vs_best), 4), round(max(vs_best), 4)]
         rows.append(row)
-    fp = rows[0]
+    first = rows[0]
+    winner = "ONNX Runtime" if ort_fp and latency(ort_fp) and statistics.median(latency(ort_fp).values()) < statistics.median(latency(fp).values()) else "PyTorch"
     print(f"{upstream}: {batch} x {seconds:g} s utterance(s), median of {reps} forward passes after a warm-up, "
-          f"{rounds} round(s), {fp['threads']} threads, {fp['device']}; each measurement in its own process")
-    print(f"{'bits':>4} {'backend':<13} {'layers':<11} {'latency s':>9} {'vs fp32':>7} {'range':>11} {'vs HuBERT':>9} {'est':>6} {'est full':>8} "
-          f"{'RSS MB':>7} {'peak MB':>8} {'linears MB':>10} {'ideal MB':>8} {'all MB':>7}")
+          f"{rounds} round(s), {first['threads']} threads, {first['device']}; each measurement in its own process")
+    print(f"{'model':<22} {'bits':>4} {'backend':<16} {'layers':<11} {'latency s':>9} {'vs fp32':>7} {'vs best':>7} {'range':>11} "
+          f"{'vs HuBERT':>9} {'est':>6} {'RSS MB':>7} {'peak MB':>8} {'linears MB':>10} {'ideal MB':>8} {'all MB':>7}")
     for r in rows:
         est = r["est_runtime"]
         ideal = f"{r['ideal_mb']:8.2f}" if r["ideal_mb"] is not None else f"{'':>8}"
-        lo, hi = r["measured_range"]
-        print(f"{r['bits']:>4} {r['backend']:<13} {r.get('layers') or '':<11} {r['latency_s']:9.3f} {r['measured_runtime']:7.2f} "
-              f"{f'{lo:.2f}-{hi:.2f}':>11} {r['measured_vs_reference']:9.2f} {est['encoder']:6.3f} {est['full']:8.3f} {r['rss_mb']:7.0f} {r['peak_rss_mb']:8.0f} "
-              f"{r['linear_weights_mb']:10.2f} {ideal} {r['all_weights_mb']:7.1f}")
+        linears = f"{r['linear_weights_mb']:10.2f}" if r["linear_weights_mb"] is not None else f"{'':>10}"
+        lo, hi = r["vs_best_fp32_range"]
+        print(f"{r['upstream']:<22} {r['bits']:>4} {r['backend']:<16} {r.get('layers') or '':<11} {r['latency_s']:9.3f} "
+              f"{r['measured_runtime']:7.2f} {r['measured_vs_best_fp32']:7.2f} {f'{lo:.2f}-{hi:.2f}':>11} "
+              f"{r['measured_vs_reference']:9.2f} {est['encoder']:6.3f} {r['rss_mb']:7.0f} {r['peak_rss_mb']:8.0f} "
+              f"{linears} {ideal} {r['all_weights_mb']:7.1f}")
     for r in rows:
         if "cuda_peak_mb" in r:
             print(f"  {r['bits']}-bit {r['backend']} {r.get('layers') or ''}: CUDA memory allocated {r['cuda_allocated_mb']:.0f} MB, "
                   f"peak during the forward passes {r['cuda_peak_mb']:.0f} MB")
-    print("layers: transformer = its linears quantized, all = every linear and convolution (CNN, feature projection and "
-          "positional convolution too); vs fp32: median over rounds of the latency over the same round's fp32 latency "
-          "(range: min-max); vs HuBERT: the same over HuBERT Base's fp32 latency (the paper's unit); est / est full: the bit-operation estimate of the transformer encoder / of the whole "
-          "model, relative to fp HuBERT Base; linears MB: resident bytes of the quantized transformer linears; ideal "
-          "MB: bits x weights / 8 plus one fp16 scale per row or group; all MB: every parameter and buffer of the "
-          "model (RSS, peak and MB columns from the first round)")
+    print(f"vs fp32: median over rounds of the latency over the same round's PyTorch fp32 latency of {upstream}; vs best: the "
+          f"same over the round's fastest fp32 ({winner} here{'' if peers else '; no ONNX Runtime peers'}), with its range "
+          "(min-max); vs HuBERT: over HuBERT Base's fastest fp32 latency of the round (the paper's unit, on its best runtime); est: the bit-operation estimate "
+          "of the transformer encoder, relative to fp HuBERT Base; layers: transformer = its linears quantized, all = every "
+          "linear and convolution; ort-*: the fp32 model exported to ONNX (bench export) on ONNX Runtime, as is or after "
+          "ORT's quantize_dynamic int8 (MatMul/Gemm only, or every op it quantizes); onnxruntime(-int8): our export of the "
+          "quantized model (MatMulNBits; -int8: 8-bit inputs); linears MB: resident bytes of the quantized transformer "
+          "linears (in the graph for exports); ideal MB: bits x weights / 8 plus one fp16 scale per row or group; all MB: "
+          "every parameter and buffer (the graph file for exports); RSS and peak: the process after loading (Python and "
+          "PyTorch included), from the first round")
     if out:
         import platform
 
@@ -534,7 +603,8 @@ def perf_deploy(upstream: str, configs: list[tuple[int, str, int | None, str]], 
         record = {"upstream": upstream, "seconds": seconds, "batch": batch, "reps": reps, "rounds": rounds, "weights": "random",
                   "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or platform.system()}",
                   "reference": REFERENCE_UPSTREAM,
-                  "reference_latency_s": statistics.median(r["latency_s"] for r in measured[reference or plan[0]]),
+                  "reference_latency_s": statistics.median(r["latency_s"] for r in measured[reference or fp]),
+                  "fastest_fp32": winner, "reference_unit": "the fastest fp32 of the round" if peers else "PyTorch fp32",
                   "rows": rows}
         print(f"wrote {write_atomic(out, json.dumps(record, indent=1))}")
     return 0

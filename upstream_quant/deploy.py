@@ -44,7 +44,7 @@ BACKENDS = ("reference", "int8-dynamic", "int4-weight", "packed", "packed-int8")
 # the reference) and ``compact`` (the first form that keeps the bit width's memory, unmeasured)
 CHOOSERS = ("auto", "compact")
 # whole-model runtimes rather than layer forms: the model exported (`onnx_export`) and run there
-RUNTIMES = ("onnxruntime",)
+RUNTIMES = ("onnxruntime", "onnxruntime-int8")
 CHOICES = CHOOSERS + BACKENDS + RUNTIMES  # what `deploy`, suite specs (SPEC@CHOICE) and perf configs take
 INT4_GROUPS = (32, 64, 128, 256)
 
@@ -448,10 +448,10 @@ def deploy(model: nn.Module, backend: str = "auto", device: str | torch.device |
     layers = {n: m for n, m in model.named_modules() if isinstance(m, QuantizedLayer)}
     if not layers:
         raise DeployError("the model has no quantized layers (quantize it first, or load a packed file)")
-    if backend == "onnxruntime":
+    if backend in RUNTIMES:  # -int8: MatMulNBits multiplies 8-bit inputs (ORT's accuracy_level 4)
         from .ort_backend import deploy_onnxruntime
 
-        return deploy_onnxruntime(model, target)
+        return deploy_onnxruntime(model, target, int8_inputs=backend == "onnxruntime-int8")
     plan, notes = {}, {}
     if backend == "auto":
         out = copy_module(model).to(target).eval()
@@ -508,7 +508,9 @@ def resident_weight_bytes(model: nn.Module, quantized_only: bool = True) -> int:
     deployed), or of everything (every parameter and buffer, non-persistent ones included)."""
     total, seen = 0, set()
     for m in model.modules():
-        if isinstance(m, _Deployed) or getattr(m, "backend", None) == "onnxruntime":
+        if getattr(m, "backend", None) in RUNTIMES:  # an exported model: its graph's bytes
+            total += m.resident_bytes() if quantized_only else m.file_bytes
+        elif isinstance(m, _Deployed):
             total += m.resident_bytes()
         elif isinstance(m, QuantizedLayer) or not quantized_only:
             for t in [*m.parameters(recurse=False), *m.buffers(recurse=False)]:

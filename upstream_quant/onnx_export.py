@@ -76,9 +76,10 @@ def why_not_onnx(layer: QuantizedLayer) -> str | None:
 
 @torch.library.custom_op("lowbit::matmul_nbits", mutates_args=())
 def matmul_nbits(x: torch.Tensor, b: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None,
-                 k: int, n: int, bits: int, block: int) -> torch.Tensor:
+                 k: int, n: int, bits: int, block: int, accuracy: int = 0) -> torch.Tensor:
     """x @ W^T with W in MatMulNBits' layout (codes packed low bits first, (code - zero) x scale
-    per block): what ORT computes, in PyTorch, so the layout is tested without ORT."""
+    per block): what ORT computes at ``accuracy`` 0, in PyTorch, so the layout is tested without
+    ORT (the int8 inputs of ``accuracy`` 4 are ORT's alone)."""
     shifts = torch.arange(0, 8, bits, device=b.device, dtype=torch.uint8)
     codes = ((b[..., None] >> shifts) & (2**bits - 1)).reshape(n, -1, block).float()
     blocks = codes.shape[1]
@@ -91,7 +92,7 @@ def matmul_nbits(x: torch.Tensor, b: torch.Tensor, scales: torch.Tensor, zeros: 
 
 
 @matmul_nbits.register_fake
-def _(x, b, scales, zeros, k, n, bits, block):
+def _(x, b, scales, zeros, k, n, bits, block, accuracy=0):
     return x.new_empty(*x.shape[:-1], n)
 
 
@@ -110,9 +111,10 @@ def _(codes, scales, zeros):
 class MatMulNBitsLinear(nn.Module):
     """A quantized linear layer in MatMulNBits' layout (the form the export writes)."""
 
-    def __init__(self, layer: QuantizedLayer):
+    def __init__(self, layer: QuantizedLayer, int8_inputs: bool = False):
         super().__init__()
         n, k = layer.codes.shape
+        self.accuracy = 4 if int8_inputs else 0
         bits, block = onnx_bits(layer.bits), block_size(layer)
         blocks = math.ceil(k / block)
         codes, scale, zero = layer.codes.detach().cpu().to(torch.uint8), layer.scale.detach().cpu().float(), layer.zero.detach().cpu().float()
@@ -135,7 +137,7 @@ class MatMulNBitsLinear(nn.Module):
         self.bias = None if layer.bias is None else nn.Parameter(layer.bias.detach().cpu().clone(), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.ops.lowbit.matmul_nbits(x, self.b, self.scales, self.zeros, self.k, self.n, self.bits, self.block)
+        y = torch.ops.lowbit.matmul_nbits(x, self.b, self.scales, self.zeros, self.k, self.n, self.bits, self.block, self.accuracy)
         return y if self.bias is None else y + self.bias
 
     def weight_bytes(self) -> int:
@@ -193,13 +195,13 @@ def _translations() -> dict:
         outputs=[param("Y", "T1")],
         type_constraints=[("T1", ["tensor(float)"], ""), ("T2", ["tensor(uint8)"], ""),
                           ("T3", ["tensor(uint8)", "tensor(float)"], "")],
-        attributes=[attr(a, OpSchema.AttrType.INT, "") for a in ("K", "N", "bits", "block_size")])
+        attributes=[attr(a, OpSchema.AttrType.INT, "") for a in ("K", "N", "bits", "block_size", "accuracy_level")])
     nbits = onnxscript.values.Op(onnxscript.values.Opset("com.microsoft", 1), "MatMulNBits", schema)
 
-    def matmul(x, b, scales, zeros, k: int, n: int, bits: int, block: int):
+    def matmul(x, b, scales, zeros, k: int, n: int, bits: int, block: int, accuracy: int = 0):
         if zeros is None:
-            return nbits(x, b, scales, K=k, N=n, bits=bits, block_size=block)
-        return nbits(x, b, scales, zeros, K=k, N=n, bits=bits, block_size=block)
+            return nbits(x, b, scales, K=k, N=n, bits=bits, block_size=block, accuracy_level=accuracy)
+        return nbits(x, b, scales, zeros, K=k, N=n, bits=bits, block_size=block, accuracy_level=accuracy)
 
     def dequant(codes, scales, zeros):
         return op.DequantizeLinear(codes, scales, zeros, axis=0)
@@ -227,11 +229,15 @@ def require_onnx() -> None:
         raise ExportError(f"ONNX export and ONNX Runtime need {', '.join(missing)}: {EXTRA_HINT}")
 
 
-def export_onnx(model: nn.Module, path: str | Path, example_seconds: float = 2.0) -> dict:
+def export_onnx(model: nn.Module, path: str | Path, int8_inputs: bool = False, store_half: bool = True,
+                example_seconds: float = 2.0) -> dict:
     """Write `model` (quantized or full precision) as ONNX at `path`: input ``wav`` (1, samples),
     outputs ``hidden_state_0..`` (1, frames, dim), the length dynamic. Returns a report: layers
     per written form, the quantized layers' weight bytes in the graph and in our packed format,
-    the file's bytes and the packed file's (`stored_bytes`)."""
+    the file's bytes and the packed file's (`stored_bytes`). ``int8_inputs``: MatMulNBits quantizes
+    its inputs to 8 bits per block and multiplies in int8 (ORT's ``accuracy_level`` 4, its fast
+    path at 4 and 8 bits; the outputs change slightly). ``store_half`` False: every float tensor
+    in float32 (a plain export, as a user would make of a full-precision model)."""
     import onnx
 
     require_onnx()
@@ -244,11 +250,11 @@ def export_onnx(model: nn.Module, path: str | Path, example_seconds: float = 2.0
 
     export = copy_module(model).cpu().float().eval()
     forms: dict[str, int] = {}
-    weight_bytes = 0
+    layer_bytes = {}
     for name, layer in layers.items():
-        built = MatMulNBitsLinear(layer) if layer.kind == "linear" else DequantizeConv(layer)
+        built = MatMulNBitsLinear(layer, int8_inputs) if layer.kind == "linear" else DequantizeConv(layer)
         forms[_form(layer)] = forms.get(_form(layer), 0) + 1
-        weight_bytes += built.weight_bytes()
+        layer_bytes[name] = built.weight_bytes()
         export.set_submodule(name, built)
     wav = 0.1 * torch.randn(1, int(example_seconds * 16000), generator=torch.Generator().manual_seed(0))
     samples = torch.export.Dim("samples", min=max(_min_samples(model), 2), max=30 * 16000)
@@ -260,11 +266,11 @@ def export_onnx(model: nn.Module, path: str | Path, example_seconds: float = 2.0
                                     dynamic_shapes={"wav": {1: samples}}, opset_version=OPSET,
                                     custom_translation_table=_translations(), verbose=False)
     proto = program.model_proto
-    stored_half = _store_half(proto)
+    stored_half = _store_half(proto) if store_half else 0
     tmp = path.with_name(path.name + ".tmp")
     onnx.save_model(proto, str(tmp))
     tmp.replace(path)
-    return {"path": str(path), "layers": forms, "layer_names": sorted(layers), "quantized_weight_bytes": weight_bytes,
+    return {"path": str(path), "layers": forms, "layer_bytes": layer_bytes, "quantized_weight_bytes": sum(layer_bytes.values()),
             "stored_weight_bytes": sum(weight_bytes_of(w) for w in stored_weights(model).values()),
             "file_bytes": path.stat().st_size, "stored_bytes": stored_bytes(model), "fp16_tensors": stored_half,
             "num_hidden_states": model.num_hidden_states}

@@ -50,6 +50,7 @@ class OrtUpstream(Upstream):
         if hasattr(like, "last_transformer_state"):
             self.last_transformer_state = like.last_transformer_state
         self.path, self.report = str(path), report
+        self.file_bytes = os.path.getsize(path)  # the graph and its weights, as loaded
         self.session = session(path, device)
         # so that .to(device) and a device lookup work as on any upstream; no weights live here
         self.register_buffer("anchor", torch.zeros(0, device=device), persistent=False)
@@ -75,17 +76,22 @@ class OrtUpstream(Upstream):
         the session's own resident memory is measured by ``bench perf deploy``."""
         return int(self.report["quantized_weight_bytes"])
 
+    def layer_bytes(self, name: str) -> int:
+        """One quantized layer's weight bytes in the graph."""
+        return int(self.report["layer_bytes"][name])
 
-def deploy_onnxruntime(model: nn.Module, device: torch.device, folder: str | Path | None = None) -> OrtUpstream:
-    """`model` exported to ONNX (in `folder`, else a temporary folder removed with the session's
-    file handle) and loaded in ONNX Runtime on `device`."""
+
+def deploy_onnxruntime(model: nn.Module, device: torch.device, int8_inputs: bool = False,
+                       folder: str | Path | None = None) -> OrtUpstream:
+    """`model` exported to ONNX (in `folder`, else a temporary folder removed once the session
+    holds the graph) and loaded in ONNX Runtime on `device`; ``int8_inputs`` as `export_onnx`'s."""
     require_onnx()
     folder = Path(folder) if folder is not None else Path(tempfile.mkdtemp(prefix="lowbit-onnx-"))
     path = folder / f"{getattr(model, 'name', 'upstream')}.onnx"
-    report = export_onnx(model, path)
+    report = export_onnx(model, path, int8_inputs=int8_inputs)
     out = OrtUpstream(path, model, report, device)
-    layers = report.get("layer_names", [])
-    out.deploy_backends, out.deploy_notes = {name: "onnxruntime" for name in layers}, {}
+    backend = "onnxruntime-int8" if int8_inputs else "onnxruntime"
+    out.deploy_backends, out.deploy_notes = {name: backend for name in report["layer_bytes"]}, {}
     if folder.name.startswith("lowbit-onnx-"):  # the session holds the graph in memory; the file is not needed
         os.remove(path)
         folder.rmdir()
