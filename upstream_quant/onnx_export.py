@@ -21,7 +21,9 @@ requantize the weights, which would not be the model we measured.
 from __future__ import annotations
 
 import functools
+import logging
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -241,6 +243,10 @@ def export_onnx(model: nn.Module, path: str | Path, int8_inputs: bool = False, s
     import onnx
 
     require_onnx()
+    from .upstream import Upstream
+
+    if getattr(type(model), "forward_one", Upstream.forward_one) is Upstream.forward_one:
+        raise ExportError(f"{getattr(model, 'name', type(model).__name__)} has no single-utterance path (forward_one) to export")
     layers = {n: m for n, m in model.named_modules() if isinstance(m, QuantizedLayer)}
     problems = [f"{n} ({m.bits}-bit {m.kind}): {why}" for n, m in layers.items() if (why := why_not_onnx(m))]
     if problems:
@@ -260,11 +266,19 @@ def export_onnx(model: nn.Module, path: str | Path, int8_inputs: bool = False, s
     samples = torch.export.Dim("samples", min=max(_min_samples(model), 2), max=30 * 16000)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with torch.no_grad():
-        program = torch.onnx.export(_Single(export), (wav,), dynamo=True, input_names=["wav"],
-                                    output_names=[f"hidden_state_{i}" for i in range(model.num_hidden_states)],
-                                    dynamic_shapes={"wav": {1: samples}}, opset_version=OPSET,
-                                    custom_translation_table=_translations(), verbose=False)
+    # the exporter logs what it skips (torchvision's ops) and warns about its own internals: noise
+    # to a user, who sees the export's report and its check instead
+    quiet, level = logging.getLogger("torch.onnx"), logging.getLogger("torch.onnx").level
+    quiet.setLevel(logging.ERROR)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(_Single(export).eval(), (wav,), dynamo=True, input_names=["wav"],
+                                        output_names=[f"hidden_state_{i}" for i in range(model.num_hidden_states)],
+                                        dynamic_shapes={"wav": {1: samples}}, opset_version=OPSET,
+                                        custom_translation_table=_translations(), verbose=False)
+    finally:
+        quiet.setLevel(level)
     proto = program.model_proto
     stored_half = _store_half(proto) if store_half else 0
     tmp = path.with_name(path.name + ".tmp")
