@@ -107,11 +107,13 @@ def paper_table(results_root: Path | None = None, seconds: float = 10.0, resampl
 def measured_runtimes(root: Path | None) -> dict[tuple[str, int], tuple[float, str]]:
     """(upstream, bits) -> (measured forward time over HuBERT Base's fp32, backend) from ``bench
     perf deploy --out STORE/deploy/UPSTREAM.json``: the fastest measured of the forms `deploy(auto)`
-    times that keep the bit width's memory (int8 kernels at 8 bits, packed weights below); 16
-    bits is the fp32 model itself."""
+    times that keep the bit width's memory (int8 kernels at 8 bits, packed weights below) and of
+    our ONNX exports on ONNX Runtime; 16 bits is the fp32 model on its fastest runtime (PyTorch
+    or ONNX Runtime). Files with ONNX Runtime peers time HuBERT Base's fp32 on both runtimes and
+    take the faster as the unit."""
     import json
 
-    from upstream_quant.deploy import auto_backends
+    from upstream_quant.deploy import RUNTIMES, auto_backends
 
     from .results import RESULTS_DIR
 
@@ -121,14 +123,18 @@ def measured_runtimes(root: Path | None) -> dict[tuple[str, int], tuple[float, s
         # Times over HuBERT Base's fp32, as the paper's runtimes are (files written before that
         # column was recorded are HuBERT Base's own, whose fp32 is that reference). The table's
         # models quantize the transformer's linears: rows that quantize other layers too (all,
-        # cnn8) are left out.
-        by = {(r["bits"], r["backend"]): r.get("measured_vs_reference", r["measured_runtime"]) for r in record["rows"]
-              if r.get("layers") in (None, "transformer")}
-        for bits in {b for b, _ in by}:
-            # the fastest of the forms deploy(auto) times that keep the bit width's memory
-            measured = [(by[(bits, b)], b) for b in (("fp32",) if bits == 16 else auto_backends(bits)) if (bits, b) in by]
-            if measured:
-                out[(record["upstream"], bits)] = min(measured)
+        # cnn8) are left out. Rows of another upstream timed alongside count for that upstream.
+        by: dict[str, dict] = {}
+        for r in record["rows"]:
+            if r.get("layers") in (None, "transformer"):
+                by.setdefault(r.get("upstream", record["upstream"]), {})[(r["bits"], r["backend"])] = (
+                    r.get("measured_vs_reference", r["measured_runtime"]))
+        for upstream, times in by.items():
+            for bits in {b for b, _ in times}:
+                forms = ("fp32", "ort-fp32") if bits == 16 else (*auto_backends(bits), *RUNTIMES)
+                measured = [(times[(bits, b)], b) for b in forms if (bits, b) in times]
+                if measured:
+                    out[(upstream, bits)] = min(measured)
     return out
 
 
@@ -397,6 +403,7 @@ def deploy_table(upstream: str, store: Path) -> pd.DataFrame:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no deploy measurements (bench perf deploy --upstream {upstream} --out {path})")
     record = json.loads(path.read_text())
+    alongside = any(r.get("upstream", record["upstream"]) != record["upstream"] for r in record["rows"])
     rows = []
     for r in record["rows"]:
         if "est_runtime" in r:  # the measured model's own (bench perf deploy records it)
@@ -405,14 +412,19 @@ def deploy_table(upstream: str, store: Path) -> pd.DataFrame:
             groups = FEATURE_GROUPS if r.get("layers") == "all" else ("transformer",)
             est = cost_report(record["upstream"], r["bits"], record["seconds"], groups).est_runtime
         lo, hi = r["measured_range"]
-        rows.append({"bits": r["bits"], "backend": r["backend"], "layers": r.get("layers"),
+        best = r.get("vs_best_fp32_range")
+        rows.append({**({"model": r.get("upstream", record["upstream"])} if alongside else {}),
+                     "bits": r["bits"], "backend": r["backend"], "layers": r.get("layers"),
                      "latency_s": round(r["latency_s"], 3),
                      "audio_s_per_s": round(record.get("batch", 1) * record["seconds"] / r["latency_s"], 1),
                      "measured_runtime": round(r["measured_runtime"], 2),
                      **({} if record["upstream"] == record.get("reference", record["upstream"])
                         else {f"vs_{record['reference']}": round(r["measured_vs_reference"], 2),
                               f"vs_{record['reference']}_range": "-".join(f"{v:.2f}" for v in r.get("vs_reference_range", []))}),
-                     "range": f"{lo:.2f}-{hi:.2f}", "linears_mb_resident": round(r["linear_weights_mb"], 2),
+                     "range": f"{lo:.2f}-{hi:.2f}",
+                     **({} if best is None else {"vs_best_fp32": round(r["measured_vs_best_fp32"], 2),
+                                                 "vs_best_fp32_range": "-".join(f"{v:.2f}" for v in best)}),
+                     "linears_mb_resident": None if r["linear_weights_mb"] is None else round(r["linear_weights_mb"], 2),
                      "ideal_mb": None if r["ideal_mb"] is None else round(r["ideal_mb"], 2),
                      "est_runtime": round(est["encoder"], 3), "est_runtime_full": round(est["full"], 3)})
     return pd.DataFrame(rows)

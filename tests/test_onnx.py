@@ -164,3 +164,24 @@ def test_suite_specs_take_the_onnxruntime_backends():
     assert QuantSpec.parse("qat:2:s150@onnxruntime-int8").deploy == "onnxruntime-int8"
     with pytest.raises(ValueError, match="onnxruntime"):
         QuantSpec.parse("uniform:4@onnx")
+
+
+@pytest.mark.slow
+def test_perf_deploy_times_the_onnx_runtime_peers_and_the_fastest_fp32_in_each_round(tmp_path, capsys):
+    import json
+
+    out = tmp_path / "deploy" / "whisper_tiny_en.json"
+    assert main(["perf", "deploy", "--upstream", "whisper_tiny_en", "--seconds", "0.5", "--reps", "1", "--batch", "1",
+                 "--configs", "4:onnxruntime", "--alongside", "distil_whisper_tiny_en", "--out", str(out)]) == 0
+    record = json.loads(out.read_text())
+    rows = {(r["upstream"], r["backend"]): r for r in record["rows"]}
+    assert {b for u, b in rows if u == "whisper_tiny_en"} == {"fp32", "ort-fp32", "ort-int8-matmul", "ort-int8-all", "onnxruntime"}
+    assert {b for u, b in rows if u == "distil_whisper_tiny_en"} == {"fp32", "ort-fp32"}
+    torch_fp, ort_fp = rows[("whisper_tiny_en", "fp32")], rows[("whisper_tiny_en", "ort-fp32")]
+    fastest = min(torch_fp["latency_s"], ort_fp["latency_s"])
+    for r in record["rows"]:  # one round: each ratio is the row's latency over the round's fastest fp32
+        assert r["measured_vs_best_fp32"] == pytest.approx(r["latency_s"] / fastest, rel=1e-3)
+    assert min(torch_fp["measured_vs_best_fp32"], ort_fp["measured_vs_best_fp32"]) == pytest.approx(1.0)
+    four = rows[("whisper_tiny_en", "onnxruntime")]
+    assert four["linear_weights_mb"] == pytest.approx(four["ideal_mb"], rel=0.03)  # 4-bit codes in the graph
+    assert record["fastest_fp32"] in ("PyTorch", "ONNX Runtime") and "vs best" in capsys.readouterr().out
