@@ -202,6 +202,31 @@ def test_bench_table_paper_shows_measured_runtime_when_a_deploy_measurement_exis
     assert pd_isna(table.loc["hubert_base/4bit", "measured_runtime"]) and table.loc["distilhubert/fp16", "measured_runtime"] == 0.45
 
 
+def test_the_paper_table_takes_onnx_exports_and_the_fastest_fp32_and_files_alongside_rows_under_their_upstream(tmp_path):
+    from bench.tables import deploy_table, paper_table
+
+    def row(bits, backend, vs_ref, upstream="hubert_base", **extra):
+        return {"upstream": upstream, "bits": bits, "backend": backend, "measured_runtime": vs_ref, "measured_vs_reference": vs_ref,
+                "measured_vs_best_fp32": vs_ref, "vs_best_fp32_range": [vs_ref, vs_ref], "latency_s": vs_ref,
+                "measured_range": [vs_ref, vs_ref], "linear_weights_mb": None, "ideal_mb": None,
+                "est_runtime": {"encoder": 1.0, "full": 1.0}, **extra}
+
+    rows = [row(16, "fp32", 1.25), row(16, "ort-fp32", 1.0), row(8, "ort-int8-matmul", 0.4),  # ORT's int8 is no row of ours
+            row(8, "int8-dynamic", 0.5, layers="transformer"), row(2, "packed-int8", 0.7, layers="transformer"),
+            row(2, "onnxruntime", 0.9, layers="transformer"), row(1, "onnxruntime", 0.6, layers="transformer"),
+            row(1, "packed-int8", 0.65, layers="transformer"),
+            row(16, "fp32", 0.55, upstream="distilhubert"), row(16, "ort-fp32", 0.45, upstream="distilhubert")]
+    (tmp_path / "deploy").mkdir()
+    (tmp_path / "deploy" / "hubert_base.json").write_text(json.dumps({"upstream": "hubert_base", "seconds": 10.0, "rows": rows}))
+    table = paper_table(tmp_path).set_index("paper_row")
+    measured = table[["measured_runtime", "measured_backend"]].apply(tuple, axis=1).to_dict()
+    assert measured["hubert_base/fp16"] == (1.0, "ort-fp32") and measured["hubert_base/8bit"] == (0.5, "int8-dynamic")
+    assert measured["hubert_base/2bit"] == (0.7, "packed-int8") and measured["hubert_base/1bit"] == (0.6, "onnxruntime")
+    assert measured["distilhubert/fp16"] == (0.45, "ort-fp32")
+    shown = deploy_table("hubert_base", tmp_path)
+    assert list(shown.model[-2:]) == ["distilhubert"] * 2 and list(shown.vs_best_fp32[:2]) == [1.25, 1.0]
+
+
 def test_the_deploy_table_reads_perf_deploy_output_beside_the_estimate_of_the_layers_it_quantizes(tmp_path):
     from bench.tables import deploy_table, table_markdown
     from upstream_quant.accounting import cost_report
