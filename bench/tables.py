@@ -200,10 +200,12 @@ Columns without the `paper_` prefix are ours; `paper_*` are the figures publishe
   LibriSpeech test-clean (2,620 utterances, 52,576 words) gives intervals of a few tenths of a
   point at these WERs; the synthetic corpora of the CPU suites give wider ones.
 - measured_runtime (when STORE/deploy/UPSTREAM.json exists, from `bench perf deploy --out`): the
-  forward time of the bit width's deployed model over fp32 HuBERT Base's (the paper's unit for
-  runtimes; DistilHuBERT's file times both), measured on one machine with random weights (speed
-  does not depend on them), one 10 s utterance; measured_backend is the backend (int8 kernels at
-  8 bits, bit-packed weights below). A measurement of this machine, not of the paper's.
+  forward time of the bit width's fastest deployed model (our kernels or our ONNX export on ONNX
+  Runtime) over fp32 HuBERT Base's on its fastest runtime (PyTorch or ONNX Runtime, timed in the
+  same rounds; the paper's unit for runtimes), measured on one machine with random weights (speed
+  does not depend on them), one 10 s utterance; the fp rows are the fp32 model on its fastest
+  runtime; measured_backend is the form (ort-fp32: ONNX Runtime). A measurement of this machine,
+  not of the paper's.
 """
 
 
