@@ -312,6 +312,9 @@ MINI_CLAIMS = [
         ("uniform8@int8-dynamic", "uniform8"), ("uniform8-all@int8-dynamic", "uniform8-all"), ("uniform4@int8-dynamic", "uniform4"),
         ("uniform4@packed", "uniform4"), ("uniform2@packed", "uniform2"), ("binary1@packed", "binary1"),
         ("uniform4@packed-int8", "uniform4"), ("qat2@packed-int8", "qat2"), ("qat1@packed-int8", "qat1"))],
+    *[("mini-onnx", f"{W}/{dep}/reuse", f"{W}/{ref}/reuse", "asr", "digits", "wer", "≈") for dep, ref in (
+        ("uniform8@onnxruntime-int8", "uniform8"), ("uniform4@onnxruntime", "uniform4"),
+        ("uniform4@onnxruntime-int8", "uniform4"), ("qat2@onnxruntime", "qat2"))],
 ]
 
 
