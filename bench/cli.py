@@ -536,24 +536,25 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
 
     from upstream_quant.deploy import deploy, resident_weight_bytes
     from upstream_quant.packed import load_packed
+    from upstream_quant.upstream import module_device
 
     from .perf import measure_latency
 
     reference = load_packed(args.packed, device=args.device)
     deployed = deploy(reference, args.backend)
-    device = next(reference.parameters()).device
+    device = module_device(reference)
     gen = torch.Generator().manual_seed(args.seed)
     wavs = (0.1 * torch.randn(2, int(args.seconds * 16000), generator=gen)).to(device)
     lens = torch.tensor([wavs.shape[1], wavs.shape[1] * 3 // 4], device=device)
 
-    def timed(model) -> tuple[list, float]:
+    def timed(model) -> tuple[list, list[int], float]:
         with torch.no_grad():
-            states = model(wavs, lens)[0]
-        return states, measure_latency(model, wavs, lens, args.reps)
+            states, lengths = model(wavs, lens)
+        return states, lengths[-1].tolist(), measure_latency(model, wavs, lens, args.reps)
 
-    ref_states, t_ref = timed(reference)
-    dep_states, t_dep = timed(deployed)
-    frames = reference(wavs, lens)[1][-1].tolist()  # a padded frame's value is no form's output: compare the real ones
+    ref_states, frames, t_ref = timed(reference)
+    dep_states, _, t_dep = timed(deployed)
+    # a padded frame's value is no form's output: compare the real ones
     ref_states = [torch.cat([s[i, :n] for i, n in enumerate(frames)]) for s in ref_states]
     dep_states = [torch.cat([s[i, :n] for i, n in enumerate(frames)]) for s in dep_states]
     counts = Counter(deployed.deploy_backends.values())

@@ -395,17 +395,17 @@ def ort_peer(base, backend: str, device: torch.device):
     from upstream_quant.onnx_export import export_onnx
     from upstream_quant.ort_backend import OrtUpstream
 
-    folder = Path(tempfile.mkdtemp(prefix="lowbit-peer-"))
-    path = folder / "fp32.onnx"
-    report = export_onnx(base, path, store_half=False)
-    if backend != "ort-fp32":
-        from onnxruntime.quantization import QuantType, quantize_dynamic
+    with tempfile.TemporaryDirectory(prefix="lowbit-peer-") as folder:  # the session holds the graph in memory
+        path = Path(folder) / "fp32.onnx"
+        report = export_onnx(base, path, store_half=False)
+        if backend != "ort-fp32":
+            from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        quantized = folder / "int8.onnx"
-        quantize_dynamic(path, quantized, weight_type=QuantType.QInt8,
-                         op_types_to_quantize=["MatMul", "Gemm"] if backend == "ort-int8-matmul" else None)
-        path = quantized
-    return OrtUpstream(path, base, report, device)
+            quantized = Path(folder) / "int8.onnx"
+            quantize_dynamic(path, quantized, weight_type=QuantType.QInt8,
+                             op_types_to_quantize=["MatMul", "Gemm"] if backend == "ort-int8-matmul" else None)
+            path = quantized
+        return OrtUpstream(path, base, report, device)
 
 
 def deploy_probe(upstream: str, bits: int, backend: str, group_size: int | None, seconds: float, reps: int, batch: int,
@@ -545,6 +545,7 @@ def perf_deploy(upstream: str, configs: list[tuple[int, str, int | None, str]], 
 
     if not measured[fp] or (reference and not measured[reference]):
         return 1
+
     def fastest(keys) -> dict[int, float]:
         """Per round, the fastest fp32 of `keys` (PyTorch's, and ONNX Runtime's when timed)."""
         return {i: min(t for t in (latency(k).get(i) for k in keys if k) if t is not None) for i in latency(keys[0])}

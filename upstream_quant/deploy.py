@@ -439,12 +439,11 @@ def deploy(model: nn.Module, backend: str = "auto", device: str | torch.device |
     notes in ``deploy_notes`` each layer that kept the reference form because no low-bit form
     was faster."""
     from .quantize import copy_module
-    from .upstream import pick_device
+    from .upstream import module_device, pick_device
 
     if backend not in CHOICES:
         raise DeployError(f"unknown backend {backend!r}; known: {', '.join(CHOICES)}")
-    first = next(iter(model.parameters()), None)
-    target = pick_device(device) if device is not None else (first.device if first is not None else torch.device("cpu"))
+    target = pick_device(device) if device is not None else module_device(model)
     layers = {n: m for n, m in model.named_modules() if isinstance(m, QuantizedLayer)}
     if not layers:
         raise DeployError("the model has no quantized layers (quantize it first, or load a packed file)")

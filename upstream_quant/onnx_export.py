@@ -259,7 +259,8 @@ def export_onnx(model: nn.Module, path: str | Path, int8_inputs: bool = False, s
     layer_bytes = {}
     for name, layer in layers.items():
         built = MatMulNBitsLinear(layer, int8_inputs) if layer.kind == "linear" else DequantizeConv(layer)
-        forms[_form(layer)] = forms.get(_form(layer), 0) + 1
+        form = _form(layer)
+        forms[form] = forms.get(form, 0) + 1
         layer_bytes[name] = built.weight_bytes()
         export.set_submodule(name, built)
     wav = 0.1 * torch.randn(1, int(example_seconds * 16000), generator=torch.Generator().manual_seed(0))

@@ -20,7 +20,7 @@ from .onnx_export import EXTRA_HINT, ExportError, export_onnx, require_onnx
 from .upstream import Upstream, check_batch
 
 
-def session(path: str | Path, device: torch.device, threads: int | None = None):
+def session(path: str | Path, device: torch.device):
     """An ORT session on `device` (CUDA's provider when this onnxruntime has it, CPU's for the
     rest), with as many threads as PyTorch uses, so the two are timed alike."""
     try:
@@ -28,7 +28,7 @@ def session(path: str | Path, device: torch.device, threads: int | None = None):
     except ImportError as err:
         raise ExportError(f"the onnxruntime backend needs onnxruntime: {EXTRA_HINT}") from err
     options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.intra_op_num_threads = torch.get_num_threads()
     options.inter_op_num_threads = 1
     options.log_severity_level = 3  # ORT's warnings about unused initializers and providers are noise here
     providers = ["CPUExecutionProvider"]
@@ -49,9 +49,9 @@ class OrtUpstream(Upstream):
         self.downsample_rate, self.group_prefixes = like.downsample_rate, dict(like.group_prefixes)
         if hasattr(like, "last_transformer_state"):
             self.last_transformer_state = like.last_transformer_state
-        self.path, self.report = str(path), report
+        self.report = report
         self.file_bytes = os.path.getsize(path)  # the graph and its weights, as loaded
-        self.session = session(path, device)
+        self.session = session(path, device)  # holds the graph in memory: the file may go
         # so that .to(device) and a device lookup work as on any upstream; no weights live here
         self.register_buffer("anchor", torch.zeros(0, device=device), persistent=False)
 
@@ -81,18 +81,14 @@ class OrtUpstream(Upstream):
         return int(self.report["layer_bytes"][name])
 
 
-def deploy_onnxruntime(model: nn.Module, device: torch.device, int8_inputs: bool = False,
-                       folder: str | Path | None = None) -> OrtUpstream:
-    """`model` exported to ONNX (in `folder`, else a temporary folder removed once the session
-    holds the graph) and loaded in ONNX Runtime on `device`; ``int8_inputs`` as `export_onnx`'s."""
+def deploy_onnxruntime(model: nn.Module, device: torch.device, int8_inputs: bool = False) -> OrtUpstream:
+    """`model` exported to ONNX (in a temporary folder, removed once the session holds the graph)
+    and loaded in ONNX Runtime on `device`; ``int8_inputs`` as `export_onnx`'s."""
     require_onnx()
-    folder = Path(folder) if folder is not None else Path(tempfile.mkdtemp(prefix="lowbit-onnx-"))
-    path = folder / f"{getattr(model, 'name', 'upstream')}.onnx"
-    report = export_onnx(model, path, int8_inputs=int8_inputs)
-    out = OrtUpstream(path, model, report, device)
+    with tempfile.TemporaryDirectory(prefix="lowbit-onnx-") as folder:
+        path = Path(folder) / f"{getattr(model, 'name', 'upstream')}.onnx"
+        report = export_onnx(model, path, int8_inputs=int8_inputs)
+        out = OrtUpstream(path, model, report, device)
     backend = "onnxruntime-int8" if int8_inputs else "onnxruntime"
     out.deploy_backends, out.deploy_notes = {name: backend for name in report["layer_bytes"]}, {}
-    if folder.name.startswith("lowbit-onnx-"):  # the session holds the graph in memory; the file is not needed
-        os.remove(path)
-        folder.rmdir()
     return out
