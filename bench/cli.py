@@ -320,7 +320,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_quantize(args: argparse.Namespace) -> int:
     from upstream_quant import load_upstream
-    from upstream_quant.calibration import load_calibration_dir
+    from upstream_quant.calibration import load_calibration_dir, pad_to_window
     from upstream_quant.io import check_output
     from upstream_quant.packed import save_packed
     from upstream_quant.quantize import quantize
@@ -339,6 +339,11 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     check_output(args.out)
     calib = load_calibration_dir(args.calib, args.calib_count) if args.calib else None
     upstream = load_upstream(args.upstream, checkpoint=args.checkpoint, random_init=args.random_init, device=args.device)
+    if args.window and calib is not None:
+        window = getattr(upstream, "max_samples", None)
+        if window is None:
+            raise SystemExit(f"bench quantize: --window: {args.upstream} reads utterances of any length; it has no fixed input window")
+        calib = pad_to_window(calib, window)
     model = quantize(upstream, config, calibration=calib)
     path = save_packed(model, args.out)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB): {args.upstream} {config}")
@@ -666,6 +671,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--targets", default="transformer", help="comma-separated groups: transformer,cnn,feature_projection,positional_conv or *")
     p.add_argument("--calib", default=None, help="directory of unlabelled 16 kHz .wav/.flac (gptq, recon, --clip output|cosine)")
     p.add_argument("--calib-count", type=int, default=32)
+    p.add_argument("--window", action="store_true",
+                   help="pad each calibration utterance with silence to the upstream's fixed input window, as the "
+                        "model will be fed (Whisper's own decoder reads 30 s windows); suites do it for such tasks")
     p.add_argument("--device", default=None)
     p.add_argument("--out", required=True)
     p.set_defaults(func=_cmd_quantize)

@@ -23,6 +23,7 @@ from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 
+from downstream.tasks import TASKS
 from upstream_quant.io import write_atomic
 
 from .results import load_rows, load_runs, runs_path, store_lock
@@ -195,9 +196,14 @@ class Runner:
     def calibration(self, run: RunSpec, group: str = "all"):
         """Unlabelled calibration audio from the training split of the model's data: ``count``
         utterances (32, or ``--set calibration.count=N``) drawn at random (seeded by the run), of
-        one gender (F/M) or speaker when ``group`` says so."""
+        one gender (F/M) or speaker when ``group`` says so, padded to the input window the run's
+        task feeds the upstream, if it has one (TaskSpec.window: Whisper's decoder reads 30 s)."""
+        from upstream_quant.calibration import pad_to_window
+
         count = int(run.options.get("calibration", {}).get("count", 32))
-        return self._train_corpus(run, group).waveforms(count, seed=run.seed)
+        window = TASKS[run.task].window
+        return pad_to_window(self._train_corpus(run, group).waveforms(count, seed=run.seed),
+                             window(self.upstream(run)) if window else None)
 
     def unlabelled_files(self, run: RunSpec, max_hours: float | None) -> list[str]:
         """Paths of the training split's audio (streamed from disk by QAT), at most ``max_hours``
@@ -324,6 +330,8 @@ class Runner:
             body |= {"audio": {k: v for k, v in table.items() if k not in LOCATION_FIELDS}, "seed": run.seed}
             if run.quant.calib in self.suite.data_tables:  # calibrated on that table
                 body["calib_audio"] = {k: v for k, v in self.suite.data_tables[run.quant.calib].items() if k not in LOCATION_FIELDS}
+            if run.quant.calibrates and TASKS[run.task].window is not None:  # calibrated on the task's input windows
+                body["calib_window"] = run.task
         return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def portable_spec(self, run: RunSpec) -> dict:

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from bench.suites import QuantSpec, SuiteError, load_suite, select
 from conftest import tiny_corpus, tiny_suite_toml
@@ -203,3 +204,42 @@ data = ["b"]
     bad = suite('model_audio = "c"')
     with pytest.raises(SuiteError, match="model_audio 'c' is not defined"):
         load_suite(str(bad))
+
+
+def test_a_task_that_pads_to_a_window_is_calibrated_on_padded_audio(tmp_path):
+    """Whisper's own decoder (e2e_asr) reads 30 s windows: the runner calibrates its models on the
+    same audio padded to 30 s, a different model from the one the digits head's rows calibrate."""
+    from bench.runner import Runner
+    from upstream_quant.calibration import CalibrationError, pad_to_window
+
+    corpus = tiny_corpus(tmp_path)
+    path = tmp_path / "window.toml"
+    path.write_text(f'''name = "window"
+[data.a]
+layout = "librispeech"
+root = "{corpus}"
+train = ["train"]
+dev = ["train"]
+test = ["train"]
+[schedule.asr]
+preset = "mini_asr"
+[schedule.e2e_asr]
+preset = "e2e_asr"
+[[runs]]
+upstreams = ["whisper_tiny_en"]
+quant = ["gptq:3", "uniform:4"]
+tasks = ["asr", "e2e_asr"]
+data = ["a"]
+''')
+    s = load_suite(str(path))
+    runner = Runner(s, tmp_path / "store", device="cpu", progress=False)
+    runs = {(r.quant.label, r.task): r for r in s.runs}
+    keys = {k: runner.model_key(r) for k, r in runs.items()}
+    assert keys["gptq3", "asr"] != keys["gptq3", "e2e_asr"]  # calibrated on other inputs: another model
+    assert keys["uniform4", "asr"] == keys["uniform4", "e2e_asr"]  # no audio used: one model
+    head = runner.calibration(runs["gptq3", "asr"])
+    decoder = runner.calibration(runs["gptq3", "e2e_asr"])
+    assert [w.shape[0] for w in head] == [12000] * 3 and [w.shape[0] for w in decoder] == [480000] * 3
+    assert all(torch.equal(d[:12000], h) and not d[12000:].any() for d, h in zip(decoder, head))
+    with pytest.raises(CalibrationError, match=r"utterance\(s\) \[1\] are longer than the model's input window of 8000"):
+        pad_to_window([torch.zeros(100), torch.zeros(9000)], 8000)

@@ -70,6 +70,23 @@ def check_calibration(wavs: list[torch.Tensor]) -> None:
                       "statistics from a few frames are unreliable")
 
 
+def pad_to_window(wavs: list[torch.Tensor], window: int | None) -> list[torch.Tensor]:
+    """Each waveform followed by silence up to ``window`` samples (None: unchanged).
+
+    A model must be calibrated on the inputs it is deployed on: Whisper's decoder reads 30 s
+    windows, mostly silence after a few seconds of speech, and the encoder's activations over
+    that silence are unlike those over speech. Calibrated on unpadded utterances, GPTQ at 3 bits
+    (groups of 64, asymmetric) gave 30.8 % WER end to end on mini's held-out voice; on the same
+    utterances padded to 30 s, 12.1 % (full precision: 7.1 %)."""
+    if window is None:
+        return list(wavs)
+    long = [i for i, w in enumerate(wavs) if w.shape[-1] > window]
+    if long:
+        raise CalibrationError(f"calibration utterance(s) {long[:5]} are longer than the model's input window of "
+                               f"{window} samples ({window / 16000:g} s at 16 kHz); cut them or leave them out")
+    return [torch.nn.functional.pad(w, (0, window - w.shape[-1])) for w in wavs]
+
+
 def is_waveforms(calibration) -> bool:
     """Our upstreams' convenience: a list of 1-D waveforms (every other input is a model batch)."""
     return isinstance(calibration, (list, tuple)) and bool(calibration) and all(

@@ -74,7 +74,10 @@ class TaskSpec:
     ``prepare(config, train_corpus)``: fills ``config.labels`` from the training data;
     ``check(config)``: what would stop a run before it starts (a missing lexicon), or None, for
     dry runs; ``trains_head``: False for a task evaluated with the upstream's own output layer
-    (end-to-end ASR), which is tested as it is (protocol ``retrain`` then trains nothing)."""
+    (end-to-end ASR), which is tested as it is (protocol ``retrain`` then trains nothing);
+    ``window(upstream)``: the fixed input length in samples the task pads every utterance to
+    before the upstream sees it (Whisper's 30 s for its own decoder), or None: calibration audio
+    is padded the same way, so that a model is calibrated on the inputs it is evaluated on."""
 
     name: str
     title: str
@@ -87,6 +90,7 @@ class TaskSpec:
     prepare: Callable[[TaskConfig, object], TaskConfig] = lambda config, corpus: config
     check: Callable[[TaskConfig], str | None] = lambda config: None
     trains_head: bool = True
+    window: Callable[[object], int | None] | None = None
 
     @property
     def mode(self) -> str:

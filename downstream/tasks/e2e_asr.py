@@ -23,6 +23,14 @@ from .base import TaskConfig, TaskSpec, register_task
 from .ctc import CTCTask
 
 
+def input_window(upstream) -> int | None:
+    """The samples each utterance is padded to before the upstream sees it: Whisper's 30 s window
+    when it decodes with its own text decoder; None for a CTC model (utterances as they are)."""
+    if getattr(upstream, "ctc", None) is None and hasattr(upstream, "text_decoder"):
+        return upstream.max_samples
+    return None
+
+
 class E2EASRTask(CTCTask):
     metric_name, metric_mode = "wer", "min"
 
@@ -48,7 +56,7 @@ class E2EASRTask(CTCTask):
     def predict(self, batch) -> list[tuple[str, str]]:
         if self.text_decoder is None:
             return super().predict(batch)
-        window = self.upstream.upstream.max_samples
+        window = input_window(self.upstream.upstream)
         lengths = batch["lengths"]
         if int(lengths.max()) > window:
             long = [u.id for u, n in zip(batch["utterances"], lengths.tolist()) if n > window]
@@ -77,4 +85,4 @@ def e2e_asr() -> TaskConfig:
 
 SPEC = register_task(TaskSpec(
     name="e2e_asr", title="ASR (end to end, the model's own decoder)", module=E2EASRTask, metrics=("wer", "cer"), axis_label="WER (%)",
-    layouts=("librispeech",), presets={"e2e_asr": e2e_asr}, trains_head=False))
+    layouts=("librispeech",), presets={"e2e_asr": e2e_asr}, trains_head=False, window=input_window))
