@@ -91,11 +91,12 @@ def runs_frame(suite: str, root: Path | None = None):
         base["featurizer_weights"] = row.get("featurizer_weights")
         base["per_utterance"] = row.get("per_utterance")  # None in rows written before they were kept
         base["bit_widths"] = row.get("bit_widths") or []
-        if row.get("bit_map") and row.get("spec", {}).get("quant", {}).get("budget_mb") is not None:
+        q = row.get("spec", {}).get("quant", {})
+        if row.get("bit_map") and (q.get("budget_mb") is not None or q.get("budget_bits") is not None):
             # a model allocated to a budget from a calibration group: for the allocation-difference column
-            q = row.get("spec", {}).get("quant", {})
             base["bit_map"] = row["bit_map"]
-            base["alloc_key"] = (row.get("upstream"), q.get("budget_mb"), q.get("order"), q.get("clip"), q.get("act_bits"))
+            base["alloc_key"] = (row.get("upstream"), q.get("budget_mb"), q.get("order"), q.get("clip"), q.get("act_bits"),
+                                 q.get("budget_bits"), q.get("group_size"), q.get("symmetric"))
             base["calib_group"] = q.get("calib")
         if row.get("quantize_seconds") is not None:  # post-training methods: the time the quantization took
             base["quantize_s"] = row["quantize_seconds"]

@@ -458,6 +458,7 @@ class Runner:
             "clip": q.clip,
             "act_bits": q.act_bits,
             "budget_mb": q.budget_mb,
+            "budget_bits": q.budget_bits,
             "quant": q.label,
             "protocol": run.protocol,
             "task": run.task,

@@ -41,6 +41,7 @@ class QuantSpec:
     act_bits: int | None = None
     # mixed precision (myQASR): budget, calibration group (F, M, a speaker id, a data table, 'all'), order
     budget_mb: float | None = None
+    budget_bits: float | None = None  # or an average width over the allocated weights
     calib: str = "all"
     order: str = "descending"
     # quantization-aware distillation: optimizer steps
@@ -132,7 +133,7 @@ class QuantSpec:
             del out["file"], out["file_sha256"]
         else:
             out["file"] = Path(self.file).name
-        for name in ("deploy", "plain", "symmetric", "steps", "layers"):
+        for name in ("deploy", "plain", "symmetric", "steps", "layers", "budget_bits"):
             if out[name] is None:
                 del out[name]
         return out

@@ -11,6 +11,7 @@ from upstream_quant.methods.mixed import (
     BudgetError, MixedPrecisionConfig, SizeModel, allocate_bits, coverage, mixed_precision, sensitivity, size_model,
 )
 from upstream_quant.packed import load_packed
+from upstream_quant.qweight import QuantizedLayer
 from upstream_quant.quantize import quantize
 from upstream_quant.methods.uniform import UniformConfig, quantize_uniform
 
@@ -197,3 +198,46 @@ def test_hessian_calibration_scores_at_least_minmax_and_runs_in_the_whole_method
     assert report["clip"] == "hessian" and report["size_mb"] <= budget
     with pytest.raises(ValueError, match="needs calibration"):
         quantize(tiny_hubert, UniformConfig(bits=4, clip="hessian"), progress=False)
+
+
+def test_gptq_rounding_to_an_average_width_keeps_the_layers_gptq_leaves_most_error_in_wider(tiny_hubert, monkeypatch):
+    """`rounding="gptq"`: scores are GPTQ's relative output error at the lowest width, the least
+    damaged layers are lowered first, and every linear is rounded by sequential GPTQ."""
+    from upstream_quant.methods import mixed
+
+    torch.manual_seed(0)
+    wavs = [torch.randn(8000) for _ in range(4)]
+    model, report = mixed_precision(tiny_hubert, wavs, None, budget_bits=2.5, rounding="gptq", group_size=16,
+                                    symmetric=False, layer_coverage="transformer")
+    layers = report["layers"]
+    assert report["widths"] == [2, 3] and report["statistic"] == "gptq"
+    assert 2.25 < report["average_bits"] <= 2.5
+    assert min(x["score"] for x in layers if x["bits"] == 3) >= max(x["score"] for x in layers if x["bits"] == 2)
+    kept = {n: m for n, m in model.named_modules() if isinstance(m, QuantizedLayer)}
+    assert set(kept) == {x["name"] for x in layers}
+    assert {m.method for m in kept.values()} == {"gptq"} and {m.group_size for m in kept.values()} == {16}
+    assert {n: m.bits for n, m in kept.items()} == {x["name"]: x["bits"] for x in layers}
+
+    def no_work(*a, **k):
+        raise AssertionError("a bad budget must be refused before any calibration work")
+
+    monkeypatch.setattr(mixed, "gptq_sensitivity", no_work)
+    with pytest.raises(BudgetError, match="an average of 1.5 bits is outside the widths allocated, 2..8"):
+        mixed_precision(tiny_hubert, wavs, None, budget_bits=1.5, rounding="gptq")
+    with pytest.raises(BudgetError, match="give one budget"):
+        mixed_precision(tiny_hubert, wavs, 3.0, budget_bits=2.5, rounding="gptq")
+    with pytest.raises(ValueError, match="groups and zero-points are for GPTQ rounding"):
+        mixed_precision(tiny_hubert, wavs, None, budget_bits=2.5, group_size=16)
+
+
+def test_mixed_tokens_take_an_average_width_and_gptq_rounding():
+    from bench.suites import QuantSpec
+
+    spec = QuantSpec.parse("mixed:2.25b:gptq:g64:asym")
+    assert (spec.budget_bits, spec.budget_mb, spec.clip, spec.group_size, spec.symmetric) == (2.25, None, "gptq", 64, False)
+    assert spec.label == "mixed2.25b-all-gptq-g64-asym"
+    assert "budget_bits" not in QuantSpec.parse("mixed:4.5:calib=F").as_dict()  # older rows' hashes unchanged
+    for token, message in (("mixed:2.25b:g64", "add ':gptq'"), ("mixed:xb", "neither a number of MB nor an average width"),
+                           ("mixed:2.25b:gptq:ascending", "no order option")):
+        with pytest.raises(ValueError, match=message):
+            QuantSpec.parse(token)

@@ -12,6 +12,13 @@
    (``UniformConfig``; the cosine search covers the linears, convolutions keep min-max), optionally
    8-bit activations, through ``quantize`` like any other method.
 
+``rounding="gptq"`` (suite option ``gptq``) is the variant for widths near 2 bits, where
+round-to-nearest collapses: the score of a layer is the output error GPTQ leaves at the lowest
+width, relative to the layer's output energy (tr(dW H dW^T) / tr(W H W^T), H = X^T X of its
+calibration inputs), the layers with the least error are lowered first, and the allocated widths
+are rounded by sequential GPTQ (groups and zero-points as given). The budget may be an average
+width over the allocated weights (``budget_bits``) instead of MB.
+
 Size convention: ``stored`` by default, the bytes of our packed file (b-bit codes, one fp16 scale
 per row, every other parameter fp16), in decimal MB. ``myqasr`` reproduces the reference code's
 count: sum(params x bits) / 8 / 2^20 (MiB), unquantized parameters at 32 bits, scales not counted.
@@ -19,6 +26,7 @@ count: sum(params x bits) / 8 / 2^20 (MiB), unquantized parameters at 32 bits, s
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from dataclasses import dataclass
@@ -36,6 +44,7 @@ from . import MethodSpec, register
 STATISTICS = ("median", "mean", "max", "l1", "l2")
 ORDERS = ("descending", "ascending", "shuffled")
 CONVENTIONS = ("stored", "myqasr")
+ROUNDINGS = ("uniform", "gptq")
 # Elements kept per layer for the median: exact below this, a uniform random sample above it
 # (HuBERT's CNN outputs are tens of millions of values per utterance).
 MEDIAN_SAMPLE = 2_000_000
@@ -103,6 +112,45 @@ def sensitivity(upstream: nn.Module, wavs: Sequence[torch.Tensor], layers: dict[
     if statistic == "l2":
         return {n: math.sqrt(v[0] / v[1]) for n, v in sums.items()}
     return {n: v[0] / v[1] for n, v in sums.items()}
+
+
+def gptq_sensitivity(upstream: nn.Module, wavs: Sequence[torch.Tensor], layers: dict[str, nn.Module], bits: int,
+                     group_size: int | None = None, symmetric: bool = True) -> dict[str, float]:
+    """Per linear layer, the output error GPTQ leaves at ``bits`` relative to the layer's output
+    energy on ``wavs``: tr(dW H dW^T) / tr(W H W^T), H = X^T X (one pass, full-precision inputs).
+    Convolutions (no GPTQ) get the min-max rounding's relative weight error."""
+    from ..calibration import collect_stats
+    from .gptq import GPTQConfig, gptq
+
+    check_calibration(list(wavs))
+    was_training = upstream.training
+    upstream.eval()
+    try:
+        stats = collect_stats(upstream, layers, list(wavs), need_hessian=True, need_sample=False)
+    finally:
+        upstream.train(was_training)
+    config = GPTQConfig(bits=bits, group_size=group_size, symmetric=symmetric)
+    scores = {}
+    for name, layer in layers.items():
+        w = effective_weight(layer).detach().float()
+        if name not in stats:
+            q = quantize_uniform(w, UniformConfig(bits=bits)).dequantize().reshape(w.shape)
+            scores[name] = float((w - q).pow(2).sum() / w.pow(2).sum().clamp_min(1e-12))
+            continue
+        h = stats[name].hessian.float()
+        dw = w - gptq(w, stats[name], config)[0].dequantize().reshape(w.shape)
+        scores[name] = float(((dw @ h) * dw).sum() / ((w @ h) * w).sum().clamp_min(1e-12))
+    return scores
+
+
+def budget_for_bits(sizes: "SizeModel", average_bits: float) -> float:
+    """The budget in MB (the size model's convention) that gives the allocated layers
+    ``average_bits`` per weight on average: the size is linear in each layer's bits."""
+    if not math.isfinite(average_bits) or average_bits <= 0:
+        raise BudgetError(f"an average width must be a positive number of bits, got {average_bits!r}")
+    low = math.floor(average_bits)
+    lo, hi = sizes.total_mb({n: low for n in sizes.layers}), sizes.total_mb({n: low + 1 for n in sizes.layers})
+    return lo + (average_bits - low) * (hi - lo)
 
 
 # ---------------------------------------------------------------- sizes
@@ -195,6 +243,15 @@ class MixedPrecisionConfig:
     clip: str = "minmax"
     act_bits: int | None = None
     targets: tuple[str, ...] = ("*",)
+    rounding: str = "uniform"  # or "gptq": sequential GPTQ at each layer's width
+    group_size: int | None = None  # GPTQ rounding only
+    symmetric: bool = True  # GPTQ rounding only
+
+    def __post_init__(self):
+        if self.rounding not in ROUNDINGS:
+            raise ValueError(f"mixed precision rounding must be one of {ROUNDINGS}, got {self.rounding!r}")
+        if self.rounding == "uniform" and (self.group_size is not None or not self.symmetric):
+            raise ValueError("groups and zero-points are for GPTQ rounding (rounding='gptq')")
 
     @property
     def layers(self) -> dict[str, int]:
@@ -202,13 +259,27 @@ class MixedPrecisionConfig:
 
     @property
     def needs_calibration(self) -> bool:
-        return self.clip in ("cosine", "hessian")
+        return self.clip in ("cosine", "hessian") or self.rounding == "gptq"
 
-    def per_layer(self, name: str, layer: nn.Module) -> UniformConfig:
-        """The cosine and Hessian scale searches need the layer's input sample, which is kept for
-        linears only; convolutions keep min-max scales."""
-        clip = self.clip if isinstance(layer, nn.Linear) else "minmax"
-        return UniformConfig(bits=self.layers[name], clip=clip, act_bits=self.act_bits)
+    @property
+    def sequential(self) -> bool:  # GPTQ rounding: layers in execution order, as GPTQConfig
+        return self.rounding == "gptq"
+
+    @property
+    def needs_hessian(self) -> bool:
+        return self.rounding == "gptq"
+
+    def per_layer(self, name: str, layer: nn.Module):
+        """The cosine and Hessian scale searches and GPTQ need the layer's inputs, which are kept
+        for linears only; convolutions keep min-max scales."""
+        if not isinstance(layer, nn.Linear):
+            return UniformConfig(bits=self.layers[name], act_bits=self.act_bits)
+        if self.rounding == "gptq":
+            from .gptq import GPTQConfig
+
+            return GPTQConfig(bits=self.layers[name], group_size=self.group_size, symmetric=self.symmetric,
+                              act_bits=self.act_bits)
+        return UniformConfig(bits=self.layers[name], clip=self.clip, act_bits=self.act_bits)
 
 
 def coverage(upstream: nn.Module, which: str = "myqasr") -> dict[str, nn.Module]:
@@ -221,24 +292,43 @@ def coverage(upstream: nn.Module, which: str = "myqasr") -> dict[str, nn.Module]
     raise ValueError(f"layer coverage must be 'myqasr' or 'transformer', got {which!r}")
 
 
-def mixed_precision(upstream: nn.Module, wavs: Sequence[torch.Tensor], budget_mb: float, statistic: str = "median",
+def mixed_precision(upstream: nn.Module, wavs: Sequence[torch.Tensor], budget_mb: float | None, statistic: str = "median",
                     order: str = "descending", clip: str = "minmax", act_bits: int | None = None,
                     layer_coverage: str = "myqasr", convention: str = "stored", min_bits: int = 2, max_bits: int = 8,
-                    seed: int = 0, progress: bool = False) -> tuple[nn.Module, dict]:
-    """The whole method: sensitivity on ``wavs``, allocation to ``budget_mb``, quantization.
+                    seed: int = 0, progress: bool = False, rounding: str = "uniform", group_size: int | None = None,
+                    symmetric: bool = True, budget_bits: float | None = None) -> tuple[nn.Module, dict]:
+    """The whole method: sensitivity on ``wavs``, allocation to ``budget_mb`` (or to an average of
+    ``budget_bits`` over the allocated weights), quantization. ``rounding="gptq"``: the GPTQ-error
+    score (``statistic`` and ``order`` are then that score, ascending) and GPTQ at each width.
     Returns the quantized copy and a report (scores, bit map, sizes)."""
     from ..quantize import quantize
 
     if not wavs:
         raise ValueError("mixed precision needs calibration audio: the calibration set is empty")
+    if (budget_mb is None) == (budget_bits is None):
+        raise BudgetError("give one budget: budget_mb (a size) or budget_bits (an average width)")
+    config = MixedPrecisionConfig(bit_map=(), clip=clip, act_bits=act_bits, rounding=rounding, group_size=group_size,
+                                  symmetric=symmetric)  # checks the arguments before any work
     layers = coverage(upstream, layer_coverage)
-    scores = sensitivity(upstream, wavs, layers, statistic, seed=seed)
     sizes = size_model(upstream, layers, convention)
+    if budget_bits is not None:
+        if not min_bits <= budget_bits < max_bits:
+            raise BudgetError(f"an average of {budget_bits:g} bits is outside the widths allocated, {min_bits}..{max_bits} "
+                              f"(at {max_bits} every layer is at the widest: no mixed precision)")
+        budget_mb = budget_for_bits(sizes, budget_bits)
+    if rounding == "gptq":
+        statistic, order = "gptq", "ascending"
+        scores = gptq_sensitivity(upstream, wavs, layers, min_bits, group_size, symmetric)
+    else:
+        scores = sensitivity(upstream, wavs, layers, statistic, seed=seed)
     bits = allocate_bits(scores, sizes, budget_mb, order, min_bits, max_bits, seed)
-    config = MixedPrecisionConfig(bit_map=tuple(bits.items()), clip=clip, act_bits=act_bits)
+    config = dataclasses.replace(config, bit_map=tuple(bits.items()))
     model = quantize(upstream, config, calibration=list(wavs) if config.needs_calibration else None, progress=progress)
+    weights = sum(sizes.layers[n][0] for n in bits)
     report = {
-        "budget_mb": budget_mb, "convention": convention, "size_mb": round(sizes.total_mb(bits), 4),
+        "budget_mb": round(budget_mb, 6), "budget_bits": budget_bits, "rounding": rounding,
+        "average_bits": round(sum(sizes.layers[n][0] * b for n, b in bits.items()) / weights, 4),
+        "convention": convention, "size_mb": round(sizes.total_mb(bits), 4),
         "statistic": statistic, "order": order, "clip": clip, "act_bits": act_bits, "coverage": layer_coverage,
         "calibration_utterances": len(wavs), "widths": sorted(set(bits.values())),
         "layers": [{"name": n, "score": scores[n], "bits": bits[n], "weights": sizes.layers[n][0]} for n in scores],
@@ -279,43 +369,66 @@ SCALE_SEARCHES = ("minmax", "cosine", "hessian")
 
 
 def _parse(token: str, _bits, options: list[str]) -> dict:
-    """``mixed:BUDGET_MB[:calib=GROUP][:ORDER][:minmax|cosine|hessian][:aN]``; GROUP: F, M, a
-    speaker id, a data table of the suite, or 'all' (the head's training split)."""
+    """``mixed:BUDGET[:calib=GROUP][:ORDER][:minmax|cosine|hessian|gptq][:gN][:asym][:aN]``;
+    BUDGET: MB, or an average width over the allocated weights with a ``b`` (``2.25b``); GROUP: F,
+    M, a speaker id, a data table of the suite, or 'all' (the head's training split); ``gptq``:
+    GPTQ-error scores and GPTQ rounding of the transformer's linears (groups, zero-points)."""
     if not options:
-        raise ValueError(f"quantization {token!r}: expected mixed:BUDGET_MB[:calib=GROUP][:ORDER], e.g. 'mixed:4.5:calib=F'")
+        raise ValueError(f"quantization {token!r}: expected mixed:BUDGET[:calib=GROUP][:ORDER], e.g. 'mixed:4.5:calib=F' "
+                         "(MB) or 'mixed:2.25b:gptq' (average bits)")
+    budget = options[0]
     try:
-        out = {"bits": 0, "budget_mb": float(options[0])}
+        out = {"bits": 0} | ({"budget_bits": float(budget[:-1])} if budget.endswith("b") else {"budget_mb": float(budget)})
     except ValueError:
-        raise ValueError(f"quantization {token!r}: budget {options[0]!r} is not a number of MB") from None
+        raise ValueError(f"quantization {token!r}: budget {budget!r} is neither a number of MB nor an average width "
+                         "such as 2.25b") from None
     for opt in options[1:]:
         if opt.startswith("calib="):
             out["calib"] = opt.removeprefix("calib=")
         elif opt in ORDERS:
             out["order"] = opt
-        elif opt in SCALE_SEARCHES:
+        elif opt in SCALE_SEARCHES or opt == "gptq":
             out["clip"] = opt
         elif opt[:1] == "a" and opt[1:].isdigit():
             out["act_bits"] = int(opt[1:])
+        elif opt[:1] == "g" and opt[1:].isdigit():
+            out["group_size"] = int(opt[1:])
+        elif opt in ("asym", "sym"):
+            out["symmetric"] = opt == "sym"
         else:
             raise ValueError(f"quantization {token!r}: unknown option {opt!r} (calib=GROUP, {'|'.join(ORDERS)}, "
-                             f"{'|'.join(SCALE_SEARCHES)}, aN)")
+                             f"{'|'.join(SCALE_SEARCHES)}|gptq, gN, asym, aN)")
+    if out.get("clip") != "gptq" and ("group_size" in out or out.get("symmetric") is False):
+        raise ValueError(f"quantization {token!r}: groups and zero-points (gN, asym) are for GPTQ rounding: add ':gptq'")
+    if out.get("clip") == "gptq" and "order" in out:
+        raise ValueError(f"quantization {token!r}: with ':gptq' the layers with the least GPTQ error are lowered first; "
+                         "no order option")
     return out
 
 
 def _label(spec) -> str:
+    budget = f"{spec.budget_bits:g}b" if getattr(spec, "budget_bits", None) is not None else f"{spec.budget_mb:g}MB"
     extra = "".join(f"-{x}" for x in (spec.order if spec.order != "descending" else None,
-                                       spec.clip if spec.clip != "minmax" else None) if x)
-    return f"mixed{spec.budget_mb:g}MB-{spec.calib}{extra}"
+                                       spec.clip if spec.clip != "minmax" else None,
+                                       f"g{spec.group_size}" if spec.group_size else None,
+                                       "asym" if spec.symmetric is False else None) if x)
+    return f"mixed{budget}-{spec.calib}{extra}"
 
 
 def _build(base: nn.Module, spec, context) -> tuple[nn.Module, dict]:
-    model, report = mixed_precision(base, context.calibration(spec.calib), spec.budget_mb, order=spec.order,
-                                    clip=spec.clip, act_bits=spec.act_bits, seed=context.seed)
+    """``gptq``: the transformer's linears only (GPTQ needs a layer's inputs as rows; the
+    convolutions would be left at 2-bit min-max)."""
+    gptq_rounding = spec.clip == "gptq"
+    model, report = mixed_precision(
+        base, context.calibration(spec.calib), spec.budget_mb, order=spec.order, clip="minmax" if gptq_rounding else spec.clip,
+        act_bits=spec.act_bits, seed=context.seed, rounding="gptq" if gptq_rounding else "uniform",
+        group_size=spec.group_size, symmetric=spec.symmetric is not False, budget_bits=getattr(spec, "budget_bits", None),
+        layer_coverage="transformer" if gptq_rounding else "myqasr")
     return model, {"mixed": report}
 
 
 register(MethodSpec(
     name="mixed", summary="myQASR: per-layer bit widths to a memory budget from label-free sensitivity "
     "(calibration audio of a group)",
-    grammar="mixed:BUDGET_MB[:calib=GROUP][:descending|ascending|shuffled][:minmax|cosine|hessian][:aN]",
+    grammar="mixed:BUDGET_MB|BITSb[:calib=GROUP][:descending|ascending|shuffled][:minmax|cosine|hessian|gptq][:gN][:asym][:aN]",
     parse=_parse, label=_label, build=_build, calibrates=lambda spec: True, bits=False))
