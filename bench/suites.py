@@ -57,6 +57,8 @@ class QuantSpec:
     plain: bool | None = None
     symmetric: bool | None = None
     steps: int | None = None
+    # ``rot``: each linear's weight rounded in a rotated input basis (upstream_quant.rotation)
+    rotate: bool | None = None
     # ``:layers=all``: every layer that computes features (CNN, feature projection, positional
     # convolution and transformer; `upstream_quant.select.FEATURE_GROUPS`), not the transformer's alone
     layers: str | None = None
@@ -133,7 +135,7 @@ class QuantSpec:
             del out["file"], out["file_sha256"]
         else:
             out["file"] = Path(self.file).name
-        for name in ("deploy", "plain", "symmetric", "steps", "layers", "budget_bits"):
+        for name in ("deploy", "plain", "symmetric", "steps", "layers", "budget_bits", "rotate"):
             if out[name] is None:
                 del out[name]
         return out

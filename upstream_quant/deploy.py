@@ -89,6 +89,9 @@ class _Deployed(nn.Module):
         self.conv_args = getattr(layer, "conv_args", None)
         self.bias = None if layer.bias is None else nn.Parameter(layer.bias.detach().clone(), requires_grad=False)
         self.act = ActivationQuant(layer.act.bits) if layer.act is not None else None
+        self.rotation = getattr(layer, "rotation", None)
+        if self.rotation is not None:  # every backend's product is of the rotated inputs (upstream_quant.rotation)
+            self.register_forward_pre_hook(_rotate_input)
 
     def extra_repr(self) -> str:
         return f"{self.kind}, {self.shape}, backend={self.backend}, bits={self.bits}, group_size={self.group_size}"
@@ -96,6 +99,12 @@ class _Deployed(nn.Module):
     def resident_bytes(self) -> int:
         """Bytes of what the layer keeps in memory for its forward pass."""
         return sum(_bytes(t) for t in [*self.parameters(recurse=False), *self.buffers(recurse=False)])
+
+
+def _rotate_input(module: nn.Module, args: tuple) -> tuple:
+    from .rotation import rotate
+
+    return (rotate(args[0], module.rotation), *args[1:])
 
 
 class PackedLayer(_Deployed):

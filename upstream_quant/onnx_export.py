@@ -62,6 +62,8 @@ def why_not_onnx(layer: QuantizedLayer) -> str | None:
     """Why the export cannot write this layer as ORT runs it, or None."""
     if layer.act is not None:
         return f"its inputs are quantized to {layer.act.bits} bits (act_bits), which the export does not write"
+    if getattr(layer, "rotation", None) is not None:
+        return "its inputs are rotated (rot, incoherence processing), which the export does not write yet"
     zero = layer.zero.detach().float()
     if layer.kind == "conv1d":
         if layer.group_size:

@@ -94,6 +94,8 @@ def save_packed(upstream, path: str | Path) -> Path:
             "zero": float(zero.flatten()[0]) if const_zero else None,
             "act_bits": module.act.bits if module.act is not None else None,
         }
+        if module.rotation is not None:  # only where set: files without rotations are as before
+            layers[name]["rotation"] = module.rotation
     unused = _unused(upstream)
     for name, t in upstream.state_dict().items():
         if name in qnames or under_any(name, unused):
@@ -206,7 +208,7 @@ def _rebuild(path: Path, manifest: dict, tensors: dict[str, torch.Tensor]):
         zero = tensors.pop(f"{name}.zero").float() if f"{name}.zero" in tensors else torch.full_like(scale, spec["zero"])
         codes = unpack_codes(tensors.pop(f"{name}.codes"), spec["bits"], shape)
         qweight = QuantizedWeight(codes, scale, zero, spec["bits"], spec["group_size"], spec["method"])
-        upstream.set_submodule(name, QuantizedLayer(original, qweight, spec.get("act_bits")))
+        upstream.set_submodule(name, QuantizedLayer(original, qweight, spec.get("act_bits"), spec.get("rotation")))
     state = {k: (v.float() if v.is_floating_point() else v) for k, v in tensors.items()}
     missing, unexpected = upstream.load_state_dict(state, strict=False)
     unused = _unused(upstream)

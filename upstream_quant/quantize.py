@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from .calibration import CalibrationError, collect_stats
 from .qweight import QuantizedLayer, QuantizedWeight, check_act_bits, check_group_size
+from .rotation import RotationError, block_size, layer_seed, rotate, rotate_hessian
 from .select import ALL, FilterFn, select_layers, targets_record  # noqa: F401 (ALL: re-exported)
 from .sequential import quantize_sequential
 
@@ -51,6 +52,18 @@ def effective_weight(layer: nn.Module) -> torch.Tensor:
         dim = next((h.dim for h in layer._forward_pre_hooks.values() if hasattr(h, "dim")), 0)
         return torch._weight_norm(layer.weight_v, layer.weight_g, dim)
     return layer.weight
+
+
+def rotated_stats(stats, seed: int):
+    """A layer's calibration statistics as the rotated inputs R x would give them (X^T X -> R X^T X R^T,
+    sampled rows -> R x); the output-side gradients are unchanged."""
+    if stats is None:
+        return None
+    out = copy.copy(stats)
+    if stats.hessian is not None:
+        out.hessian = rotate_hessian(stats.hessian, seed)
+    out._parts = [rotate(p, seed) for p in stats._parts]
+    return out
 
 
 def copy_module(module: nn.Module) -> nn.Module:
@@ -116,6 +129,12 @@ def quantize(
         if not layers:
             raise ValueError(f"nothing to quantize: {type(config).__name__} supports Linear layers only and only "
                              "convolutions were chosen")
+    for name, layer in layers.items():  # a width the rotation cannot take is refused before any work
+        if getattr(per_layer[name], "rotate", False) and isinstance(layer, nn.Linear):
+            try:
+                block_size(layer.in_features)
+            except RotationError as err:
+                raise RotationError(f"layer {name}: {err}") from None
     needs = [n for n in layers if getattr(per_layer[n], "needs_calibration", False)]
     if needs and calibration is None:
         raise CalibrationError(f"{type(config).__name__} needs calibration data: pass calibration= (waveforms for our "
@@ -123,8 +142,12 @@ def quantize(
 
     def build(name: str, layer: nn.Module, stats) -> QuantizedLayer:
         layer_config = per_layer[name]
-        qweight = METHODS[type(layer_config)](effective_weight(layer), layer_config, stats)
-        out = QuantizedLayer(layer, qweight, config.act_bits)
+        weight, seed = effective_weight(layer), None
+        if getattr(layer_config, "rotate", False) and isinstance(layer, nn.Linear):  # convolutions stay as they are
+            seed = layer_seed(name)
+            weight, stats = rotate(weight.detach(), seed), rotated_stats(stats, seed)
+        qweight = METHODS[type(layer_config)](weight, layer_config, stats)
+        out = QuantizedLayer(layer, qweight, config.act_bits, seed)
         if hasattr(qweight, "latent"):  # a block method's starting point, for its refine step
             out.latent = qweight.latent
         return out

@@ -81,9 +81,14 @@ class QuantizedLayer(nn.Module):
     """Replaces an nn.Linear or nn.Conv1d: keeps codes/scales/zeros (the state saved) and runs with
     the weight dequantized once, at construction: the same float32 weight on every device."""
 
-    def __init__(self, original: nn.Module, qweight: QuantizedWeight, act_bits: int | None = None):
+    def __init__(self, original: nn.Module, qweight: QuantizedWeight, act_bits: int | None = None,
+                 rotation: int | None = None):
         super().__init__()
         self.kind = "linear" if isinstance(original, nn.Linear) else "conv1d"
+        if rotation is not None and self.kind != "linear":
+            raise ValueError("rotated inputs (upstream_quant.rotation) are for linear layers only")
+        # the seed of the rotation its inputs get before the product (the codes are of W R^T), or None
+        self.rotation = rotation
         if self.kind == "conv1d":
             self.conv_args = {k: getattr(original, k) for k in ("stride", "padding", "dilation", "groups")}
         self.bits, self.group_size, self.method = qweight.bits, qweight.group_size, qweight.method
@@ -112,8 +117,7 @@ class QuantizedLayer(nn.Module):
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.act is not None:
-            x = self.act(x)
+        x = prepare_input(self, x)
         w = self.weight.to(x.dtype)
         bias = None if self.bias is None else self.bias.to(x.dtype)
         if self.kind == "linear":
@@ -121,4 +125,15 @@ class QuantizedLayer(nn.Module):
         return F.conv1d(x, w, bias, **self.conv_args)
 
     def extra_repr(self) -> str:
-        return f"{self.kind}, {tuple(self.weight.shape)}, method={self.method}, bits={self.bits}, group_size={self.group_size}"
+        rotated = "" if self.rotation is None else f", rotation={self.rotation}"
+        return f"{self.kind}, {tuple(self.weight.shape)}, method={self.method}, bits={self.bits}, group_size={self.group_size}{rotated}"
+
+
+def prepare_input(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """What a quantized layer (or its deployed form) does to its input before the product: the
+    rotation its weight was rounded in (if any), then the optional input quantization."""
+    if getattr(layer, "rotation", None) is not None:
+        from .rotation import rotate
+
+        x = rotate(x, layer.rotation)
+    return x if layer.act is None else layer.act(x)

@@ -101,12 +101,14 @@ def get_method(name: str) -> MethodSpec:
 
 
 def parse_options(token: str, options: list[str], *, group: bool = False, clips: tuple[str, ...] = (),
-                  act: bool = False, asym: bool = False, flags: tuple[str, ...] = (), steps: str | None = None) -> dict:
+                  act: bool = False, asym: bool = False, flags: tuple[str, ...] = (), steps: str | None = None,
+                  rot: bool = False) -> dict:
     """The options most methods share: ``gN`` (group size), a clip name, ``aN`` (activation bits),
-    ``asym|sym``, named ``flags`` (True when present) and ``sN`` (into field ``steps``)."""
+    ``asym|sym``, named ``flags`` (True when present), ``sN`` (into field ``steps``) and ``rot``
+    (rotated inputs, upstream_quant.rotation: field ``rotate``)."""
     out: dict = {}
-    known = [x for x, on in (("gN", group), ("|".join(clips), clips), ("aN", act), ("asym|sym", asym), ("sSTEPS", steps))
-             if on] + list(flags)
+    known = [x for x, on in (("gN", group), ("|".join(clips), clips), ("aN", act), ("asym|sym", asym), ("sSTEPS", steps),
+                             ("rot", rot)) if on] + list(flags)
     for opt in options:
         if group and opt[:1] == "g" and opt[1:].isdigit():
             out["group_size"] = int(opt[1:])
@@ -120,6 +122,8 @@ def parse_options(token: str, options: list[str], *, group: bool = False, clips:
             out[opt] = True
         elif steps and opt[:1] == "s" and opt[1:].isdigit():
             out[steps] = int(opt[1:])
+        elif rot and opt == "rot":
+            out["rotate"] = True
         else:
             raise ValueError(f"quantization {token!r}: unknown option {opt!r} ({', '.join(known) or 'none'})")
     return out
@@ -138,7 +142,8 @@ def common_label(spec) -> str:
         f"a{spec.act_bits}" if spec.act_bits else None,
         "plain" if getattr(spec, "plain", None) else None,
         None if getattr(spec, "symmetric", None) is None else ("sym" if spec.symmetric else "asym"),
-        f"s{spec.steps}" if getattr(spec, "steps", None) is not None else None)
+        f"s{spec.steps}" if getattr(spec, "steps", None) is not None else None,
+        "rot" if getattr(spec, "rotate", None) else None)
 
 
 for _info in pkgutil.iter_modules(__path__):

@@ -16,6 +16,7 @@ class BinaryConfig:
     center: bool = False  # subtract the per-row (group) mean before taking signs
     act_bits: int | None = None
     targets: tuple[str, ...] = ("transformer",)
+    rotate: bool = False  # signs of the weight in a rotated input basis (upstream_quant.rotation)
 
     @property
     def bits(self) -> int:
@@ -37,16 +38,16 @@ def binarize(weight: torch.Tensor, config: BinaryConfig) -> QuantizedWeight:
 def _parse(token: str, bits: int, options: list[str]) -> dict:
     if bits != 1:
         raise ValueError(f"quantization {token!r}: binary weights are 1 bit (binary:1)")
-    return parse_options(token, options, group=True, act=True)
+    return parse_options(token, options, group=True, act=True, rot=True)
 
 
 def _config(spec, targets: tuple = ("transformer",)) -> BinaryConfig:
     if spec.symmetric is not None:
         raise ValueError("binary weights have no asymmetric variant (use center=True through the Python API)")
-    return BinaryConfig(group_size=spec.group_size, act_bits=spec.act_bits, targets=targets)
+    return BinaryConfig(group_size=spec.group_size, act_bits=spec.act_bits, targets=targets, rotate=bool(spec.rotate))
 
 
 register(MethodSpec(
     name="binary", summary="1-bit sign weights with a mean-magnitude scale per row or group (XNOR-Net)",
-    grammar="binary:1[:gN][:aN]", parse=_parse, label=common_label, config=_config, order=2, bit_range=(1, 1),
+    grammar="binary:1[:gN][:aN][:rot]", parse=_parse, label=common_label, config=_config, order=2, bit_range=(1, 1),
     config_cls=BinaryConfig, weight_fn=lambda w, cfg, stats: binarize(w, cfg)))

@@ -44,6 +44,7 @@ class GPTQConfig:
     act_order: bool = True
     scale_search: str = "hessian"
     grid: int = 40  # shrink factors of the min-max range searched, in [0.2, 1]
+    rotate: bool = False  # round each weight in a rotated input basis (upstream_quant.rotation)
 
     def __post_init__(self):
         if not 2 <= self.bits <= 8:
@@ -122,17 +123,18 @@ def quantize_gptq(weight: torch.Tensor, config: GPTQConfig, stats: LayerStats | 
 
 
 def _parse(token: str, bits: int, options: list[str]) -> dict:
-    return parse_options(token, options, group=True, act=True, asym=True, flags=("plain",))
+    return parse_options(token, options, group=True, act=True, asym=True, flags=("plain",), rot=True)
 
 
 def _config(spec, targets: tuple = ("transformer",)) -> GPTQConfig:
     sym = {} if spec.symmetric is None else {"symmetric": spec.symmetric}
     variant = {"sequential": False, "act_order": False, "scale_search": "minmax"} if spec.plain else {}
-    return GPTQConfig(bits=spec.bits, group_size=spec.group_size, act_bits=spec.act_bits, targets=targets, **sym, **variant)
+    return GPTQConfig(bits=spec.bits, group_size=spec.group_size, act_bits=spec.act_bits, targets=targets,
+                      rotate=bool(spec.rotate), **sym, **variant)
 
 
 register(MethodSpec(
     name="gptq", summary="GPTQ: error-compensating rounding from calibration inputs (sequential, act-order, "
     "Hessian range search; plain: as first published)",
-    grammar="gptq:BITS[:gN][:asym|sym][:plain][:aN]", parse=_parse, label=common_label, config=_config,
+    grammar="gptq:BITS[:gN][:asym|sym][:plain][:aN][:rot]", parse=_parse, label=common_label, config=_config,
     order=4, config_cls=GPTQConfig, weight_fn=quantize_gptq))

@@ -25,7 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .gptq import GPTQConfig, gptq
-from ..qweight import QuantizedLayer, QuantizedWeight
+from ..qweight import QuantizedLayer, QuantizedWeight, prepare_input
 from ..sequential import Call, Segment, first_output
 from . import MethodSpec, common_label, parse_options, register
 
@@ -47,6 +47,7 @@ class ReconConfig:
     scale_search: str = "hessian"
     act_bits: int | None = None
     targets: tuple = ("transformer",)
+    rotate: bool = False  # GPTQ and reconstruction in a rotated input basis (upstream_quant.rotation)
 
     def __post_init__(self):
         if not 2 <= self.bits <= 8:
@@ -98,9 +99,7 @@ class SoftQuantLinear(nn.Module):
         return w.view_as(codes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.layer.act is not None:
-            x = self.layer.act(x)
-        return F.linear(x, self.weight().to(x.dtype), self.layer.bias)
+        return F.linear(prepare_input(self.layer, x), self.weight().to(x.dtype), self.layer.bias)
 
     def hardened(self) -> QuantizedLayer:
         with torch.no_grad():
@@ -108,7 +107,8 @@ class SoftQuantLinear(nn.Module):
             scale = self.layer.scale * torch.exp(self.log_scale)
         q = QuantizedWeight(codes, scale, self.layer.zero.clone(), self.layer.bits, self.layer.group_size, "recon")
         # QuantizedLayer reads the kind and bias from the layer it replaces: a bias-free stand-in
-        out = QuantizedLayer(nn.Linear(1, 1, bias=False), q, self.layer.act.bits if self.layer.act is not None else None)
+        out = QuantizedLayer(nn.Linear(1, 1, bias=False), q, self.layer.act.bits if self.layer.act is not None else None,
+                             self.layer.rotation)
         out.bias = self.layer.bias
         return out
 
@@ -176,17 +176,18 @@ def refine_block(config: ReconConfig, block: nn.Module, path: str, layers: dict[
 
 
 def _parse(token: str, bits: int, options: list[str]) -> dict:
-    return parse_options(token, options, group=True, act=True, asym=True, steps="steps")
+    return parse_options(token, options, group=True, act=True, asym=True, steps="steps", rot=True)
 
 
 def _config(spec, targets: tuple = ("transformer",)) -> ReconConfig:
     sym = {} if spec.symmetric is None else {"symmetric": spec.symmetric}
     steps = {} if spec.steps is None else {"steps": spec.steps}
-    return ReconConfig(bits=spec.bits, group_size=spec.group_size, act_bits=spec.act_bits, targets=targets, **sym, **steps)
+    return ReconConfig(bits=spec.bits, group_size=spec.group_size, act_bits=spec.act_bits, targets=targets,
+                       rotate=bool(spec.rotate), **sym, **steps)
 
 
 register(MethodSpec(
     name="recon", summary="GPTQ, then block-wise reconstruction of the rounding and scales against the "
     "full-precision block (label-free)",
-    grammar="recon:BITS[:gN][:asym|sym][:sSTEPS][:aN]", parse=_parse, label=common_label, config=_config,
+    grammar="recon:BITS[:gN][:asym|sym][:sSTEPS][:aN][:rot]", parse=_parse, label=common_label, config=_config,
     order=5, config_cls=ReconConfig, weight_fn=quantize_recon_init, refine=refine_block))

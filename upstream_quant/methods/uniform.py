@@ -29,6 +29,7 @@ class UniformConfig:
     beta: float = 1.2
     act_bits: int | None = None
     targets: tuple[str, ...] = ("transformer",)
+    rotate: bool = False  # round each linear's weight in a rotated input basis (upstream_quant.rotation)
 
     def __post_init__(self):
         if not 2 <= self.bits <= 8:
@@ -148,17 +149,17 @@ def _cosine(ref, x, cand, config, shape) -> float:
 
 
 def _parse(token: str, bits: int, options: list[str]) -> dict:
-    return parse_options(token, options, group=True, clips=CLIP_METHODS, act=True)
+    return parse_options(token, options, group=True, clips=CLIP_METHODS, act=True, rot=True)
 
 
 def _config(spec, targets: tuple = ("transformer",)) -> UniformConfig:
     sym = {} if spec.symmetric is None else {"symmetric": spec.symmetric}
     return UniformConfig(bits=spec.bits, group_size=spec.group_size, clip=spec.clip, act_bits=spec.act_bits,
-                         targets=targets, **sym)
+                         targets=targets, rotate=bool(spec.rotate), **sym)
 
 
 register(MethodSpec(
     name="uniform", summary="round-to-nearest k-bit levels; min-max, weight-MSE, output-aware, cosine or Hessian ranges",
-    grammar=f"uniform:BITS[:gN][:{'|'.join(CLIP_METHODS)}][:aN]", parse=_parse, label=common_label, config=_config,
+    grammar=f"uniform:BITS[:gN][:{'|'.join(CLIP_METHODS)}][:aN][:rot]", parse=_parse, label=common_label, config=_config,
     order=3, bit_range=(2, 8),
     config_cls=UniformConfig, weight_fn=quantize_uniform))
