@@ -201,9 +201,13 @@ class Runner:
         from upstream_quant.calibration import pad_to_window
 
         count = int(run.options.get("calibration", {}).get("count", 32))
+        return pad_to_window(self._train_corpus(run, group).waveforms(count, seed=run.seed), self.input_window(run))
+
+    def input_window(self, run: RunSpec) -> int | None:
+        """The fixed input length the run's task pads every utterance to for this upstream
+        (TaskSpec.window), or None: calibration and training audio are padded the same way."""
         window = TASKS[run.task].window
-        return pad_to_window(self._train_corpus(run, group).waveforms(count, seed=run.seed),
-                             window(self.upstream(run)) if window else None)
+        return window(self.upstream(run)) if window else None
 
     def unlabelled_files(self, run: RunSpec, max_hours: float | None) -> list[str]:
         """Paths of the training split's audio (streamed from disk by QAT), at most ``max_hours``
@@ -227,7 +231,7 @@ class Runner:
                 unlabelled_files=lambda max_hours: self.unlabelled_files(run, max_hours),
                 work_dir=self.work / f"{q.method}-{self.model_key(run)}", device=self.device, devices=run.devices,
                 seed=run.seed, options=dict(run.options.get(q.method, {})), progress=self.progress, logger=self.logger,
-                callbacks=[self.timeline.callback()])
+                callbacks=[self.timeline.callback()], window=self.input_window(run))
             return method.build(base, q, context)
         from upstream_quant.quantize import quantize
 
@@ -330,7 +334,7 @@ class Runner:
             body |= {"audio": {k: v for k, v in table.items() if k not in LOCATION_FIELDS}, "seed": run.seed}
             if run.quant.calib in self.suite.data_tables:  # calibrated on that table
                 body["calib_audio"] = {k: v for k, v in self.suite.data_tables[run.quant.calib].items() if k not in LOCATION_FIELDS}
-            if run.quant.calibrates and TASKS[run.task].window is not None:  # calibrated on the task's input windows
+            if TASKS[run.task].window is not None:  # calibrated or trained on the task's input windows
                 body["calib_window"] = run.task
         return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

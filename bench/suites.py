@@ -59,6 +59,8 @@ class QuantSpec:
     steps: int | None = None
     # ``rot``: each linear's weight rounded in a rotated input basis (upstream_quant.rotation)
     rotate: bool | None = None
+    # QAT's start: ``gptq`` (GPTQ's model at the same width), or None (round-to-nearest of the weights)
+    init: str | None = None
     # ``:layers=all``: every layer that computes features (CNN, feature projection, positional
     # convolution and transformer; `upstream_quant.select.FEATURE_GROUPS`), not the transformer's alone
     layers: str | None = None
@@ -135,7 +137,7 @@ class QuantSpec:
             del out["file"], out["file_sha256"]
         else:
             out["file"] = Path(self.file).name
-        for name in ("deploy", "plain", "symmetric", "steps", "layers", "budget_bits", "rotate"):
+        for name in ("deploy", "plain", "symmetric", "steps", "layers", "budget_bits", "rotate", "init"):
             if out[name] is None:
                 del out[name]
         return out

@@ -86,3 +86,68 @@ def test_distillation_loss_falls_resumes_and_exports(tiny_hubert, batch, tmp_pat
         b, _ = load_packed(path, device="cpu")(*batch)
     assert torch.allclose(a[-1], b[-1], atol=1e-2)  # the rest of the model is stored in fp16
     assert {m.bits for m in load_packed(path, device="cpu").modules() if isinstance(m, QuantizedLayer)} == {2}
+
+
+def test_groups_zero_points_and_rotation_export_as_trained(tiny_hubert, batch):
+    """Uniform QAT with groups, learned zero points and rotated inputs: the exported layers run
+    exactly what the fake-quantized forward computed, with their rotation."""
+    config = QATConfig(method="uniform", bits=2, group_size=16, symmetric=False, rotate=True)
+    model = prepare_qat(tiny_hubert, config).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, FakeQuantLinear):
+                assert m.scale.shape[-1] == m.weight.shape[1] // 16 and m.zero is not None and m.rotation is not None
+                m.weight.add_(0.01 * torch.randn_like(m.weight))
+        fake, _ = model(*batch)
+        exported = export(model, config)
+        real, _ = exported(*batch)
+    layers = [m for m in exported.modules() if isinstance(m, QuantizedLayer)]
+    assert layers and all(m.group_size == 16 and m.rotation is not None for m in layers)
+    assert torch.allclose(fake[-1], real[-1], atol=1e-4)
+
+
+def test_qat_started_from_gptq_begins_at_gptq_s_model(tiny_hubert, batch):
+    from upstream_quant.methods.gptq import GPTQConfig
+    from upstream_quant.quantize import quantize
+
+    torch.manual_seed(0)
+    wavs = [torch.randn(8000) for _ in range(3)]
+    for asym, rot in ((True, True), (False, False)):
+        start = quantize(tiny_hubert, GPTQConfig(bits=2, group_size=16, symmetric=not asym, rotate=rot),
+                         calibration=wavs, progress=False)
+        config = QATConfig(method="uniform", bits=2, group_size=16, symmetric=not asym, rotate=rot)
+        exported = export(prepare_qat(tiny_hubert, config, start=start), config)
+        ours = {n: m for n, m in exported.named_modules() if isinstance(m, QuantizedLayer)}
+        theirs = {n: m for n, m in start.named_modules() if isinstance(m, QuantizedLayer)}
+        assert set(ours) == set(theirs)
+        for name, layer in ours.items():
+            assert torch.equal(layer.codes, theirs[name].codes) and torch.equal(layer.weight, theirs[name].weight)
+            assert layer.rotation == theirs[name].rotation
+    with pytest.raises(ValueError, match="cannot start from a layer with zero points"):
+        prepare_qat(tiny_hubert, QATConfig(method="uniform", bits=2, group_size=16),
+                    start=quantize(tiny_hubert, GPTQConfig(bits=2, group_size=16, symmetric=False), calibration=wavs,
+                                   progress=False))
+
+
+def test_a_window_pads_every_training_crop(tiny_hubert):
+    from upstream_quant.methods.qat import _lightning_module
+
+    module = _lightning_module()(prepare_qat(tiny_hubert, QATConfig(method="uniform", bits=2)), tiny_hubert,
+                                 QATConfig(method="uniform", bits=2))
+    seen = []
+    module.terms = lambda wavs, lengths, targets: seen.append((wavs.shape, lengths.tolist())) or {"x": (1.0, wavs.sum() * 0)}
+    module.log = lambda *a, **k: None
+    module.window = 9000
+    module.training_step((torch.randn(2, 4000), torch.tensor([4000, 3000])), 0)
+    assert seen == [(torch.Size([2, 9000]), [9000, 9000])]
+
+
+def test_qat_tokens():
+    from bench.suites import QuantSpec
+
+    spec = QuantSpec.parse("qat:2:s200:g64:asym:rot:gptq")
+    assert (spec.qat_steps, spec.group_size, spec.symmetric, spec.rotate, spec.init) == (200, 64, False, True, "gptq")
+    assert spec.label == "qat2-g64-asym-rot-from-gptq" and spec.calibrates
+    assert QuantSpec.parse("qat:2:s150").label == "qat2" and "init" not in QuantSpec.parse("qat:2").as_dict()
+    with pytest.raises(ValueError, match="1-bit QAT is binary"):
+        QuantSpec.parse("qat:1:gptq")

@@ -91,6 +91,9 @@ class TeacherStudent(L.LightningModule):
         self.student = student
         self.teacher = [teacher.eval()]
         self.crop_samples: int | None = None  # fit_unlabelled's crop: shorter items are whole utterances
+        # a fixed input window (samples) every crop is padded to with silence, as the model is deployed
+        # (Whisper's own decoder reads 30 s); None: crops as they are
+        self.window: int | None = None
         self.memo: dict[str, list[torch.Tensor]] = {}
         self.memo_bytes = 0
         self.memo_hits = self.memo_misses = 0
@@ -140,6 +143,9 @@ class TeacherStudent(L.LightningModule):
 
     def training_step(self, batch, _idx):
         wavs, lengths = batch
+        if self.window is not None:
+            wavs = nn.functional.pad(wavs, (0, self.window - wavs.shape[1]))
+            lengths = torch.full_like(lengths, self.window)
         targets = self.teacher_targets(wavs, lengths)
         terms = self.terms(wavs, lengths, targets)
         loss = torch.stack([w * part for w, part in terms.values()]).sum()

@@ -37,6 +37,7 @@ class BuildContext:
     progress: bool = True
     logger: str | None = None
     callbacks: list = field(default_factory=list)  # Lightning callbacks for its training (bench's timeline)
+    window: int | None = None  # the input window the run's task pads to (TaskSpec.window): train on it too
 
 
 @dataclass(frozen=True)

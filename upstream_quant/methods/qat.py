@@ -16,7 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..qweight import QuantizedLayer, QuantizedWeight
+from ..qweight import QuantizedLayer, QuantizedWeight, grouped, prepare_input
+from ..rotation import layer_seed, rotate
+from .uniform import minmax_params
 from ..quantize import copy_module, target_layers
 from . import MethodSpec, register
 
@@ -31,57 +33,96 @@ def _round_ste(x: torch.Tensor) -> torch.Tensor:
 
 
 class FakeQuantLinear(nn.Module):
-    """An nn.Linear whose weight is quantized on the fly (straight-through) from a latent copy."""
+    """An nn.Linear whose weight is quantized on the fly (straight-through) from a latent copy.
 
-    def __init__(self, linear: nn.Linear, method: str, bits: int):
+    Uniform: a learned scale per row or group of ``group_size`` inputs (LSQ), symmetric levels or,
+    with ``symmetric=False``, asymmetric levels around a learned zero point; ``rotation``: the
+    weight lives in a rotated input basis and the inputs are rotated at run time
+    (upstream_quant.rotation). ``start`` (a QuantizedLayer of the same layer, e.g. GPTQ's) sets
+    the latent weight, scales and zero points, so training starts from that model exactly."""
+
+    def __init__(self, linear: nn.Module, method: str, bits: int, group_size: int | None = None,
+                 symmetric: bool = True, rotation: int | None = None, start: QuantizedLayer | None = None):
         super().__init__()
         if method not in ("binary", "uniform") or (method == "binary") != (bits == 1) or not 1 <= bits <= 8:
             raise ValueError(f"QAT supports binary (1 bit) or uniform (2..8 bits), got {method} {bits}")
-        self.method, self.bits = method, bits
-        w = linear.weight.detach().clone()
-        self.weight = nn.Parameter(w)  # the latent full-precision weight
-        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone())
-        if method == "binary":
-            init = w.abs().mean(1)
+        self.method, self.bits, self.group_size, self.symmetric = method, bits, group_size, symmetric
+        self.rotation, self.act = rotation, None
+        if start is not None:  # the quantized layer's own weight, basis and parameters
+            self.rotation, self.group_size = start.rotation, start.group_size
+            w = start.weight.detach().clone()
         else:
-            init = w.abs().amax(1) / (2 ** (bits - 1) - 0.5)
-        self.scale = nn.Parameter(init.clamp(min=1e-8))
+            w = linear.weight.detach().clone()
+            if rotation is not None:
+                w = rotate(w, rotation)
+        self.weight = nn.Parameter(w)  # the latent full-precision weight
+        bias = linear.bias
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone())
+        g = grouped(w, self.group_size)
+        if start is not None and method == "uniform":
+            scale, zero = start.scale.detach().clone(), start.zero.detach().clone()
+            if symmetric:  # codes c - 2^(b-1): the symmetric levels' zero is the middle code
+                if not bool((zero == 2 ** (bits - 1)).all()):
+                    raise ValueError("a symmetric QAT cannot start from a layer with zero points; use symmetric=False")
+            elif start.bits != bits:
+                raise ValueError(f"QAT at {bits} bits cannot start from a {start.bits}-bit layer")
+        elif method == "binary":
+            scale, zero = g.abs().mean(-1), None
+        elif symmetric:
+            scale, zero = g.abs().amax(-1) / (2 ** (bits - 1) - 0.5), None
+        else:
+            scale, zero = minmax_params(g, bits, symmetric=False)
+        self.scale = nn.Parameter(scale.clamp(min=1e-8))
+        self.zero = None if symmetric or method == "binary" else nn.Parameter(zero)
 
     @property
     def levels(self) -> tuple[int, int]:
+        if not self.symmetric:
+            return 0, 2**self.bits - 1
         return -(2 ** (self.bits - 1)), 2 ** (self.bits - 1) - 1
 
     def quantized_weight(self) -> torch.Tensor:
+        g = grouped(self.weight, self.group_size)
         if self.method == "binary":
-            alpha = _fp16(2 * self.scale)[:, None] / 2
-            sign = torch.where(self.weight >= 0, 1.0, -1.0).to(self.weight.dtype)
+            alpha = _fp16(2 * self.scale)[..., None] / 2
+            sign = torch.where(g >= 0, 1.0, -1.0).to(g.dtype)
             # value alpha * sign; gradient to the latent weight straight through (clipped at |w| > 1)
-            return alpha * (sign + (self.weight - self.weight.detach()) * (self.weight.abs() <= 1))
-        s = _fp16(self.scale)[:, None]
+            return (alpha * (sign + (g - g.detach()) * (g.abs() <= 1))).reshape(self.weight.shape)
+        s = _fp16(self.scale)[..., None]
         lo, hi = self.levels
-        return torch.clamp(_round_ste(self.weight / s), lo, hi) * s
+        if self.zero is None:
+            return (torch.clamp(_round_ste(g / s), lo, hi) * s).reshape(self.weight.shape)
+        z = _fp16(self.zero)[..., None]
+        return ((torch.clamp(_round_ste(g / s + z), lo, hi) - z) * s).reshape(self.weight.shape)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.quantized_weight().to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+        return F.linear(prepare_input(self, x), self.quantized_weight().to(x.dtype),
+                        None if self.bias is None else self.bias.to(x.dtype))
 
     def to_quantized(self) -> QuantizedLayer:
         """The trained layer as stored codes and fp16 scales (what packed files hold)."""
         with torch.no_grad():
+            g = grouped(self.weight, self.group_size)
+            s = self.scale.half().float()
             if self.method == "binary":
-                codes = (self.weight >= 0).to(torch.uint8)
-                scale = (2 * self.scale)[:, None].float()
+                codes = (g >= 0).to(torch.uint8)
+                scale = 2 * s
                 zero = torch.full_like(scale, 0.5)
-                qw = QuantizedWeight(codes, scale, zero, 1, None, "qat-binary")
+                qw = QuantizedWeight(codes.reshape(self.weight.shape), scale, zero, 1, self.group_size, "qat-binary")
             else:
-                s = self.scale.half().float()[:, None]
                 lo, hi = self.levels
-                q = torch.clamp(torch.round(self.weight / s), lo, hi)
-                codes = (q - lo).to(torch.uint8)
-                qw = QuantizedWeight(codes, s, torch.full_like(s, float(-lo)), self.bits, None, f"qat-uniform{self.bits}")
+                if self.zero is None:
+                    q = torch.clamp(torch.round(g / s[..., None]), lo, hi)
+                    codes, zero = q - lo, torch.full_like(s, float(-lo))
+                else:
+                    zero = self.zero.half().float()
+                    codes = torch.clamp(torch.round(g / s[..., None] + zero[..., None]), lo, hi)
+                qw = QuantizedWeight(codes.to(torch.uint8).reshape(self.weight.shape), s, zero, self.bits, self.group_size,
+                                     f"qat-uniform{self.bits}")
         plain = nn.Linear(self.weight.shape[1], self.weight.shape[0], bias=self.bias is not None)
         if self.bias is not None:
             plain.bias.data.copy_(self.bias.detach())
-        return QuantizedLayer(plain.to(self.weight.device), qw)
+        return QuantizedLayer(plain.to(self.weight.device), qw, rotation=self.rotation)
 
 
 @dataclass(frozen=True)
@@ -95,6 +136,10 @@ class QATConfig:
     batch_size: int = 8
     crop_seconds: float = 4.0
     layer_weights: tuple[float, ...] | None = None  # per hidden state; None: all equal
+    window: int | None = None  # pad every crop with silence to this many samples (the deployed input window)
+    group_size: int | None = None  # uniform: inputs per learned scale; None: one per row
+    symmetric: bool = True  # uniform: False learns a zero point per row (group) too
+    rotate: bool = False  # weights in a rotated input basis (upstream_quant.rotation)
     cos_weight: float = 1.0
     seed: int = 0
 
@@ -104,14 +149,20 @@ class QATConfig:
         check_schedule(self)
 
 
-def prepare_qat(upstream: nn.Module, config: QATConfig) -> nn.Module:
-    """A copy of ``upstream`` with every target Linear replaced by a FakeQuantLinear."""
+def prepare_qat(upstream: nn.Module, config: QATConfig, start: nn.Module | None = None) -> nn.Module:
+    """A copy of ``upstream`` with every target Linear replaced by a FakeQuantLinear; ``start``
+    (a quantized copy of ``upstream``, e.g. GPTQ's at the same width) sets each layer's start."""
     model = copy_module(upstream).requires_grad_(True)
     layers = {n: m for n, m in target_layers(model, config.targets).items() if isinstance(m, nn.Linear)}
     if not layers:
         raise ValueError(f"no Linear layers in groups {list(config.targets)} to train")
+    begun = {} if start is None else {n: m for n, m in start.named_modules() if isinstance(m, QuantizedLayer)}
+    missing = sorted(set(layers) - set(begun)) if start is not None else []
+    if missing:
+        raise ValueError(f"the starting model has no quantized layer {missing[:3]}")
     for name, layer in layers.items():
-        model.set_submodule(name, FakeQuantLinear(layer, config.method, config.bits))
+        model.set_submodule(name, FakeQuantLinear(layer, config.method, config.bits, config.group_size, config.symmetric,
+                                                  layer_seed(name) if config.rotate else None, begun.get(name)))
     return model
 
 
@@ -122,7 +173,9 @@ def export(model: nn.Module, config: QATConfig) -> nn.Module:
         if isinstance(module, FakeQuantLinear):
             out.set_submodule(name, module.to_quantized())
     out.quantization = {"method": "QAT", "config": {"method": config.method, "bits": config.bits,
-                                                    "targets": list(config.targets), "steps": config.steps}}
+                                                    "targets": list(config.targets), "steps": config.steps,
+                                                    "group_size": config.group_size, "symmetric": config.symmetric,
+                                                    "rotate": config.rotate, "window": config.window}}
     return out
 
 
@@ -147,8 +200,8 @@ def _lightning_module():
                     for i, (w, p, t) in enumerate(zip(weights, preds, targets)) if w}
 
         def configure_optimizers(self):
-            scales = [p for n, p in self.student.named_parameters() if n.endswith(".scale")]
-            others = [p for n, p in self.student.named_parameters() if not n.endswith(".scale") and p.requires_grad]
+            scales = [p for n, p in self.student.named_parameters() if n.endswith((".scale", ".zero"))]
+            others = [p for n, p in self.student.named_parameters() if not n.endswith((".scale", ".zero")) and p.requires_grad]
             return torch.optim.Adam([{"params": others, "lr": self.config.lr},
                                      {"params": scales, "lr": self.config.scale_lr}])
 
@@ -158,14 +211,16 @@ def _lightning_module():
 def train_qat(upstream: nn.Module, audio: list, config: QATConfig, work_dir,
               accelerator: str = "auto", devices: int | str = "auto", progress: bool = True,
               callbacks: list | None = None, num_workers: int | None = None,
-              logger: str | None = None) -> tuple[nn.Module, dict]:
-    """QAT of ``upstream`` on unlabelled ``audio`` (waveforms, or file paths streamed from disk);
-    returns the exported quantized model and a summary. Resumes from ``work_dir/last.ckpt``."""
+              logger: str | None = None, start: nn.Module | None = None) -> tuple[nn.Module, dict]:
+    """QAT of ``upstream`` on unlabelled ``audio`` (waveforms, or file paths streamed from disk),
+    from ``start`` if given (see `prepare_qat`); returns the exported quantized model and a
+    summary. Resumes from ``work_dir/last.ckpt``."""
     from ..distill import fit_unlabelled
 
     torch.manual_seed(config.seed)
-    student = prepare_qat(upstream, config).train()
+    student = prepare_qat(upstream, config, start).train()
     module = _lightning_module()(student, upstream, config)
+    module.window = config.window
     trainer, losses, seconds = fit_unlabelled(module, audio, config.steps, config.batch_size, config.crop_seconds,
                                               config.seed, work_dir, accelerator, devices, progress, callbacks, num_workers,
                                               logger=logger)
@@ -181,37 +236,67 @@ OPTION_FIELDS = ("steps", "batch_size", "lr", "scale_lr", "crop_seconds", "max_h
 
 
 def _parse(token: str, bits: int, options: list[str]) -> dict:
-    """``qat:BITS[:sSTEPS]`` (1 bit: binary weights, else uniform); 300 steps unless given."""
+    """``qat:BITS[:sSTEPS][:gN][:asym][:rot][:gptq]`` (1 bit: binary weights, else uniform); 300 steps
+    unless given; ``gptq``: start from GPTQ's model at the same width, groups, zero points and
+    rotation, calibrated on the run's calibration audio."""
     out = {"qat_steps": 300}
     for opt in options:
         if opt[:1] == "s" and opt[1:].isdigit():
             out["qat_steps"] = int(opt[1:])
+        elif opt[:1] == "g" and opt[1:].isdigit():
+            out["group_size"] = int(opt[1:])
+        elif opt == "asym":
+            out["symmetric"] = False
+        elif opt == "rot":
+            out["rotate"] = True
+        elif opt == "gptq":
+            out["init"] = "gptq"
         else:
-            raise ValueError(f"quantization {token!r}: unknown option {opt!r} (sSTEPS)")
+            raise ValueError(f"quantization {token!r}: unknown option {opt!r} (sSTEPS, gN, asym, rot, gptq)")
+    if bits == 1 and ("symmetric" in out or "init" in out):
+        raise ValueError(f"quantization {token!r}: 1-bit QAT is binary: no zero points and no GPTQ start")
     return out
+
+
+def _label(spec) -> str:
+    return f"qat{spec.bits}" + "".join(f"-{x}" for x in (
+        f"g{spec.group_size}" if spec.group_size else None, "asym" if spec.symmetric is False else None,
+        "rot" if spec.rotate else None, "from-gptq" if spec.init == "gptq" else None) if x)
 
 
 def _build(base: nn.Module, spec, context) -> tuple[nn.Module, dict]:
     """Distil the quantized student from ``base`` on the data's training audio, streamed from
     disk; ``--set qat.FIELD=VALUE`` (``context.options``) overrides the schedule."""
+    from ..quantize import quantize
     from ..upstream import pick_device
+    from .gptq import GPTQConfig
 
     opts = dict(context.options)
     max_hours = opts.pop("max_hours", None)
     workers = opts.pop("num_workers", None)
     opts.setdefault("steps", spec.qat_steps)
-    config = QATConfig(method="binary" if spec.bits == 1 else "uniform", bits=spec.bits, seed=context.seed,
-                       **{k: (int(v) if k in ("steps", "batch_size") else float(v)) for k, v in opts.items()})
+    shape = {"group_size": spec.group_size, "symmetric": spec.symmetric is not False, "rotate": bool(spec.rotate)}
+    config = QATConfig(method="binary" if spec.bits == 1 else "uniform", bits=spec.bits, seed=context.seed, window=context.window,
+                       **shape, **{k: (int(v) if k in ("steps", "batch_size") else float(v)) for k, v in opts.items()})
+    start, info = None, {}
+    if spec.init == "gptq":
+        import time
+
+        began = time.time()
+        start = quantize(base, GPTQConfig(bits=spec.bits, targets=config.targets, **shape),
+                         calibration=context.calibration("all"), progress=False)
+        info["gptq_seconds"] = round(time.time() - began, 2)
     device = pick_device(context.device)
     model, summary = train_qat(base, context.unlabelled_files(max_hours), config, context.work_dir,
                                accelerator="gpu" if device.type == "cuda" else "cpu", devices=context.devices,
                                progress=context.progress, num_workers=workers, logger=context.logger,
-                               callbacks=list(context.callbacks))
-    return model, {"qat": summary}
+                               callbacks=list(context.callbacks), start=start)
+    return model, {"qat": summary | info}
 
 
 register(MethodSpec(
     name="qat", summary="quantization-aware distillation from the full-precision upstream on unlabelled audio "
     "(1 bit: binary, else uniform)",
-    grammar="qat:BITS[:sSTEPS]", parse=_parse, label=lambda spec: f"qat{spec.bits}", build=_build, trains=True,
+    grammar="qat:BITS[:sSTEPS][:gN][:asym][:rot][:gptq]", parse=_parse, label=_label, build=_build, trains=True,
+    calibrates=lambda spec: spec.init == "gptq",
     option_fields=OPTION_FIELDS, order=1))
