@@ -208,7 +208,7 @@ def test_gptq_rounding_to_an_average_width_keeps_the_layers_gptq_leaves_most_err
     torch.manual_seed(0)
     wavs = [torch.randn(8000) for _ in range(4)]
     model, report = mixed_precision(tiny_hubert, wavs, None, budget_bits=2.5, rounding="gptq", group_size=16,
-                                    symmetric=False, layer_coverage="transformer")
+                                    symmetric=False, layer_coverage="transformer", rotate=True)
     layers = report["layers"]
     assert report["widths"] == [2, 3] and report["statistic"] == "gptq"
     assert 2.25 < report["average_bits"] <= 2.5
@@ -216,6 +216,7 @@ def test_gptq_rounding_to_an_average_width_keeps_the_layers_gptq_leaves_most_err
     kept = {n: m for n, m in model.named_modules() if isinstance(m, QuantizedLayer)}
     assert set(kept) == {x["name"] for x in layers}
     assert {m.method for m in kept.values()} == {"gptq"} and {m.group_size for m in kept.values()} == {16}
+    assert all(m.rotation is not None for m in kept.values())
     assert {n: m.bits for n, m in kept.items()} == {x["name"]: x["bits"] for x in layers}
 
     def no_work(*a, **k):
@@ -226,16 +227,16 @@ def test_gptq_rounding_to_an_average_width_keeps_the_layers_gptq_leaves_most_err
         mixed_precision(tiny_hubert, wavs, None, budget_bits=1.5, rounding="gptq")
     with pytest.raises(BudgetError, match="give one budget"):
         mixed_precision(tiny_hubert, wavs, 3.0, budget_bits=2.5, rounding="gptq")
-    with pytest.raises(ValueError, match="groups and zero-points are for GPTQ rounding"):
+    with pytest.raises(ValueError, match="groups, zero-points and rotations are for GPTQ rounding"):
         mixed_precision(tiny_hubert, wavs, None, budget_bits=2.5, group_size=16)
 
 
 def test_mixed_tokens_take_an_average_width_and_gptq_rounding():
     from bench.suites import QuantSpec
 
-    spec = QuantSpec.parse("mixed:2.25b:gptq:g64:asym")
+    spec = QuantSpec.parse("mixed:2.25b:gptq:g64:asym:rot")
     assert (spec.budget_bits, spec.budget_mb, spec.clip, spec.group_size, spec.symmetric) == (2.25, None, "gptq", 64, False)
-    assert spec.label == "mixed2.25b-all-gptq-g64-asym"
+    assert spec.label == "mixed2.25b-all-gptq-g64-asym-rot" and spec.rotate
     assert "budget_bits" not in QuantSpec.parse("mixed:4.5:calib=F").as_dict()  # older rows' hashes unchanged
     for token, message in (("mixed:2.25b:g64", "add ':gptq'"), ("mixed:xb", "neither a number of MB nor an average width"),
                            ("mixed:2.25b:gptq:ascending", "no order option")):

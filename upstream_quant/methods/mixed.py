@@ -115,11 +115,14 @@ def sensitivity(upstream: nn.Module, wavs: Sequence[torch.Tensor], layers: dict[
 
 
 def gptq_sensitivity(upstream: nn.Module, wavs: Sequence[torch.Tensor], layers: dict[str, nn.Module], bits: int,
-                     group_size: int | None = None, symmetric: bool = True) -> dict[str, float]:
+                     group_size: int | None = None, symmetric: bool = True, rotate: bool = False) -> dict[str, float]:
     """Per linear layer, the output error GPTQ leaves at ``bits`` relative to the layer's output
     energy on ``wavs``: tr(dW H dW^T) / tr(W H W^T), H = X^T X (one pass, full-precision inputs).
-    Convolutions (no GPTQ) get the min-max rounding's relative weight error."""
+    Convolutions (no GPTQ) get the min-max rounding's relative weight error. ``rotate``: each
+    linear's error in its rotated input basis, as `quantize` rounds it (upstream_quant.rotation)."""
     from ..calibration import collect_stats
+    from ..quantize import rotated_stats
+    from ..rotation import layer_seed, rotate as rotated
     from .gptq import GPTQConfig, gptq
 
     check_calibration(list(wavs))
@@ -137,8 +140,11 @@ def gptq_sensitivity(upstream: nn.Module, wavs: Sequence[torch.Tensor], layers: 
             q = quantize_uniform(w, UniformConfig(bits=bits)).dequantize().reshape(w.shape)
             scores[name] = float((w - q).pow(2).sum() / w.pow(2).sum().clamp_min(1e-12))
             continue
-        h = stats[name].hessian.float()
-        dw = w - gptq(w, stats[name], config)[0].dequantize().reshape(w.shape)
+        layer_stats = stats[name]
+        if rotate:
+            w, layer_stats = rotated(w, layer_seed(name)), rotated_stats(layer_stats, layer_seed(name))
+        h = layer_stats.hessian.float()
+        dw = w - gptq(w, layer_stats, config)[0].dequantize().reshape(w.shape)
         scores[name] = float(((dw @ h) * dw).sum() / ((w @ h) * w).sum().clamp_min(1e-12))
     return scores
 
@@ -246,12 +252,13 @@ class MixedPrecisionConfig:
     rounding: str = "uniform"  # or "gptq": sequential GPTQ at each layer's width
     group_size: int | None = None  # GPTQ rounding only
     symmetric: bool = True  # GPTQ rounding only
+    rotate: bool = False  # GPTQ rounding only: rotated inputs (upstream_quant.rotation)
 
     def __post_init__(self):
         if self.rounding not in ROUNDINGS:
             raise ValueError(f"mixed precision rounding must be one of {ROUNDINGS}, got {self.rounding!r}")
-        if self.rounding == "uniform" and (self.group_size is not None or not self.symmetric):
-            raise ValueError("groups and zero-points are for GPTQ rounding (rounding='gptq')")
+        if self.rounding == "uniform" and (self.group_size is not None or not self.symmetric or self.rotate):
+            raise ValueError("groups, zero-points and rotations are for GPTQ rounding (rounding='gptq')")
 
     @property
     def layers(self) -> dict[str, int]:
@@ -278,7 +285,7 @@ class MixedPrecisionConfig:
             from .gptq import GPTQConfig
 
             return GPTQConfig(bits=self.layers[name], group_size=self.group_size, symmetric=self.symmetric,
-                              act_bits=self.act_bits)
+                              act_bits=self.act_bits, rotate=self.rotate)
         return UniformConfig(bits=self.layers[name], clip=self.clip, act_bits=self.act_bits)
 
 
@@ -296,7 +303,7 @@ def mixed_precision(upstream: nn.Module, wavs: Sequence[torch.Tensor], budget_mb
                     order: str = "descending", clip: str = "minmax", act_bits: int | None = None,
                     layer_coverage: str = "myqasr", convention: str = "stored", min_bits: int = 2, max_bits: int = 8,
                     seed: int = 0, progress: bool = False, rounding: str = "uniform", group_size: int | None = None,
-                    symmetric: bool = True, budget_bits: float | None = None) -> tuple[nn.Module, dict]:
+                    symmetric: bool = True, budget_bits: float | None = None, rotate: bool = False) -> tuple[nn.Module, dict]:
     """The whole method: sensitivity on ``wavs``, allocation to ``budget_mb`` (or to an average of
     ``budget_bits`` over the allocated weights), quantization. ``rounding="gptq"``: the GPTQ-error
     score (``statistic`` and ``order`` are then that score, ascending) and GPTQ at each width.
@@ -308,7 +315,7 @@ def mixed_precision(upstream: nn.Module, wavs: Sequence[torch.Tensor], budget_mb
     if (budget_mb is None) == (budget_bits is None):
         raise BudgetError("give one budget: budget_mb (a size) or budget_bits (an average width)")
     config = MixedPrecisionConfig(bit_map=(), clip=clip, act_bits=act_bits, rounding=rounding, group_size=group_size,
-                                  symmetric=symmetric)  # checks the arguments before any work
+                                  symmetric=symmetric, rotate=rotate)  # checks the arguments before any work
     layers = coverage(upstream, layer_coverage)
     sizes = size_model(upstream, layers, convention)
     if budget_bits is not None:
@@ -318,7 +325,7 @@ def mixed_precision(upstream: nn.Module, wavs: Sequence[torch.Tensor], budget_mb
         budget_mb = budget_for_bits(sizes, budget_bits)
     if rounding == "gptq":
         statistic, order = "gptq", "ascending"
-        scores = gptq_sensitivity(upstream, wavs, layers, min_bits, group_size, symmetric)
+        scores = gptq_sensitivity(upstream, wavs, layers, min_bits, group_size, symmetric, rotate)
     else:
         scores = sensitivity(upstream, wavs, layers, statistic, seed=seed)
     bits = allocate_bits(scores, sizes, budget_mb, order, min_bits, max_bits, seed)
@@ -369,7 +376,7 @@ SCALE_SEARCHES = ("minmax", "cosine", "hessian")
 
 
 def _parse(token: str, _bits, options: list[str]) -> dict:
-    """``mixed:BUDGET[:calib=GROUP][:ORDER][:minmax|cosine|hessian|gptq][:gN][:asym][:aN]``;
+    """``mixed:BUDGET[:calib=GROUP][:ORDER][:minmax|cosine|hessian|gptq][:gN][:asym][:rot][:aN]``;
     BUDGET: MB, or an average width over the allocated weights with a ``b`` (``2.25b``); GROUP: F,
     M, a speaker id, a data table of the suite, or 'all' (the head's training split); ``gptq``:
     GPTQ-error scores and GPTQ rounding of the transformer's linears (groups, zero-points)."""
@@ -395,11 +402,14 @@ def _parse(token: str, _bits, options: list[str]) -> dict:
             out["group_size"] = int(opt[1:])
         elif opt in ("asym", "sym"):
             out["symmetric"] = opt == "sym"
+        elif opt == "rot":
+            out["rotate"] = True
         else:
             raise ValueError(f"quantization {token!r}: unknown option {opt!r} (calib=GROUP, {'|'.join(ORDERS)}, "
                              f"{'|'.join(SCALE_SEARCHES)}|gptq, gN, asym, aN)")
-    if out.get("clip") != "gptq" and ("group_size" in out or out.get("symmetric") is False):
-        raise ValueError(f"quantization {token!r}: groups and zero-points (gN, asym) are for GPTQ rounding: add ':gptq'")
+    if out.get("clip") != "gptq" and ("group_size" in out or out.get("symmetric") is False or "rotate" in out):
+        raise ValueError(f"quantization {token!r}: groups, zero-points and rotations (gN, asym, rot) are for GPTQ rounding: "
+                         "add ':gptq'")
     if out.get("clip") == "gptq" and "order" in out:
         raise ValueError(f"quantization {token!r}: with ':gptq' the layers with the least GPTQ error are lowered first; "
                          "no order option")
@@ -411,7 +421,8 @@ def _label(spec) -> str:
     extra = "".join(f"-{x}" for x in (spec.order if spec.order != "descending" else None,
                                        spec.clip if spec.clip != "minmax" else None,
                                        f"g{spec.group_size}" if spec.group_size else None,
-                                       "asym" if spec.symmetric is False else None) if x)
+                                       "asym" if spec.symmetric is False else None,
+                                       "rot" if getattr(spec, "rotate", None) else None) if x)
     return f"mixed{budget}-{spec.calib}{extra}"
 
 
@@ -423,6 +434,7 @@ def _build(base: nn.Module, spec, context) -> tuple[nn.Module, dict]:
         base, context.calibration(spec.calib), spec.budget_mb, order=spec.order, clip="minmax" if gptq_rounding else spec.clip,
         act_bits=spec.act_bits, seed=context.seed, rounding="gptq" if gptq_rounding else "uniform",
         group_size=spec.group_size, symmetric=spec.symmetric is not False, budget_bits=getattr(spec, "budget_bits", None),
+        rotate=bool(getattr(spec, "rotate", None)),
         layer_coverage="transformer" if gptq_rounding else "myqasr")
     return model, {"mixed": report}
 
@@ -430,5 +442,5 @@ def _build(base: nn.Module, spec, context) -> tuple[nn.Module, dict]:
 register(MethodSpec(
     name="mixed", summary="myQASR: per-layer bit widths to a memory budget from label-free sensitivity "
     "(calibration audio of a group)",
-    grammar="mixed:BUDGET_MB|BITSb[:calib=GROUP][:descending|ascending|shuffled][:minmax|cosine|hessian|gptq][:gN][:asym][:aN]",
+    grammar="mixed:BUDGET_MB|BITSb[:calib=GROUP][:descending|ascending|shuffled][:minmax|cosine|hessian|gptq][:gN][:asym][:rot][:aN]",
     parse=_parse, label=_label, build=_build, calibrates=lambda spec: True, bits=False))
