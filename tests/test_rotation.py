@@ -95,3 +95,25 @@ def test_rot_token():
     assert "rotate" not in QuantSpec.parse("gptq:3").as_dict()  # other rows' hashes unchanged
     with pytest.raises(ValueError, match="unknown option 'rot'"):
         QuantSpec.parse("qat:2:rot")
+
+
+def test_the_rotation_is_costed_in_the_estimated_runtime_and_not_in_storage(tiny_hubert):
+    """Its additions cost the same at any width; against the 2-to-4-bit difference (which holds
+    only the layers' MACs), they are in x rotation_ops per frame against in x out x 2/32."""
+    from upstream_quant.accounting import model_cost
+    from upstream_quant.rotation import rotation_ops
+
+    est = {}
+    for bits in (2, 4):
+        for rot in (False, True):
+            model = quantize(tiny_hubert, UniformConfig(bits=bits, rotate=rot), progress=False)
+            cost = model_cost(model)
+            est[bits, rot] = cost.est_runtime["encoder"]
+            if rot:
+                assert cost.storage_mb == model_cost(quantize(tiny_hubert, UniformConfig(bits=bits), progress=False)).storage_mb
+    layers = [m for m in model.modules() if isinstance(m, QuantizedLayer)]
+    extra2, extra4 = est[2, True] - est[2, False], est[4, True] - est[4, False]
+    assert extra2 > 0 and extra2 == pytest.approx(extra4, rel=1e-6)
+    expected = sum(m.in_features * rotation_ops(m.in_features) for m in layers) / sum(
+        m.in_features * m.out_features * 2 / 32 for m in layers)
+    assert extra2 / (est[4, False] - est[2, False]) == pytest.approx(expected, rel=1e-6)

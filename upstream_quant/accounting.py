@@ -455,6 +455,7 @@ class StoredWeight:
     group_size: int | None
     zero_stored: bool  # zero-points written (not constant over the layer, e.g. asymmetric codes)
     act_bits: int | None = None
+    rotated: bool = False  # inputs rotated at run time (upstream_quant.rotation): a seed, no bytes
 
     @property
     def scales(self) -> int:
@@ -479,7 +480,7 @@ def stored_weights(model: nn.Module) -> dict[str, StoredWeight]:
             zero = module.zero.detach().flatten()
             out[name] = StoredWeight(tuple(module.codes.shape), int(module.bits), module.group_size,
                                      bool(zero.numel() and not (zero == zero[0]).all()),
-                                     module.act.bits if module.act is not None else None)
+                                     module.act.bits if module.act is not None else None, module.rotation is not None)
     return out
 
 
@@ -528,8 +529,12 @@ def model_cost(model: nn.Module, seconds: float = DEFAULT_SECONDS) -> ModelCost:
     what it is. Paper convention per weight: quantized layers at their bits plus an 8-bit scale
     (and zero-point, when stored) per row or group; the rest as `paper_policy` (a uniformly
     quantized model costs what `cost_report` gives its bit width: tested). Runtime: a
-    MAC with b-bit weights and a-bit activations costs (b / 32) x (a / 32) of a full-precision one.
+    MAC with b-bit weights and a-bit activations costs (b / 32) x (a / 32) of a full-precision one;
+    a rotated layer adds its input rotation's additions (`rotation.rotation_ops` per input
+    element) at full precision.
     """
+    from .rotation import rotation_ops
+
     layers = stored_weights(model)
     name = getattr(model, "name", None)
     arch = model.architecture() if hasattr(model, "architecture") else None
@@ -549,7 +554,10 @@ def model_cost(model: nn.Module, seconds: float = DEFAULT_SECONDS) -> ModelCost:
         w = layers.get(op.module)
         if w is None:
             return op.macs
-        return op.macs * min(w.bits, 32) / 32 * min(w.act_bits or 32, 32) / 32
+        out = op.macs * min(w.bits, 32) / 32 * min(w.act_bits or 32, 32) / 32
+        if w.rotated:  # the input rotation's full-precision additions, counted as MACs: per input element
+            out += op.macs / w.shape[0] * rotation_ops(w.shape[1])
+        return out
 
     runtime = {scope: sum(cost(op) for op in ops if scope == "full" or op.group == "transformer")
                / reference_cost(seconds, scope) for scope in ("encoder", "full")}

@@ -34,6 +34,13 @@ def block_size(width: int) -> int:
     return b
 
 
+def rotation_ops(width: int) -> int:
+    """Additions (or multiply-adds) per input element: log2(b) butterflies, m for the block mix."""
+    b = block_size(width)
+    m = width // b
+    return b.bit_length() - 1 + (m if m > 1 else 0)
+
+
 def layer_seed(name: str) -> int:
     """The seed of a layer's rotation, from its name (stable across runs and machines)."""
     return zlib.crc32(name.encode()) & 0x7FFFFFFF
