@@ -297,7 +297,6 @@ MINI_CLAIMS = [
     ("mini-superb", f"{W}/uniform4/reuse", f"{W}/fp/retrain", "ic", "intents", "acc", "<"),
     ("mini", f"{W}/uniform4/retrain", f"{W}/fp/retrain", "e2e_asr", "passages", "wer", ">"),
     ("mini", f"{W}/gptq4/reuse", f"{W}/fp/retrain", "asr", "digits", "wer", "≈"),
-    ("mini", f"{W}/gptq4/retrain", f"{W}/fp/retrain", "e2e_asr", "passages", "wer", ">"),
     ("mini", f"{W}/gptq3/reuse", f"{W}/fp/retrain", "asr", "digits", "wer", ">"),
     ("mini", f"{W}/gptq2/reuse", f"{D}/fp/retrain", "asr", "digits", "wer", "≈"),
     ("mini-superb", f"{W}/gptq3/reuse", f"{W}/fp/retrain", "pr", "digits", "per", ">"),
@@ -340,13 +339,13 @@ def test_docs_say_3_bit_gptq_end_to_end_collapses_without_zero_points_and_not_wi
     assert d.low > 2  # not within 2 points of full precision
 
 
-def test_readme_says_every_two_and_one_bit_model_collapses_end_to_end():
-    """"End to end, every 2- and 1-bit model collapses", and GPTQ at 3 bits too (> 100 % WER)."""
+def test_readme_says_two_and_one_bit_rounding_collapses_end_to_end():
+    """README: rounded to 2 or 1 bits, Whisper's own decoder collapses (> 100 % WER)."""
     from bench.results import load_runs
 
     rows = [r for r in load_runs("mini", Path(__file__).resolve().parent.parent / "results") if r["task"] == "e2e_asr"]
-    low = [r for r in rows if r["bits"] in (1, 2) or r["quant"] == "gptq3"]
-    assert len(low) == 6 and all(r["metrics"]["test_wer"] > 100 for r in low)
+    low = [r for r in rows if r["bits"] in (1, 2)]
+    assert len(low) == 2 and all(r["metrics"]["test_wer"] > 100 for r in low)
 
 
 def test_readme_s_cross_thread_comparison_matches_the_committed_stores():
