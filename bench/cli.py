@@ -256,7 +256,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 print(f"  [{state}] {run.name:<60} packed file {run.quant.file} (bench cost --packed for its cost)")
                 continue
             if run.quant.registered is not None and not run.quant.registered.bits:
-                print(f"  [{state}] {run.name:<60} budget {run.quant.budget_mb:g} MB (allocated at run time)")
+                budget = (f"{run.quant.budget_bits:g} bits a weight on average" if run.quant.budget_bits is not None
+                          else f"{run.quant.budget_mb:g} MB")
+                print(f"  [{state}] {run.name:<60} budget {budget} (allocated at run time)")
                 continue
             config = run.quant.config()
             report = cost_report(run.upstream, run.quant.bits if run.quant.method != "fp" else 16,
