@@ -246,6 +246,8 @@ def test_dry_run_finds_what_would_fail_hours_later(tmp_path, capsys, monkeypatch
     assert "ok: upstream fbank: weights in the installation" in out
     assert main(["run", "mini", "--dry-run", "--store", str(tmp_path / "store")]) == 0
     assert "PROBLEM" not in capsys.readouterr().out
+    assert main(["run", "mini-ptq", "--dry-run", "--store", str(tmp_path / "store"), "--only", "*mixed*"]) == 0
+    assert "budget 2.25 bits a weight on average (allocated at run time)" in capsys.readouterr().out
 
 
 def test_bench_run_refuses_a_store_it_cannot_write_before_any_run(tmp_path, capsys):
