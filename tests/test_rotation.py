@@ -93,8 +93,9 @@ def test_rot_token():
     assert spec.rotate and spec.label == "gptq2-g64-asym-rot" and spec.config().rotate
     assert QuantSpec.parse("recon:2:rot").config().rotate and QuantSpec.parse("uniform:3:rot").config().rotate
     assert "rotate" not in QuantSpec.parse("gptq:3").as_dict()  # other rows' hashes unchanged
-    with pytest.raises(ValueError, match="unknown option 'rot'"):
-        QuantSpec.parse("qat:2:rot")
+    assert QuantSpec.parse("qat:2:rot").label == "qat2-rot"
+    with pytest.raises(ValueError, match="rotations .* are for GPTQ rounding"):
+        QuantSpec.parse("mixed:2.25b:rot")
 
 
 def test_the_rotation_is_costed_in_the_estimated_runtime_and_not_in_storage(tiny_hubert):
