@@ -232,7 +232,11 @@ class Runner:
                 work_dir=self.work / f"{q.method}-{self.model_key(run)}", device=self.device, devices=run.devices,
                 seed=run.seed, options=dict(run.options.get(q.method, {})), progress=self.progress, logger=self.logger,
                 callbacks=[self.timeline.callback()], window=self.input_window(run))
-            return method.build(base, q, context)
+            started = time.time()
+            model, info = method.build(base, q, context)
+            if not method.trains:  # post-training with its own procedure (mixed precision): its time, as the others'
+                info = {"quantize_seconds": round(time.time() - started, 2)} | info
+            return model, info
         from upstream_quant.quantize import quantize
 
         config = q.config()

@@ -246,3 +246,24 @@ data = ["a"]
     assert all(torch.equal(d[:12000], h) and not d[12000:].any() for d, h in zip(decoder, head))
     with pytest.raises(CalibrationError, match=r"utterance\(s\) \[1\] are longer than the model's input window of 8000"):
         pad_to_window([torch.zeros(100), torch.zeros(9000)], 8000)
+
+
+def test_a_mixed_row_to_an_average_width_builds_and_records_its_time(tmp_path):
+    """mixed:2.5b:gptq:rot through the runner: allocated to 2.5 bits a weight on average over
+    Whisper's transformer linears, GPTQ-rounded and rotated, its quantize_seconds recorded."""
+    from bench.runner import Runner
+    from upstream_quant.qweight import QuantizedLayer
+
+    corpus = tiny_corpus(tmp_path)
+    path = tmp_path / "mixed.toml"
+    path.write_text(tiny_suite_toml(str(corpus), """
+[[runs]]
+upstreams = ["whisper_tiny_en"]
+quant = ["mixed:2.5b:gptq:rot"]
+data = ["chirps"]
+"""))
+    s = load_suite(str(path))
+    model, info = Runner(s, tmp_path / "store", device="cpu", progress=False)._build_quantized(s.runs[0])
+    assert info["quantize_seconds"] > 0 and 2.25 < info["mixed"]["average_bits"] <= 2.5
+    layers = [m for m in model.modules() if isinstance(m, QuantizedLayer)]
+    assert len(layers) == 24 and {m.bits for m in layers} == {2, 3} and all(m.rotation is not None for m in layers)
