@@ -80,8 +80,9 @@ def plot_suite(rows: pd.DataFrame, out_dir: Path) -> list[Path]:
             ax.errorbar(sub.storage, sub.value, yerr=[sub.value - sub.low, sub.high - sub.value], fmt=marker, capsize=2,
                         label=f"ours ({protocol}, 95 % interval)")
             for _, r in sub.iterrows():
-                ax.annotate(f"{r.upstream.replace('_tiny_en', '')} {r.method}{'' if r.method == 'fp' or pd.isna(r.bits) else int(r.bits)}",
-                            (r.storage, r.value), fontsize=7, xytext=(3, 3), textcoords="offset points")
+                quant = r.config.split("/")[1] if r.config.count("/") == 2 else r.method  # the label with its options (rot, g64, ...)
+                ax.annotate(f"{r.upstream.replace('_tiny_en', '')} {quant}", (r.storage, r.value), fontsize=7, xytext=(3, 3),
+                            textcoords="offset points")
         if spec.mode == "min" and len(g) > 1:  # a front of low size and low error, dominance only where significant
             front = pareto(g, "storage", "value", significantly_lower(scores, g))
             ax.plot(front.storage, front.value, "k--", lw=0.8, label="Pareto front (ours; significant dominance)")
