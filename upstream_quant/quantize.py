@@ -54,6 +54,13 @@ def effective_weight(layer: nn.Module) -> torch.Tensor:
     return layer.weight
 
 
+def rotated_layer(name: str, weight: torch.Tensor, stats):
+    """A linear layer's weight and calibration statistics in its rotated input basis, and the
+    rotation's seed (from the layer's name): what a method rounds when asked to rotate."""
+    seed = layer_seed(name)
+    return rotate(weight.detach(), seed), rotated_stats(stats, seed), seed
+
+
 def rotated_stats(stats, seed: int):
     """A layer's calibration statistics as the rotated inputs R x would give them (X^T X -> R X^T X R^T,
     sampled rows -> R x); the output-side gradients are unchanged."""
@@ -144,8 +151,7 @@ def quantize(
         layer_config = per_layer[name]
         weight, seed = effective_weight(layer), None
         if getattr(layer_config, "rotate", False) and isinstance(layer, nn.Linear):  # convolutions stay as they are
-            seed = layer_seed(name)
-            weight, stats = rotate(weight.detach(), seed), rotated_stats(stats, seed)
+            weight, stats, seed = rotated_layer(name, weight, stats)
         qweight = METHODS[type(layer_config)](weight, layer_config, stats)
         out = QuantizedLayer(layer, qweight, config.act_bits, seed)
         if hasattr(qweight, "latent"):  # a block method's starting point, for its refine step

@@ -121,8 +121,7 @@ def gptq_sensitivity(upstream: nn.Module, wavs: Sequence[torch.Tensor], layers: 
     Convolutions (no GPTQ) get the min-max rounding's relative weight error. ``rotate``: each
     linear's error in its rotated input basis, as `quantize` rounds it (upstream_quant.rotation)."""
     from ..calibration import collect_stats
-    from ..quantize import rotated_stats
-    from ..rotation import layer_seed, rotate as rotated
+    from ..quantize import rotated_layer
     from .gptq import GPTQConfig, gptq
 
     check_calibration(list(wavs))
@@ -142,7 +141,7 @@ def gptq_sensitivity(upstream: nn.Module, wavs: Sequence[torch.Tensor], layers: 
             continue
         layer_stats = stats[name]
         if rotate:
-            w, layer_stats = rotated(w, layer_seed(name)), rotated_stats(layer_stats, layer_seed(name))
+            w, layer_stats, _ = rotated_layer(name, w, layer_stats)
         h = layer_stats.hessian.float()
         dw = w - gptq(w, layer_stats, config)[0].dequantize().reshape(w.shape)
         scores[name] = float(((dw @ h) * dw).sum() / ((w @ h) * w).sum().clamp_min(1e-12))
