@@ -1,7 +1,9 @@
 """Uncertainty of a table cell: bootstrap confidence intervals over test utterances and seeds.
 
-Every metric is a ratio of sums over utterances (`downstream.metrics`), and each row keeps its
-utterances' (numerator, denominator) pairs, so a cell's interval is recomputed from the store.
+Each row keeps its test units' (numerator, denominator) pairs, so a cell's interval is recomputed
+from the store. Most metrics are a ratio of sums over utterances; a metric that is not (a trial
+list's equal error rate) registers its own statistic in `downstream.metrics`, which the
+resampling calls with the replicate's weights.
 A replicate resamples the test utterances (one multinomial draw, shared by every configuration
 compared on them: a *paired* bootstrap, Bisani & Ney 2004) by their reference text: utterances
 that read the same text (a phrasing read several times by the test speaker) are drawn together,
@@ -18,6 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+from downstream import metrics
 
 DEFAULT_RESAMPLES = 1000
 MIN_RESAMPLES = 100
@@ -41,6 +45,7 @@ class Scores:
     num: np.ndarray  # (seeds, utterances)
     den: np.ndarray
     clusters: tuple[str, ...] | None = None  # per utterance: what is resampled together (its reference text)
+    metric: str = ""  # its name: how the units combine (`downstream.metrics.statistic`)
 
     @classmethod
     def from_rows(cls, rows: list[dict], metric: str) -> "Scores | None":
@@ -61,18 +66,23 @@ class Scores:
         den = np.array([[t[i][1] for i in ids] for _, t in tables], dtype=float)
         per = rows[0]["per_utterance"]
         refs = dict(zip(per["ids"], per["refs"])) if per.get("refs") else None
-        return cls(tuple(s for s, _ in tables), tuple(ids), num, den, tuple(refs[i] for i in ids) if refs else None)
+        return cls(tuple(s for s, _ in tables), tuple(ids), num, den, tuple(refs[i] for i in ids) if refs else None, metric)
+
+    def weighted(self, weights: np.ndarray) -> np.ndarray:
+        """The metric of each seed under each row of unit weights: (replicates, seeds)."""
+        stat = metrics.statistic(self.metric)
+        return np.stack([stat(self.num[k], self.den[k], weights) for k in range(len(self.seeds))], axis=1)
 
     @property
     def per_seed(self) -> np.ndarray:
-        """The metric of each seed, in percent."""
-        return 100 * self.num.sum(1) / self.den.sum(1)
+        """The metric of each seed (in percent for a ratio)."""
+        return self.weighted(np.ones((1, len(self.ids))))[0]
 
     def restrict(self, ids: list[str]) -> "Scores":
         index = {u: k for k, u in enumerate(self.ids)}
         where = [index[i] for i in ids]
         clusters = None if self.clusters is None else tuple(self.clusters[k] for k in where)
-        return Scores(self.seeds, tuple(ids), self.num[:, where], self.den[:, where], clusters)
+        return Scores(self.seeds, tuple(ids), self.num[:, where], self.den[:, where], clusters, self.metric)
 
 
 def scores_by_config(rows, metric: str) -> dict[str, "Scores | None"]:
@@ -97,8 +107,7 @@ def _utterance_weights(rng: np.random.Generator, n: int, resamples: int,
 
 def _replicates(s: Scores, weights: np.ndarray, seed_draw: np.ndarray) -> np.ndarray:
     """The metric (mean over the drawn seeds) in each replicate."""
-    per_seed = 100 * (weights @ s.num.T) / np.maximum(weights @ s.den.T, 1e-12)  # (resamples, seeds)
-    return np.take_along_axis(per_seed, seed_draw, axis=1).mean(1)
+    return np.take_along_axis(s.weighted(weights), seed_draw, axis=1).mean(1)
 
 
 def _seed_draw(rng: np.random.Generator, k: int, resamples: int) -> np.ndarray:

@@ -63,8 +63,12 @@ class DropReport:
 
 @dataclass
 class Corpus:
+    """``trials``: verification pairs (1 same speaker or 0, utterance id, utterance id) of a
+    split that is scored on pairs, not utterances (VoxCeleb1's ``sv_test``); None elsewhere."""
+
     utterances: list[Utterance]
     dropped: DropReport
+    trials: list[tuple[int, str, str]] | None = None
 
     def __len__(self) -> int:
         return len(self.utterances)

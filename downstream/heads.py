@@ -59,3 +59,62 @@ def spec_augment(x: torch.Tensor, lengths: torch.Tensor, time_masks: int = 2, ti
             s = int(torch.randint(0, max(d - w, 1), (1,), generator=generator))
             x[i, :, s : s + w] = 0
     return x
+
+
+class XVectorHead(nn.Module):
+    """SUPERB's ASV head (s3prl sv_voxceleb1, amsoftmax.yaml): Linear(D->512), five TDNN layers
+    (contexts 5, 3, 3, 1, 1 at dilations 1, 2, 3, 1, 1; ReLU; 512 wide, the last 1500), statistics
+    pooling (mean and standard deviation over the valid frames), then Linear(3000->512), ReLU,
+    Linear(512->512), ReLU. ``embed`` is s3prl's inference path: the first of those linears and
+    its ReLU, the speaker embedding that trials are scored on. A TDNN is a 1-D convolution over
+    frames without padding, so each layer trims its context from the length."""
+
+    LAYERS = ((5, 1), (3, 2), (3, 3), (1, 1), (1, 1))
+
+    def __init__(self, in_dim: int, dim: int = 512, agg_dim: int = 1500):
+        super().__init__()
+        self.proj = nn.Linear(in_dim, dim)
+        widths = [dim] * len(self.LAYERS) + [agg_dim]
+        self.tdnn = nn.ModuleList(nn.Conv1d(widths[i], widths[i + 1], k, dilation=d) for i, (k, d) in enumerate(self.LAYERS))
+        self.linear1 = nn.Linear(2 * agg_dim, dim)
+        self.linear2 = nn.Linear(dim, dim)
+
+    @property
+    def trim(self) -> int:
+        return sum(d * (k - 1) for k, d in self.LAYERS)
+
+    def _pooled(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        short = self.trim + 1 - x.shape[1]
+        if short > 0:  # an utterance shorter than the TDNN's context: pad with zeros (s3prl would fail)
+            x = nn.functional.pad(x, (0, 0, 0, short))
+        h = self.proj(x).transpose(1, 2)
+        for conv in self.tdnn:
+            h = torch.relu(conv(h))
+        h = h.transpose(1, 2)  # (batch, frames - trim, agg_dim)
+        n = (lengths - self.trim).clamp(min=1).to(h.device)
+        mask = (torch.arange(h.shape[1], device=h.device)[None, :] < n[:, None]).unsqueeze(-1).to(h.dtype)
+        mean = (h * mask).sum(1) / n[:, None]
+        var = (((h - mean[:, None]) * mask) ** 2).sum(1) / (n[:, None] - 1).clamp(min=1)
+        return torch.cat([mean, var.clamp(min=1e-8).sqrt()], dim=-1)
+
+    def embed(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.linear1(self._pooled(x, lengths)))
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.linear2(self.embed(x, lengths)))
+
+
+class AMSoftmax(nn.Module):
+    """Additive-margin softmax loss (Wang et al. 2018; s3prl's AMSoftmaxLoss, s = 30, m = 0.4):
+    cross-entropy over s x cosine(embedding, class weight), the target's cosine lowered by m."""
+
+    def __init__(self, dim: int, classes: int, s: float = 30.0, m: float = 0.4):
+        super().__init__()
+        self.s, self.m = s, m
+        self.weight = nn.Parameter(torch.empty(dim, classes))
+        nn.init.xavier_normal_(self.weight)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        cos = nn.functional.normalize(x, dim=1) @ nn.functional.normalize(self.weight, dim=0)
+        margin = nn.functional.one_hot(labels, cos.shape[1]).to(cos.dtype) * self.m
+        return nn.functional.cross_entropy(self.s * (cos - margin), labels)

@@ -1,14 +1,22 @@
-"""Per-utterance scores: every test metric is a ratio of sums (edits over reference words, correct
-over total), so a row that keeps each utterance's (numerator, denominator) can recompute its
-metric exactly and resample it (bootstrap confidence intervals) without rerunning anything."""
+"""Per-unit scores: a row keeps each test unit's (numerator, denominator) pair, so it can recompute
+its metric exactly and resample it (bootstrap confidence intervals) without rerunning anything.
+
+Most metrics are a ratio of sums over utterances (edits over reference words, correct over
+total). A metric that is not (a verification trial list's equal error rate) keeps one pair per
+unit all the same, (score, 1 target or 0), and registers its `statistic` here: a function of the
+pairs and of per-unit weights, which is what the bootstrap varies."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import jiwer
+import numpy as np
 
-Units = list[tuple[int, int]]  # one (numerator, denominator) per utterance
+Units = list[tuple[float, float]]  # one (numerator, denominator) per unit (utterance or trial)
+# metric -> f(num (n,), den (n,), weights (replicates, n)) -> the metric in each replicate (replicates,)
+Statistic = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+STATISTICS: dict[str, Statistic] = {}
 
 
 def _edits(output) -> Units:
@@ -42,6 +50,81 @@ def ratio(units: Units) -> float:
     return 100.0 * sum(n for n, _ in units) / den if den else 0.0
 
 
+def weighted_ratio(num: np.ndarray, den: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """100 x weighted sum of numerators / weighted sum of denominators, per row of weights."""
+    return 100 * (weights @ num) / np.maximum(weights @ den, 1e-12)
+
+
+def statistic(metric: str) -> Statistic:
+    """How ``metric`` is computed from its units: registered, or a ratio of sums."""
+    return STATISTICS.get(metric, weighted_ratio)
+
+
+def register_statistic(metric: str, fn: Statistic) -> None:
+    if STATISTICS.get(metric, fn) is not fn:
+        raise ValueError(f"metric {metric!r} has a statistic already")
+    STATISTICS[metric] = fn
+
+
+def value(metric: str, units: Units) -> float:
+    """The metric on all its units, each counted once."""
+    if not units:
+        return 0.0
+    num, den = (np.array(x, dtype=float) for x in zip(*units))
+    return float(statistic(metric)(num, den, np.ones((1, len(num))))[0])
+
+
 def totals(units: dict[str, Units]) -> dict[str, float]:
-    """Each metric from its per-utterance scores."""
-    return {name: ratio(u) for name, u in units.items()}
+    """Each metric from its per-unit scores."""
+    return {name: value(name, u) for name, u in units.items()}
+
+
+# ---------------------------------------------------------------- verification trials
+# Written with numpy, not sklearn's roc_curve: the bootstrap needs the error rates of a thousand
+# reweighted trial lists at once, which one sort and a cumulative sum per replicate give.
+
+def _error_rates(scores: np.ndarray, targets: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Miss and false-alarm rates (replicates, thresholds + 1) as the threshold falls past each
+    trial, highest score first: column 0 accepts nothing, the last accepts everything."""
+    order = np.argsort(-scores, kind="stable")
+    w = weights[:, order]
+    t = targets[order]
+    hits = np.cumsum(w * t, axis=1)
+    alarms = np.cumsum(w * (1 - t), axis=1)
+    n_target = np.maximum(hits[:, -1:], 1e-12)
+    n_other = np.maximum(alarms[:, -1:], 1e-12)
+    zero = np.zeros((w.shape[0], 1))
+    miss = 1 - np.concatenate([zero, hits], axis=1) / n_target
+    fa = np.concatenate([zero, alarms], axis=1) / n_other
+    return miss, fa
+
+
+def eer(scores: np.ndarray, targets: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Equal error rate in percent: where the miss and false-alarm curves cross, linearly
+    interpolated between the two thresholds around the crossing (s3prl interpolates its ROC the
+    same way)."""
+    miss, fa = _error_rates(np.asarray(scores, float), np.asarray(targets, float), np.atleast_2d(weights))
+    gap = miss - fa  # falls from +1 (accept nothing) to -1 (accept everything)
+    k = np.argmax(gap <= 0, axis=1)  # first threshold where false alarms reach misses
+    rows = np.arange(len(k))
+    prev = np.maximum(k - 1, 0)
+    g0, g1 = gap[rows, prev], gap[rows, k]
+    frac = np.where(g0 != g1, g0 / np.where(g0 != g1, g0 - g1, 1), 0.0)
+    at = lambda curve: curve[rows, prev] + frac * (curve[rows, k] - curve[rows, prev])  # noqa: E731
+    return 100 * (at(miss) + at(fa)) / 2
+
+
+P_TARGET = 0.01  # minDCF's prior of a target trial (NIST SRE 2008-10; VoxCeleb1 reports it too)
+
+
+def min_dcf(scores: np.ndarray, targets: np.ndarray, weights: np.ndarray, p_target: float = P_TARGET) -> np.ndarray:
+    """Minimum normalised detection cost (cost of a miss = cost of a false alarm = 1), in [0, 1]
+    as NIST and VoxCeleb report it (not a percentage)."""
+    miss, fa = _error_rates(np.asarray(scores, float), np.asarray(targets, float), np.atleast_2d(weights))
+    cost = (miss * p_target + fa * (1 - p_target)) / min(p_target, 1 - p_target)
+    return cost.min(axis=1)
+
+
+def trials(scores: Sequence[float], targets: Sequence[int]) -> Units:
+    """A trial list as units: (score, 1 same speaker or 0) per trial."""
+    return [(float(s), int(t)) for s, t in zip(scores, targets)]

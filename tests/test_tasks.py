@@ -40,13 +40,13 @@ def tiny_pr(tmp_path_factory):
 
 
 def test_registry_names_every_task_and_its_presets():
-    assert {"asr", "ks", "pr", "ic"} <= set(TASKS)
+    assert {"asr", "ks", "pr", "ic", "sid", "asv"} <= set(TASKS)
     for name, spec in TASKS.items():
         assert spec.presets and all(preset(p, name).task == name for p in spec.presets)
         assert spec.headline == f"test_{spec.metrics[0]}" and spec.mode in ("min", "max")
     assert get_task("pr").mode == "min" and get_task("ic").mode == "max"
-    with pytest.raises(ValueError, match="unknown task 'sid'"):
-        get_task("sid")
+    with pytest.raises(ValueError, match="unknown task 'vad'"):
+        get_task("vad")
     with pytest.raises(ValueError, match="preset 'mini_asr' unknown for task 'pr'"):
         preset("mini_asr", "pr")
 
