@@ -3,9 +3,10 @@
 The offline default corpus: every machine here can build it (``scripts/setup.sh`` installs the
 engines), and the real readers load it unchanged. Each voice is a "speaker" with a gender.
 Kinds: ``sentences`` (read sentences), ``digits`` (TIDIGITS-like digit strings), ``commands``
-(short command phrases), all in LibriSpeech layout, ``keywords`` (Speech Commands layout) and
+(short command phrases), all in LibriSpeech layout, ``keywords`` (Speech Commands layout),
 ``intents`` (Fluent Speech Commands layout: spoken commands labelled with action, object and
-location slots).
+location slots) and ``speakers`` (VoxCeleb1 layout: every voice at several pitch and speed
+settings, each setting a speaker, for speaker identification and verification).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from upstream_quant.io import write_atomic
 from . import text
 from .speech_commands import COMMANDS, NOISE_DIR
 
-KINDS = ("sentences", "digits", "commands", "passages", "keywords", "intents")
+KINDS = ("sentences", "digits", "commands", "passages", "keywords", "intents", "speakers")
 ASR_KINDS = KINDS[:4]
 # passages: the read sentences in groups, each read as one utterance of about 20 s, all of them
 # test prompts: a test set for a decoder that reads 30 s windows (Whisper's), nothing to train on
@@ -186,13 +187,15 @@ def _engine_wav(voice: Voice, prompt: str, out: Path) -> None:
         raise SynthError(f"{voice.engine} failed for voice {voice.name} on {prompt!r}: {res.stderr.strip()[:300]}")
 
 
-def render(voice: Voice, prompt: str, speed: float) -> np.ndarray:
-    """16 kHz mono float32 speech: engine output, sox speed perturbation and resampling (no dither)."""
+def render(voice: Voice, prompt: str, speed: float, pitch: int = 0) -> np.ndarray:
+    """16 kHz mono float32 speech: engine output, sox speed perturbation (and a pitch shift in
+    cents, tempo kept) and resampling (no dither)."""
     with tempfile.TemporaryDirectory(prefix="bench-tts-") as tmp:
         raw = Path(tmp) / "raw.wav"
         _engine_wav(voice, prompt, raw)
         res = subprocess.run(
-            ["sox", "-D", str(raw), "-r", "16000", "-c", "1", "-b", "16", "-t", "wav", "-", "speed", f"{speed:.4f}"],
+            ["sox", "-D", str(raw), "-r", "16000", "-c", "1", "-b", "16", "-t", "wav", "-", "speed", f"{speed:.4f}",
+             *(["pitch", str(pitch)] if pitch else [])],
             capture_output=True,
         )
         if res.returncode != 0:
@@ -211,6 +214,7 @@ class Job:
     prompt: str
     speed: float
     fixed_seconds: float = 0.0  # keywords: pad or cut to exactly this length
+    pitch: int = 0  # speakers: a pitch shift in cents
 
 
 def _write_audio(path: Path, wav: np.ndarray) -> None:
@@ -236,7 +240,7 @@ def run_job(job: Job) -> float:
     path = Path(job.out)
     if path.is_file():
         return sf.info(str(path)).duration
-    wav = render(VOICES[job.voice], job.prompt, job.speed)
+    wav = render(VOICES[job.voice], job.prompt, job.speed, job.pitch)
     if job.fixed_seconds:
         wav = _fit(wav, job.fixed_seconds)
     _write_audio(path, wav)
@@ -386,6 +390,54 @@ def plan_intents(root: Path, minutes: float, voices: Sequence[Voice], heldout: V
     return jobs, rows
 
 
+# A synthetic speaker is a voice at one (pitch shift in cents, speed) setting; each voice gives
+# as many speakers as there are settings.
+SPEAKER_SETTINGS = ((-300, 0.94), (-150, 1.06), (0, 1.0), (150, 0.94), (300, 1.06))
+MIN_PER_SPEAKER = 8  # utterances: at least 2 identification-test, 2 identification-dev, 4 train
+TRIALS_PER_UTTERANCE = 4  # verification: this many same-speaker and as many other-speaker trials each
+
+
+def plan_speakers(root: Path, minutes: float, voices: Sequence[Voice], heldout: Voice | None, seed: int
+                  ) -> tuple[list[Job], list[str], list[str]]:
+    """Jobs, ``iden_split.txt`` and ``veri_test.txt`` lines in VoxCeleb1 layout.
+
+    Every voice at every `SPEAKER_SETTINGS` setting is a speaker reading its own seeded draw of
+    the read sentences, split for identification 2 test / 2 dev / the rest train per speaker.
+    Verification is tested on unseen voices, as VoxCeleb1's 40 test speakers are unseen people:
+    the speakers of the held-out voice and of the last reading voice go under ``test/wav``, the
+    others under ``dev/wav``; each test utterance has seeded same- and other-speaker trials."""
+    rng = random.Random(f"speakers-{seed}")
+    everyone = [*voices, *([heldout] if heldout else [])]
+    if len(everyone) < 3:
+        raise SynthError("--kind speakers needs three voices or more (two of them are verification's unseen test voices)")
+    unseen = {everyone[-1].name, everyone[-2].name}
+    pool = read_sentences()
+    speakers = [(v, k) for v in everyone for k in range(len(SPEAKER_SETTINGS))]
+    mean = sum(estimate_seconds(p) for p in pool) / len(pool)
+    per = max(MIN_PER_SPEAKER, round(minutes * 60 / (len(speakers) * mean)))
+    jobs, iden, tested = [], [], []
+    for voice, k in speakers:
+        spk = f"id{voice.speaker_id}{k}"
+        pitch, speed = SPEAKER_SETTINGS[k]
+        part = "test" if voice.name in unseen else "dev"
+        for i, prompt in enumerate(rng.sample(pool, min(per, len(pool)))):
+            rel = f"{spk}/session{i % 2}/{i + 1:05d}.wav"
+            jobs.append(Job(str(root / part / "wav" / rel), voice.name, prompt, speed, pitch=pitch))
+            iden.append(f"{3 if i < 2 else 2 if i < 4 else 1} {rel}")
+            if part == "test":
+                tested.append((spk, rel))
+    by_speaker: dict[str, list[str]] = {}
+    for spk, rel in tested:
+        by_speaker.setdefault(spk, []).append(rel)
+    trials = []
+    for spk, rel in tested:
+        same = [r for r in by_speaker[spk] if r != rel]
+        others = [r for s, rs in by_speaker.items() if s != spk for r in rs]
+        trials += [f"1 {rel} {r}" for r in rng.sample(same, min(TRIALS_PER_UTTERANCE, len(same)))]
+        trials += [f"0 {rel} {r}" for r in rng.sample(others, min(TRIALS_PER_UTTERANCE, len(others)))]
+    return jobs, iden, trials
+
+
 def write_noise(root: Path, seed: int, seconds: int = 20) -> None:
     """Background noise files for the _silence_ class: white, pink and brown noise at two levels."""
     rng = np.random.default_rng(seed)
@@ -424,7 +476,7 @@ def _check_args(args: SynthArgs) -> list[Voice]:
         raise SynthError(f"unknown voice(s) {unknown}; available: {sorted(VOICES)}")
     if args.minutes <= 0:
         raise SynthError(f"--minutes must be positive, got {args.minutes}")
-    if args.test_minutes is not None and (args.test_minutes <= 0 or args.kind == "keywords"):
+    if args.test_minutes is not None and (args.test_minutes <= 0 or args.kind in ("keywords", "speakers")):
         raise SynthError(f"--test-minutes must be positive and is for the ASR kinds and intents, got {args.test_minutes} "
                          f"for {args.kind}")
     if args.split_names not in SPLIT_NAMES:
@@ -468,8 +520,10 @@ def build(out: str | Path, args: SynthArgs, workers: int | None = None, force: b
     write_atomic(args_file, json.dumps(wanted, indent=1))
 
     heldout = VOICES[args.heldout_voice] if args.heldout_voice and args.kind != "keywords" else None
-    trans, intent_rows = {}, {}
-    if args.kind == "keywords":
+    trans, intent_rows, iden, trials = {}, {}, [], []
+    if args.kind == "speakers":
+        jobs, iden, trials = plan_speakers(root, args.minutes, readers, heldout, args.seed)
+    elif args.kind == "keywords":
         jobs, dev, test = plan_keywords(root, args.minutes, everyone, args.seed, args.perturb)
     elif args.kind == "intents":
         jobs, intent_rows = plan_intents(root, args.minutes, readers, heldout, args.seed, args.perturb, args.test_minutes)
@@ -486,7 +540,13 @@ def build(out: str | Path, args: SynthArgs, workers: int | None = None, force: b
             seconds[job.out] = sec
 
     summary: dict[str, dict[str, float]] = {}
-    if args.kind == "keywords":
+    if args.kind == "speakers":
+        write_atomic(root / "iden_split.txt", "".join(f"{line}\n" for line in iden))
+        write_atomic(root / "veri_test.txt", "".join(f"{line}\n" for line in trials))
+        for part in ("dev", "test"):
+            secs = [s for o, s in seconds.items() if f"/{part}/wav/" in o]
+            summary[part] = {"utterances": len(secs), "minutes": round(sum(secs) / 60, 2)}
+    elif args.kind == "keywords":
         write_noise(root, args.seed)
         write_atomic(root / "validation_list.txt", "".join(f"{r}\n" for r in dev))
         write_atomic(root / "testing_list.txt", "".join(f"{r}\n" for r in test))
@@ -518,6 +578,6 @@ def build(out: str | Path, args: SynthArgs, workers: int | None = None, force: b
         "splits": summary,
         "voices": {v.name: {"speaker_id": v.speaker_id, "gender": v.gender, "engine": v.engine, "voice": v.voice} for v in everyone},
         "minutes": round(sum(seconds.values()) / 60, 2),
-    }
+    } | ({"trials": len(trials)} if trials else {})
     write_atomic(manifest_file, json.dumps(manifest, indent=1))
     return manifest

@@ -128,3 +128,38 @@ def test_sid_learns_the_speakers_and_asv_separates_them(vox, tmp_path):
     assert metrics.value("eer", [tuple(u) for u in per["scores"]["eer"]]) == pytest.approx(m["test_eer"], abs=1e-3)
     again = evaluate(fbank, asv["checkpoint"], sv)  # the reuse protocol: the same head, the same trials
     assert again["metrics"]["test_eer"] == pytest.approx(m["test_eer"])
+
+
+def test_a_suite_row_of_asv_keeps_its_trials_and_the_table_gives_eer_with_an_interval(vox, tmp_path):
+    from bench.runner import run_suite
+    from bench.suites import load_suite
+    from bench.tables import markdown, suite_table
+
+    path = tmp_path / "sv.toml"
+    path.write_text(f'''name = "sv"
+[data.vox]
+layout = "voxceleb1"
+root = "{vox}"
+train = ["sv_train"]
+dev = ["sv_dev"]
+test = ["sv_test"]
+[schedule.asv]
+preset = "mini_asv"
+max_steps = 40
+batch_size = 8
+val_every_epochs = 10
+[[runs]]
+upstreams = ["fbank"]
+quant = ["fp"]
+tasks = ["asv"]
+data = ["vox"]
+seeds = [0, 1]
+''')
+    suite = load_suite(str(path))
+    summary = run_suite(suite, suite.runs, tmp_path / "store", device="cpu", progress=False)
+    assert summary["finished"] == 2 and not summary["failed"]
+    table = suite_table("sv", tmp_path / "store").set_index("config")
+    row = table.loc["fbank/fp/retrain"]
+    assert row.vox_eer_lo <= row.vox_eer <= row.vox_eer_hi and row.vox_eer_hi - row.vox_eer_lo > 0
+    assert 0 <= row.vox_min_dcf <= 1
+    assert "vox_eer" in markdown(table.reset_index())
