@@ -5,8 +5,9 @@ engines), and the real readers load it unchanged. Each voice is a "speaker" with
 Kinds: ``sentences`` (read sentences), ``digits`` (TIDIGITS-like digit strings), ``commands``
 (short command phrases), all in LibriSpeech layout, ``keywords`` (Speech Commands layout),
 ``intents`` (Fluent Speech Commands layout: spoken commands labelled with action, object and
-location slots) and ``speakers`` (VoxCeleb1 layout: every voice at several pitch and speed
-settings, each setting a speaker, for speaker identification and verification).
+location slots), ``speakers`` (VoxCeleb1 layout: every voice at several pitch and speed
+settings, each setting a speaker, for speaker identification and verification) and ``slots``
+(audio SNIPS layout: requests whose words are tagged with slot types, for slot filling).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import itertools
 import json
 import os
 import random
+import re
 import shutil
 import subprocess
 import tempfile
@@ -33,7 +35,7 @@ from upstream_quant.io import write_atomic
 from . import text
 from .speech_commands import COMMANDS, NOISE_DIR
 
-KINDS = ("sentences", "digits", "commands", "passages", "keywords", "intents", "speakers")
+KINDS = ("sentences", "digits", "commands", "passages", "keywords", "intents", "speakers", "slots")
 ASR_KINDS = KINDS[:4]
 # passages: the read sentences in groups, each read as one utterance of about 20 s, all of them
 # test prompts: a test set for a decoder that reads 30 s windows (Whisper's), nothing to train on
@@ -438,6 +440,84 @@ def plan_speakers(root: Path, minutes: float, voices: Sequence[Voice], heldout: 
     return jobs, iden, trials
 
 
+# SNIPS-like requests: a template's {slot} is filled with one of the slot's values (each word of
+# the value tagged with the slot's type); the last field is the intent.
+_SLOT_VALUES = {
+    "artist": ("pink floyd", "miles davis", "the beatles", "nina simone", "bob marley", "johnny cash", "ella fitzgerald",
+               "david bowie", "aretha franklin", "elton john"),
+    "service": ("spotify", "deezer", "youtube", "the radio", "pandora", "itunes"),
+    "genre": ("jazz", "rock and roll", "classical", "blues", "reggae", "hip hop", "country"),
+    "city": ("paris", "new york", "london", "tokyo", "berlin", "chicago", "madrid", "boston", "cairo", "sydney"),
+    "time": ("tomorrow", "tonight", "this weekend", "next monday", "in the morning", "on friday"),
+    "party_size": ("two", "three", "four", "six", "eight"),
+    "restaurant": ("the blue door", "golden garden", "luigi's kitchen", "the old mill", "sunset grill"),
+    "rating": ("one", "two", "three", "four", "five"),
+    "object": ("this book", "the current novel", "this album", "the last movie", "this essay"),
+    "movie": ("the matrix", "casablanca", "jaws", "the godfather", "star wars", "toy story"),
+    "playlist": ("road trip", "sunday chill", "workout", "focus", "party mix"),
+}
+_SLOT_TEMPLATES = (
+    ("play {artist} on {service}", "PlayMusic"), ("play some {genre} music", "PlayMusic"),
+    ("i want to hear {artist}", "PlayMusic"), ("put on some {genre} on {service}", "PlayMusic"),
+    ("what is the weather in {city} {time}", "GetWeather"), ("will it rain in {city}", "GetWeather"),
+    ("how cold will it be {time} in {city}", "GetWeather"),
+    ("book a table for {party_size} at {restaurant}", "BookRestaurant"),
+    ("reserve a table at {restaurant} for {party_size} {time}", "BookRestaurant"),
+    ("rate {object} {rating} stars", "RateBook"), ("give {object} a rating of {rating}", "RateBook"),
+    ("find the showtimes for {movie} {time}", "SearchScreeningEvent"), ("when is {movie} playing", "SearchScreeningEvent"),
+    ("add {artist} to my {playlist} playlist", "AddToPlaylist"), ("put this song on {playlist}", "AddToPlaylist"),
+)
+_FIELD = re.compile(r"\{(\w+)\}")
+
+
+def slot_request(rng: random.Random) -> tuple[list[str], list[str], str]:
+    """(words, slot tag per word, intent) of one seeded request."""
+    template, intent = rng.choice(_SLOT_TEMPLATES)
+    words, tags = [], []
+    for part in _FIELD.split(template):
+        if part in _SLOT_VALUES:
+            value = rng.choice(_SLOT_VALUES[part]).split()
+            words += value
+            tags += [part] * len(value)
+        else:
+            words += part.split()
+            tags += ["O"] * len(part.split())
+    return words, tags, intent
+
+
+def plan_slots(root: Path, minutes: float, voices: Sequence[Voice], heldout: Voice | None, seed: int, perturb: float,
+               test_minutes: float | None = None) -> tuple[list[Job], list[str]]:
+    """Jobs and ``all.iob.snips.txt`` lines in audio SNIPS layout, split by speaker as SUPERB's
+    SNIPS is: the held-out voice reads test/, the last reader valid/, the others train/. Test
+    requests are new combinations: no request is read twice, so none is a training one word for word."""
+    rng = random.Random(f"slots-{seed}")
+    if heldout is None:
+        if len(voices) < 3:
+            raise SynthError("--kind slots needs three voices or more without a held-out voice (train, valid, test)")
+        voices, heldout = voices[:-1], voices[-1]
+    if len(voices) < 2:
+        raise SynthError("--kind slots needs two reading voices or more besides the held-out one (train and valid)")
+    speakers = [(v, "train") for v in voices[:-1]] + [(voices[-1], "valid"), (heldout, "test")]
+    mean = 2.5
+    per_voice = max(5, round(minutes * 60 / (len(speakers) * mean)))
+    jobs, lines, seen = [], [], set()
+    for voice, split in speakers:
+        wanted = max(5, round(test_minutes * 60 / mean)) if split == "test" and test_minutes else per_voice
+        count = tries = 0
+        while count < wanted and tries < 50 * wanted:
+            tries += 1
+            words, tags, intent = slot_request(rng)
+            sentence = " ".join(words)
+            if sentence in seen:
+                continue  # every request is read once: a test request is never a training one
+            seen.add(sentence)
+            uid = f"{voice.name}-{count:04d}"
+            jobs.append(Job(str(root / split / f"{uid}.wav"), voice.name, sentence, _speed(rng, perturb)))
+            lines.append(f"{uid} BOS {sentence} EOS\tO {' '.join(tags)} {intent}")
+            count += 1
+    return jobs, lines
+
+
 def write_noise(root: Path, seed: int, seconds: int = 20) -> None:
     """Background noise files for the _silence_ class: white, pink and brown noise at two levels."""
     rng = np.random.default_rng(seed)
@@ -520,8 +600,10 @@ def build(out: str | Path, args: SynthArgs, workers: int | None = None, force: b
     write_atomic(args_file, json.dumps(wanted, indent=1))
 
     heldout = VOICES[args.heldout_voice] if args.heldout_voice and args.kind != "keywords" else None
-    trans, intent_rows, iden, trials = {}, {}, [], []
-    if args.kind == "speakers":
+    trans, intent_rows, iden, trials, iob = {}, {}, [], [], []
+    if args.kind == "slots":
+        jobs, iob = plan_slots(root, args.minutes, readers, heldout, args.seed, args.perturb, args.test_minutes)
+    elif args.kind == "speakers":
         jobs, iden, trials = plan_speakers(root, args.minutes, readers, heldout, args.seed)
     elif args.kind == "keywords":
         jobs, dev, test = plan_keywords(root, args.minutes, everyone, args.seed, args.perturb)
@@ -540,7 +622,13 @@ def build(out: str | Path, args: SynthArgs, workers: int | None = None, force: b
             seconds[job.out] = sec
 
     summary: dict[str, dict[str, float]] = {}
-    if args.kind == "speakers":
+    if args.kind == "slots":
+        write_atomic(root / "all.iob.snips.txt", "".join(f"{line}\n" for line in iob))
+        write_atomic(root / "slots.txt", "O\n" + "".join(f"{s}\n" for s in _SLOT_VALUES))
+        for split in ("train", "valid", "test"):
+            secs = [s for o, s in seconds.items() if f"/{split}/" in o]
+            summary[split] = {"utterances": len(secs), "minutes": round(sum(secs) / 60, 2)}
+    elif args.kind == "speakers":
         write_atomic(root / "iden_split.txt", "".join(f"{line}\n" for line in iden))
         write_atomic(root / "veri_test.txt", "".join(f"{line}\n" for line in trials))
         for part in ("dev", "test"):
