@@ -193,7 +193,7 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     frame = runs_frame(suite.name, root)
     if frame.empty:
         raise FileNotFoundError(f"no finished runs in {root / suite.name / 'runs.jsonl'}; run `bench run {args.suite}` first")
-    for path in plot_suite(frame, plot_dir(root, suite.name)):
+    for path in plot_suite(frame, plot_dir(root, suite.name), suite.student):
         print(f"wrote {path}")
     return 0
 

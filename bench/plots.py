@@ -56,9 +56,9 @@ def significantly_lower(scores: dict, points: pd.DataFrame, y: str = "value"):
     return better
 
 
-def plot_suite(rows: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """One PNG per (task, data) for the task's headline metric vs storage and per bit width, plus
-    the featurizer weights."""
+def plot_suite(rows: pd.DataFrame, out_dir: Path, student: str | None = None) -> list[Path]:
+    """One PNG per (task, data) for the task's headline metric vs storage and per bit width, the
+    SUPERB score against storage (where the suite has its anchors), and the featurizer weights."""
     written = []
     deployed = rows[rows["deploy"].notna()] if "deploy" in rows else rows.iloc[:0]
     if not deployed.empty:
@@ -116,6 +116,7 @@ def plot_suite(rows: pd.DataFrame, out_dir: Path) -> list[Path]:
         fig.suptitle(f"{task} on {data}: per bit width")
         written.append(_save(fig, out_dir / f"{task}_{data}_per_bits.png"))
 
+    written += plot_superb_score(rows, out_dir, student)
     weights = rows.dropna(subset=["featurizer_weights"])
     weights = weights[weights.featurizer_weights.map(len) > 1].drop_duplicates("config")
     if not weights.empty:
@@ -129,6 +130,33 @@ def plot_suite(rows: pd.DataFrame, out_dir: Path) -> list[Path]:
         ax.set_title("featurizer layer weights")
         written.append(_save(fig, out_dir / "featurizer_weights.png"))
     return written
+
+
+def plot_superb_score(rows: pd.DataFrame, out_dir: Path, student: str | None = None) -> list[Path]:
+    """SUPERB score against stored size, one point per upstream and quantization, the distilled
+    ``student`` marked; each point names the tasks its score averages (fewer tasks: not comparable)."""
+    from .superb_score import superb_scores
+
+    score = superb_scores(rows)
+    if score.empty:
+        return []
+    size = rows.groupby("config")["stored_mb"].first()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for config, r in score.iterrows():
+        upstream = config.split("/")[0]
+        is_student = upstream == student
+        ax.scatter(size.get(config), r.superb_score, marker="D" if is_student else "o", s=60 if is_student else 30,
+                   c="red" if is_student else "C0", label="distilled student" if is_student else None)
+        tasks = r.superb_tasks.replace(" (measured)", "").replace(" (published)", "*")
+        ax.annotate(f"{config.rsplit('/', 1)[0].replace('_tiny_en', '')} [{tasks}]", (size.get(config), r.superb_score),
+                    fontsize=6, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("stored size (MB)")
+    ax.set_ylabel("SUPERB score (FBANK 0, best 1000)")
+    ax.set_title("SUPERB score against size (tasks in brackets; * published anchors)")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return [_save(fig, out_dir / "superb_score_vs_storage.png")]
 
 
 def _interval(scores, value: float) -> tuple[float, float]:

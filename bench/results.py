@@ -88,6 +88,7 @@ def runs_frame(suite: str, root: Path | None = None):
         base = {k: row.get(k) for k in ("config", "upstream", "method", "bits", "group_size", "quant", "protocol", "task",
                                         "data", "seed", "storage_mb", "stored_mb", "fp16_mb", "packed_mb", "est_runtime",
                                         "est_runtime_full", "wall_seconds", "git_commit")}
+        base["layout"] = (row.get("spec", {}).get("data_config") or {}).get("layout")
         base["featurizer_weights"] = row.get("featurizer_weights")
         base["per_utterance"] = row.get("per_utterance")  # None in rows written before they were kept
         base["bit_widths"] = row.get("bit_widths") or []
