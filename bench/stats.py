@@ -71,7 +71,8 @@ class Scores:
     def weighted(self, weights: np.ndarray) -> np.ndarray:
         """The metric of each seed under each row of unit weights: (replicates, seeds)."""
         stat = metrics.statistic(self.metric)
-        return np.stack([stat(self.num[k], self.den[k], weights) for k in range(len(self.seeds))], axis=1)
+        groups = metrics.group_codes(self.clusters)
+        return np.stack([stat(self.num[k], self.den[k], weights, groups) for k in range(len(self.seeds))], axis=1)
 
     @property
     def per_seed(self) -> np.ndarray:

@@ -1,0 +1,103 @@
+"""QbE (SUPERB): query-by-example spoken term detection on QUESST 2014's English subset, s3prl's
+quesst14_dtw expert; nothing is trained. Each hidden state is normalised per dimension over all
+the audio, each (query, search utterance) pair is matched by subsequence DTW (dtw-python,
+asymmetric steps, open begin and end) on the cosine distance passed through exp(d) - 1 with each
+query frame's row min-max normalised, the pair scored by minus its normalised DTW cost and each
+query's scores standardised; the metric is the maximum term-weighted value (MTWV). As SUPERB:
+every hidden state is tried, the one with the best MTWV on the dev queries is chosen, and the
+eval queries are reported at it (``config.layer`` fixes one instead). A test unit is a
+(query, search utterance) pair, resampled by query."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+
+import numpy as np
+import torch
+from scipy.spatial import distance
+
+from .. import metrics
+from .. import quesst14  # noqa: F401  (registers its layout)
+from ..features import FrozenUpstream
+from .base import DownstreamTask, TaskConfig, TaskSpec, register_task
+
+metrics.register_statistic("mtwv", metrics.mtwv)
+MIN_QUERY_FRAMES = 5  # s3prl scores a shorter query 0 against every utterance
+
+
+def dtw_cost(query: np.ndarray, doc: np.ndarray) -> float:
+    """Normalised cost of the best subsequence alignment of ``query`` inside ``doc``."""
+    with contextlib.redirect_stdout(io.StringIO()):  # dtw-python prints a citation notice on import
+        from dtw import dtw
+    dist = np.exp(distance.cdist(query, doc, "cosine")) - 1
+    low, high = dist.min(1, keepdims=True), dist.max(1, keepdims=True)
+    dist = (dist - low) / np.clip(high - low, 1e-9, None)
+    return float(dtw(dist, step_pattern="asymmetric", keep_internals=False, distance_only=False, open_begin=True,
+                     open_end=True).normalizedDistance)
+
+
+def detection_scores(queries: dict[str, np.ndarray], docs: dict[str, np.ndarray]) -> dict[tuple[str, str], float]:
+    """(query, utterance) -> the query's standardised score (higher: more likely there)."""
+    out = {}
+    for q, qf in queries.items():
+        raw = np.array([-dtw_cost(qf, df) if len(qf) >= MIN_QUERY_FRAMES else 0.0 for df in docs.values()])
+        raw = (raw - raw.mean()) / max(raw.std(), 1e-9)
+        out |= {(q, d): float(s) for d, s in zip(docs, raw)}
+    return out
+
+
+class QbETask(DownstreamTask):
+    metric_name, metric_mode = "mtwv", "max"
+
+    def __init__(self, upstream: FrozenUpstream, config: TaskConfig):
+        super().__init__(upstream, config)
+        self.layers = [upstream.layer_index(config.layer)] if config.layer is not None else list(range(upstream.num_hidden_states))
+
+    def predict(self, batch) -> list[tuple[str, str, list[np.ndarray]]]:
+        """(utterance id, what it is, its hidden states) per utterance, fp16 on the CPU."""
+        states, lengths = self.upstream(batch["wavs"], batch["lengths"])
+        return [(u.id, u.split, [states[k][i, : int(n)].half().cpu().numpy() for k in self.layers])
+                for i, (u, n) in enumerate(zip(batch["utterances"], lengths))]
+
+    def on_test_epoch_end(self):
+        truth = {(q, d) for _, q, d in self.trainer.datamodule.corpora["test"].trials or []}
+        kinds = {uid: kind for uid, kind, _ in self._outputs}
+        per_layer = []
+        for k in range(len(self.layers)):
+            feats = {uid: f[k].astype(np.float32) for uid, _, f in self._outputs}
+            stacked = np.concatenate(list(feats.values()))
+            mean, std = stacked.mean(0), np.clip(stacked.std(0), 1e-9, None)
+            feats = {uid: (f - mean) / std for uid, f in feats.items()}
+            docs = {u: f for u, f in feats.items() if kinds[u] == "doc"}
+            scored = {}
+            for kind in ("dev", "eval"):
+                queries = {u: f for u, f in feats.items() if kinds[u] == kind}
+                if queries:
+                    scored[kind] = detection_scores(queries, docs)
+            per_layer.append(scored)
+        dev_mtwv = [self._mtwv(s["dev"], truth) for s in per_layer]
+        best = int(np.argmax(dev_mtwv))
+        reported = per_layer[best].get("eval", per_layer[best]["dev"])
+        pairs = sorted(reported)
+        units = metrics.trials([reported[p] for p in pairs], [int(p in truth) for p in pairs])
+        self.test_units = {"ids": [f"{q}|{d}" for q, d in pairs], "refs": [q for q, _ in pairs], "scores": {"mtwv": [list(u) for u in units]}}
+        self.log("test_mtwv", metrics.value("mtwv", units, [q for q, _ in pairs]))
+        self.log("test_dev_mtwv", dev_mtwv[best])
+        self.log("test_layer", float(self.layers[best]))
+
+    @staticmethod
+    def _mtwv(scored: dict[tuple[str, str], float], truth: set) -> float:
+        pairs = sorted(scored)
+        return metrics.value("mtwv", metrics.trials([scored[p] for p in pairs], [int(p in truth) for p in pairs]),
+                             [q for q, _ in pairs])
+
+
+def superb_qbe() -> TaskConfig:
+    """Nothing trained: the schedule only says which hidden state (None: the best on dev)."""
+    return TaskConfig(task="qbe", batch_size=1, specaug=False, max_batch_seconds=60.0)
+
+
+SPEC = register_task(TaskSpec(
+    name="qbe", title="QbE", module=QbETask, metrics=("mtwv",), axis_label="MTWV", layouts=("quesst14",),
+    presets={"superb_qbe": superb_qbe}, trains_head=False))
