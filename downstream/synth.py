@@ -6,8 +6,11 @@ Kinds: ``sentences`` (read sentences), ``digits`` (TIDIGITS-like digit strings),
 (short command phrases), all in LibriSpeech layout, ``keywords`` (Speech Commands layout),
 ``intents`` (Fluent Speech Commands layout: spoken commands labelled with action, object and
 location slots), ``speakers`` (VoxCeleb1 layout: every voice at several pitch and speed
-settings, each setting a speaker, for speaker identification and verification) and ``slots``
-(audio SNIPS layout: requests whose words are tagged with slot types, for slot filling).
+settings, each setting a speaker, for speaker identification and verification), ``slots``
+(audio SNIPS layout: requests whose words are tagged with slot types, for slot filling) and
+``mixtures`` (Kaldi data dirs of two-voice overlapping mixtures with who-speaks-when, for
+diarization) and ``terms`` (QUESST 2014 layout: spoken words as queries, read sentences to
+search, for query-by-example spoken term detection).
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from upstream_quant.io import write_atomic
 from . import text
 from .speech_commands import COMMANDS, NOISE_DIR
 
-KINDS = ("sentences", "digits", "commands", "passages", "keywords", "intents", "speakers", "slots")
+KINDS = ("sentences", "digits", "commands", "passages", "keywords", "intents", "speakers", "slots", "mixtures", "terms")
 ASR_KINDS = KINDS[:4]
 # passages: the read sentences in groups, each read as one utterance of about 20 s, all of them
 # test prompts: a test set for a decoder that reads 30 s windows (Whisper's), nothing to train on
@@ -518,6 +521,135 @@ def plan_slots(root: Path, minutes: float, voices: Sequence[Voice], heldout: Voi
     return jobs, lines
 
 
+@dataclass(frozen=True)
+class Mixture:
+    split: str
+    rec: str
+    sources: tuple[str, str]  # the two rendered files
+    voices: tuple[str, str]
+    start: float  # where the second source starts, as a fraction of the first source's length
+
+
+MIXTURE_SECONDS = 6.0  # a rough mixture length, to size the corpus to --minutes
+
+
+def plan_mixtures(root: Path, minutes: float, voices: Sequence[Voice], heldout: Voice | None, seed: int, perturb: float
+                  ) -> tuple[list[Job], list[Mixture]]:
+    """Source jobs and mixtures: two different voices each reading a sentence, the second starting
+    at a seeded 20-90 % of the first (overlap from most of it to none). Train and dev mix the
+    reading voices but the last; test mixes the last reader with the held-out voice, voices
+    diarization never trained on (Libri2Mix's test speakers are unseen too)."""
+    rng = random.Random(f"mixtures-{seed}")
+    if heldout is None:
+        voices, heldout = voices[:-1], voices[-1]
+    if len(voices) < 3:
+        raise SynthError("--kind mixtures needs three reading voices or more besides the held-out one")
+    pool = read_sentences()
+    jobs, mixes = [], []
+    for split, share in SPLIT_SHARE.items():
+        cast = [voices[-1], heldout] if split == "test" else list(voices[:-1])
+        for i in range(max(4, round(minutes * 60 * share / MIXTURE_SECONDS))):
+            pair = tuple(rng.sample(cast, 2))
+            rec = f"{split}_mix{i:04d}"
+            outs = tuple(str(root / "sources" / split / f"{rec}_{k}.wav") for k in range(2))
+            for out, voice in zip(outs, pair):
+                jobs.append(Job(out, voice.name, rng.choice(pool), _speed(rng, perturb)))
+            mixes.append(Mixture(split, rec, outs, (pair[0].name, pair[1].name), round(rng.uniform(0.2, 0.9), 3)))
+    return jobs, mixes
+
+
+def speech_segments(wav: np.ndarray, floor_db: float = -35.0, gap: float = 0.25, shortest: float = 0.1
+                    ) -> list[tuple[float, float]]:
+    """Where a clean source speaks: 10 ms frames within ``floor_db`` of its loudest frame, pauses
+    under ``gap`` seconds bridged, stretches under ``shortest`` dropped (a TTS file is clean,
+    so an energy floor is enough)."""
+    hop = 160
+    frames = len(wav) // hop
+    rms = np.sqrt((wav[: frames * hop].reshape(frames, hop) ** 2).mean(1) + 1e-12)
+    active = rms > rms.max() * 10 ** (floor_db / 20)
+    out: list[list[float]] = []
+    for t in np.flatnonzero(active):
+        start, end = t * hop / 16000, (t + 1) * hop / 16000
+        if out and start - out[-1][1] < gap:
+            out[-1][1] = end
+        else:
+            out.append([start, end])
+    return [(a, b) for a, b in out if b - a >= shortest]
+
+
+def write_mixtures(root: Path, mixes: list[Mixture]) -> dict[str, dict[str, float]]:
+    """Mix the rendered sources and write each split's Kaldi data dir; returns the summary."""
+    summary = {}
+    for split in SPLIT_SHARE:
+        scp, segs, spk, durs, rttm = [], [], [], [], []
+        seconds = 0.0
+        for m in (m for m in mixes if m.split == split):
+            a, b = (sf.read(path, dtype="float32")[0] for path in m.sources)
+            offset = int(m.start * len(a))
+            mix = np.zeros(max(len(a), offset + len(b)), dtype=np.float32)
+            mix[: len(a)] += a
+            mix[offset: offset + len(b)] += b
+            mix /= max(1.0, float(np.abs(mix).max()) / 0.95)
+            _write_audio(root / split / "wav" / f"{m.rec}.wav", mix)
+            scp.append(f"{m.rec} wav/{m.rec}.wav")
+            durs.append(f"{m.rec} {len(mix) / 16000:.3f}")
+            seconds += len(mix) / 16000
+            for k, (wav, shift, voice) in enumerate(((a, 0.0, m.voices[0]), (b, offset / 16000, m.voices[1]))):
+                for j, (s0, s1) in enumerate(speech_segments(wav)):
+                    utt = f"{m.rec}_{k}_{j:03d}"
+                    segs.append(f"{utt} {m.rec} {s0 + shift:.3f} {s1 + shift:.3f}")
+                    spk.append(f"{utt} {voice}")
+                    rttm.append(f"SPEAKER {m.rec} 1 {s0 + shift:.3f} {s1 - s0:.3f} <NA> <NA> {voice} <NA> <NA>")
+        for name, lines in (("wav.scp", scp), ("segments", segs), ("utt2spk", spk), ("reco2dur", durs), ("rttm", rttm)):
+            write_atomic(root / split / name, "".join(f"{line}\n" for line in lines))
+        summary[split] = {"utterances": len(scp), "minutes": round(seconds / 60, 2)}
+    return summary
+
+
+TERM_MIN_LETTERS, TERM_MIN_SENTENCES, TERM_MAX_SENTENCES = 6, 3, 12
+
+
+def plan_terms(root: Path, minutes: float, voices: Sequence[Voice], heldout: Voice | None, seed: int, perturb: float
+               ) -> tuple[list[Job], dict[str, list[str]], dict[str, list[str]]]:
+    """Jobs, ``scoring/language_key_*.lst`` lines and ground-truth RTTM lines in QUESST 2014
+    layout. Terms are the read sentences' words of 6 letters or more found in 3 to 12 of them,
+    split seeded between dev and eval; the held-out voice (else the last) says each term alone as
+    its query, the other voices read the sentences to search (those with a term first, then
+    others up to ``minutes``)."""
+    rng = random.Random(f"terms-{seed}")
+    if heldout is None:
+        voices, heldout = voices[:-1], voices[-1]
+    pool = read_sentences()
+    words = [set(re.findall(r"[a-z']+", p.lower())) for p in pool]
+    counts: dict[str, int] = {}
+    for ws in words:
+        for w in ws:
+            counts[w] = counts.get(w, 0) + 1
+    terms = sorted(w for w, n in counts.items() if len(w) >= TERM_MIN_LETTERS and TERM_MIN_SENTENCES <= n <= TERM_MAX_SENTENCES)
+    if len(terms) < 4:
+        raise SynthError(f"--kind terms found only {len(terms)} terms in {SENTENCES_FILE}")
+    rng.shuffle(terms)
+    halves = {"dev": sorted(terms[: len(terms) // 2]), "eval": sorted(terms[len(terms) // 2:])}
+    with_term = [i for i, ws in enumerate(words) if ws & set(terms)]
+    others = [i for i in range(len(pool)) if i not in set(with_term)]
+    rng.shuffle(others)
+    budget = max(len(with_term), round(minutes * 60 / 4.5))
+    chosen = sorted(with_term + others[: max(0, budget - len(with_term))])
+    jobs, lists, rttm = [], {"utterances": [], "dev": [], "eval": []}, {"dev": [], "eval": []}
+    for k, i in enumerate(chosen):
+        doc = f"quesst14_{k:05d}"
+        jobs.append(Job(str(root / "Audio" / f"{doc}.wav"), voices[k % len(voices)].name, pool[i], _speed(rng, perturb)))
+        lists["utterances"].append(f"quesst14Database/Audio/{doc}.wav nnenglish")
+    for split, split_terms in halves.items():
+        for j, term in enumerate(split_terms):
+            query = f"quesst14_{split}_{j:04d}"
+            jobs.append(Job(str(root / f"{split}_queries" / f"{query}.wav"), heldout.name, term, _speed(rng, perturb)))
+            lists[split].append(f"quesst14Database/{split}_queries/{query}.wav nnenglish")
+            rttm[split] += [f"LEXEME quesst14_{k:05d} 1 0.000 0.000 {query} lex <NA> <NA>"
+                            for k, i in enumerate(chosen) if term in words[i]]
+    return jobs, lists, rttm
+
+
 def write_noise(root: Path, seed: int, seconds: int = 20) -> None:
     """Background noise files for the _silence_ class: white, pink and brown noise at two levels."""
     rng = np.random.default_rng(seed)
@@ -556,7 +688,7 @@ def _check_args(args: SynthArgs) -> list[Voice]:
         raise SynthError(f"unknown voice(s) {unknown}; available: {sorted(VOICES)}")
     if args.minutes <= 0:
         raise SynthError(f"--minutes must be positive, got {args.minutes}")
-    if args.test_minutes is not None and (args.test_minutes <= 0 or args.kind in ("keywords", "speakers")):
+    if args.test_minutes is not None and (args.test_minutes <= 0 or args.kind in ("keywords", "speakers", "mixtures", "terms")):
         raise SynthError(f"--test-minutes must be positive and is for the ASR kinds and intents, got {args.test_minutes} "
                          f"for {args.kind}")
     if args.split_names not in SPLIT_NAMES:
@@ -600,8 +732,12 @@ def build(out: str | Path, args: SynthArgs, workers: int | None = None, force: b
     write_atomic(args_file, json.dumps(wanted, indent=1))
 
     heldout = VOICES[args.heldout_voice] if args.heldout_voice and args.kind != "keywords" else None
-    trans, intent_rows, iden, trials, iob = {}, {}, [], [], []
-    if args.kind == "slots":
+    trans, intent_rows, iden, trials, iob, mixes, term_lists, term_rttm = {}, {}, [], [], [], [], {}, {}
+    if args.kind == "terms":
+        jobs, term_lists, term_rttm = plan_terms(root, args.minutes, readers, heldout, args.seed, args.perturb)
+    elif args.kind == "mixtures":
+        jobs, mixes = plan_mixtures(root, args.minutes, readers, heldout, args.seed, args.perturb)
+    elif args.kind == "slots":
         jobs, iob = plan_slots(root, args.minutes, readers, heldout, args.seed, args.perturb, args.test_minutes)
     elif args.kind == "speakers":
         jobs, iden, trials = plan_speakers(root, args.minutes, readers, heldout, args.seed)
@@ -622,7 +758,18 @@ def build(out: str | Path, args: SynthArgs, workers: int | None = None, force: b
             seconds[job.out] = sec
 
     summary: dict[str, dict[str, float]] = {}
-    if args.kind == "slots":
+    if args.kind == "terms":
+        for name, lines in term_lists.items():
+            write_atomic(root / "scoring" / f"language_key_{name}.lst", "".join(f"{line}\n" for line in lines))
+        for split, lines in term_rttm.items():
+            write_atomic(root / "scoring" / f"groundtruth_quesst14_{split}" / f"quesst14_{split}.rttm",
+                         "".join(f"{line}\n" for line in lines))
+        for part in ("Audio", "dev_queries", "eval_queries"):
+            secs = [s for o, s in seconds.items() if f"/{part}/" in o]
+            summary[part] = {"utterances": len(secs), "minutes": round(sum(secs) / 60, 2)}
+    elif args.kind == "mixtures":
+        summary = write_mixtures(root, mixes)
+    elif args.kind == "slots":
         write_atomic(root / "all.iob.snips.txt", "".join(f"{line}\n" for line in iob))
         write_atomic(root / "slots.txt", "O\n" + "".join(f"{s}\n" for s in _SLOT_VALUES))
         for split in ("train", "valid", "test"):

@@ -93,3 +93,45 @@ def test_dtw_detects_the_query_words_and_the_layer_is_chosen_on_dev(quesst, tmp_
     assert len(per["ids"]) == 2 * 8 and set(per["refs"]) == {"quesst14_eval_0000", "quesst14_eval_0001"}
     short = detection_scores({"q": np.ones((4, 3))}, {"d1": np.ones((9, 3)), "d2": np.zeros((9, 3))})
     assert short == {("q", "d1"): 0.0, ("q", "d2"): 0.0}  # under 5 frames: scored 0 everywhere, as s3prl
+
+
+def test_our_subsequence_dtw_is_dtw_pythons_asymmetric_open_ended_one():
+    import contextlib
+    import io
+
+    from downstream.tasks.qbe import subsequence_dtw
+
+    with contextlib.redirect_stdout(io.StringIO()):  # dtw-python prints a citation notice on import
+        from dtw import dtw
+    rng = np.random.default_rng(0)
+    for n, m in ((1, 4), (3, 3), (5, 20), (40, 225)):
+        dist = rng.random((n, m))
+        ref = dtw(dist, step_pattern="asymmetric", keep_internals=False, distance_only=False, open_begin=True,
+                  open_end=True).normalizedDistance
+        assert subsequence_dtw(dist) == pytest.approx(ref, rel=1e-12)
+
+
+def test_the_cosine_distance_is_scipys():
+    from scipy.spatial import distance
+
+    from downstream.tasks.qbe import _unit_rows
+
+    rng = np.random.default_rng(1)
+    q, d = rng.standard_normal((7, 5)), rng.standard_normal((11, 5))
+    assert np.allclose(1 - _unit_rows(q) @ _unit_rows(d).T, distance.cdist(q, d, "cosine"))
+
+
+def test_many_utterances_at_once_give_each_pair_s_cost():
+    from scipy.spatial import distance
+
+    from downstream.tasks.qbe import batch_costs, subsequence_dtw
+
+    rng = np.random.default_rng(2)
+    query = rng.standard_normal((6, 4))
+    docs = [rng.standard_normal((m, 4)) for m in (3, 9, 20, 7)]
+    one_by_one = []
+    for doc in docs:
+        dist = np.exp(distance.cdist(query, doc, "cosine")) - 1
+        low, high = dist.min(1, keepdims=True), dist.max(1, keepdims=True)
+        one_by_one.append(subsequence_dtw((dist - low) / (high - low)))
+    assert np.allclose(batch_costs(query, docs), one_by_one)
