@@ -101,7 +101,11 @@ def test_shipped_suites_parse_and_expand():
     assert {r.data for r in e2e} == {"read"} and {r.model_data for r in e2e} == {"sentences"}
     assert {r.quant.label for r in e2e if r.seed == 2} == {"gptq3-rot", "gptq3-g64-asym-rot"}
     superb = load_suite("paper-superb")
-    assert {r.task for r in superb.runs} == {"asr", "pr", "ic", "ks"} and {r.upstream for r in superb.runs} == {"hubert_base", "distilhubert"}
+    from downstream.tasks import TASKS
+
+    assert {r.task for r in superb.runs} == set(TASKS) - {"e2e_asr"}  # SUPERB's ten
+    assert {r.upstream for r in superb.runs} == {"hubert_base", "distilhubert", "fbank"}
+    assert {r.data for r in superb.runs if r.task == "er"} == {f"iemocap_fold{k}" for k in range(1, 6)}
 
 
 def test_suite_errors_name_file_and_field(tmp_path, tiny_suite):
