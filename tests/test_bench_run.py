@@ -73,7 +73,8 @@ def test_shipped_suites_parse_and_expand():
     superb, deploy = load_suite("mini-superb"), load_suite("mini-deploy")
     assert {r.upstream for r in superb.runs} == {"whisper_tiny_en", "distil_whisper_tiny_en", "fbank"}
     assert {(r.task, r.data) for r in superb.runs} == {("asr", "digits"), ("pr", "digits"), ("ic", "intents"),
-                                                       ("sid", "speakers"), ("asv", "speakers_sv"), ("sf", "slots")}
+                                                       ("sid", "speakers"), ("asv", "speakers_sv"), ("sf", "slots"),
+                                                       ("sd", "mixtures"), ("qbe", "terms")}
     assert sum(1 for r in deploy.runs if r.quant.deploy) == 9 * 3
     paper = load_suite("paper")
     assert {r.upstream for r in paper.runs} == {"hubert_base", "distilhubert"}
