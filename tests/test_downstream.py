@@ -128,4 +128,4 @@ def test_keyword_spotting_beats_chance(tones, tmp_path):
 
 def test_bad_task_config_is_named():
     with pytest.raises(ValueError, match="task must be"):
-        TaskConfig(task="sid")
+        TaskConfig(task="vad")

@@ -5,37 +5,14 @@ checkpoint (1,251 on VoxCeleb1)."""
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
-
-from .. import metrics
 from .. import voxceleb1  # noqa: F401  (registers its layout)
-from ..features import FrozenUpstream
-from ..heads import PooledHead
-from .base import DownstreamTask, TaskConfig, TaskSpec, register_task
+from .base import TaskConfig, TaskSpec, register_task
+from .classify import ClassificationTask
 
 
-class SIDTask(DownstreamTask):
-    metric_name, metric_mode = "acc", "max"
-
-    def __init__(self, upstream: FrozenUpstream, config: TaskConfig):
-        super().__init__(upstream, config)
-        self.speakers = list(self.data_labels("speakers", "speaker list"))
-        self.index = {s: i for i, s in enumerate(self.speakers)}
-        self.head = PooledHead(upstream.hidden_size, len(self.speakers), 256)
-
-    def loss(self, x, lengths, batch):
-        labels = torch.tensor([self.index[u.label] for u in batch["utterances"]], device=x.device)
-        return F.cross_entropy(self.head(x, lengths), labels)
-
-    def predict(self, batch) -> list[tuple[str, str]]:
-        x, lengths = self.features(batch)
-        best = self.head(x, lengths).argmax(-1).tolist()
-        return [(u.label, self.speakers[b]) for u, b in zip(batch["utterances"], best)]
-
-    @staticmethod
-    def unit_scores(pairs: list[tuple[str, str]]) -> dict[str, metrics.Units]:
-        return {"acc": metrics.correct([r == h for r, h in pairs])}
+class SIDTask(ClassificationTask):
+    def classes(self, config: TaskConfig) -> list[str]:
+        return self.data_labels("speakers", "speaker list")
 
 
 def prepare(config: TaskConfig, train) -> TaskConfig:
