@@ -93,6 +93,8 @@ def train_and_evaluate(upstream: torch.nn.Module, task: TaskConfig, data: DataCo
                        logger=curves, max_epochs=epochs, check_val_every_n_epoch=task.val_every_epochs,
                        log_every_n_steps=min(50, steps_per_epoch))
     last = work_dir / "last.ckpt"
+    if last.is_file():
+        check_resumable(last, module)
     resumes = _count_resume(work_dir) if last.is_file() and not _finished(work_dir) else _count_resume(work_dir, 0)
     started = time.time()
     trainer.fit(module, datamodule=dm, ckpt_path=str(last) if last.is_file() else None)
@@ -138,6 +140,20 @@ def _test_as_it_is(upstream: torch.nn.Module, task: TaskConfig, data: DataConfig
             "upstream_seconds": round(module.upstream.seconds, 2), "head_seconds": 0.0, "feature_cache": None,
             "featurizer_weights": module.featurizer.layer_weights(), "per_utterance": module.test_units,
             "checkpoint": None, "device": str(dev)}
+
+
+def check_resumable(checkpoint: Path, module: torch.nn.Module) -> None:
+    """Refuse to resume from a checkpoint of another head (a preset whose sizes changed since the
+    run was interrupted): Lightning would fail deep inside with a list of tensor shapes."""
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=False).get("state_dict", {})
+    mine = module.state_dict()
+    differ = [k for k in mine if k in saved and tuple(saved[k].shape) != tuple(mine[k].shape)]
+    missing = [k for k in mine if k not in saved]
+    if differ or missing:
+        what = f"{differ[0]} is {tuple(saved[differ[0]].shape)} there, {tuple(mine[differ[0]].shape)} now" if differ \
+            else f"it lacks {missing[0]}"
+        raise ValueError(f"{checkpoint} holds another head than this run builds ({what}); the schedule changed since "
+                         f"it was written: delete {checkpoint.parent} to train afresh")
 
 
 def _finished(work_dir: Path) -> bool:

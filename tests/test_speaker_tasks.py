@@ -162,3 +162,13 @@ data = ["vox"]
     assert row.vox_eer_lo <= row.vox_eer <= row.vox_eer_hi and row.vox_eer_hi - row.vox_eer_lo > 0
     assert 0 <= row.vox_min_dcf <= 1
     assert "vox_eer" in markdown(table.reset_index())
+
+
+def test_a_run_refuses_to_resume_from_a_head_of_other_sizes(vox, tmp_path):
+    fbank = load_upstream("fbank", device="cpu")
+    sv = DataConfig("voxceleb1", str(vox), train=("sv_train",), dev=("sv_dev",), test=("sv_test",))
+    small = preset("mini_asv").with_(max_steps=4, batch_size=8, val_every_epochs=1)
+    train_and_evaluate(fbank, small, sv, tmp_path / "asv", device="cpu", progress=False)
+    with pytest.raises(ValueError, match=r"holds another head than this run builds \(head.proj.weight is \(128, 240\) "
+                                         r"there, \(64, 240\) now\).*delete"):
+        train_and_evaluate(fbank, small.with_(proj=64), sv, tmp_path / "asv", device="cpu", progress=False)
