@@ -175,3 +175,9 @@ def mtwv(scores: np.ndarray, targets: np.ndarray, weights: np.ndarray, groups=No
     ends = np.append(np.diff(scores[order]) != 0, True)
     best = np.maximum(gain[:, ends].max(axis=1), 0.0)  # a threshold above every score gives TWV 0
     return best / np.maximum(total, 1e-12)
+
+
+# The metrics that are not ratios of sums, registered here rather than by their tasks: a store's
+# rows are read (tables, comparisons) without importing any task module.
+for _name, _fn in (("eer", eer), ("min_dcf", min_dcf), ("mtwv", mtwv)):
+    register_statistic(_name, _fn)

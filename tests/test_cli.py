@@ -342,6 +342,16 @@ MINI_CLAIMS = [
     ("mini-superb", f"{W}/qat2/reuse", f"{D}/fp/retrain", "ic", "intents", "acc", ">"),
     ("mini-superb", f"{W}/qat2/reuse", f"{D}/fp/retrain", "pr", "digits", "per", "≈"),
     ("mini", f"{W}/qat1/reuse", f"{D}/fp/retrain", "asr", "digits", "wer", ">"),
+    # the other SUPERB tasks on their synthetic stand-ins (docs/measurements.md)
+    ("mini-superb", f"{W}/fp/retrain", "fbank/fp/retrain", "sid", "speakers", "acc", ">"),
+    ("mini-superb", f"{W}/gptq3/reuse", f"{W}/fp/retrain", "sid", "speakers", "acc", "≈"),
+    ("mini-superb", f"{W}/gptq2/reuse", f"{W}/fp/retrain", "sid", "speakers", "acc", "<"),
+    ("mini-superb", f"{W}/gptq3/reuse", f"{W}/fp/retrain", "asv", "speakers_sv", "eer", "≈"),
+    ("mini-superb", f"{W}/gptq2/reuse", f"{W}/fp/retrain", "asv", "speakers_sv", "eer", ">"),
+    ("mini-superb", f"{W}/fp/retrain", f"{D}/fp/retrain", "sf", "slots", "slot_type_f1", ">"),
+    ("mini-superb", f"{W}/gptq3/reuse", f"{W}/fp/retrain", "sf", "slots", "slot_type_f1", "<"),
+    ("mini-superb", f"{W}/gptq3/reuse", f"{W}/fp/retrain", "sd", "mixtures", "der", "≈"),
+    ("mini-superb", f"{W}/gptq2/reuse", f"{W}/fp/retrain", "sd", "mixtures", "der", ">"),
     ("mini", f"{W}/qat2@packed-int8/reuse", f"{W}/qat2/reuse", "asr", "digits", "wer", "≈"),
     *[("mini-deploy", f"{W}/{dep}/reuse", f"{W}/{ref}/reuse", "asr", "digits", "wer", "≈") for dep, ref in (
         ("uniform8@int8-dynamic", "uniform8"), ("uniform8-all@int8-dynamic", "uniform8-all"), ("uniform4@int8-dynamic", "uniform4"),

@@ -17,8 +17,6 @@ from ..features import FrozenUpstream
 from ..heads import AMSoftmax, XVectorHead
 from .base import DownstreamTask, TaskConfig, TaskSpec, register_task
 
-metrics.register_statistic("eer", metrics.eer)
-metrics.register_statistic("min_dcf", metrics.min_dcf)
 
 
 class ASVTask(DownstreamTask):

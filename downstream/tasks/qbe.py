@@ -18,7 +18,6 @@ from .. import quesst14  # noqa: F401  (registers its layout)
 from ..features import FrozenUpstream
 from .base import DownstreamTask, TaskConfig, TaskSpec, register_task
 
-metrics.register_statistic("mtwv", metrics.mtwv)
 MIN_QUERY_FRAMES = 5  # s3prl scores a shorter query 0 against every utterance
 
 
