@@ -131,6 +131,7 @@ def test_sid_learns_the_speakers_and_asv_separates_them(vox, tmp_path):
 
 
 def test_a_suite_row_of_asv_keeps_its_trials_and_the_table_gives_eer_with_an_interval(vox, tmp_path):
+    from bench.results import runs_frame
     from bench.runner import run_suite
     from bench.suites import load_suite
     from bench.tables import markdown, suite_table
@@ -159,8 +160,9 @@ data = ["vox"]
     assert summary["finished"] == 1 and not summary["failed"]
     table = suite_table("sv", tmp_path / "store").set_index("config")
     row = table.loc["fbank/fp/retrain"]
-    assert row.vox_eer_lo <= row.vox_eer <= row.vox_eer_hi and row.vox_eer_hi - row.vox_eer_lo > 0
-    assert 0 <= row.vox_min_dcf <= 1
+    assert row.vox_eer_lo <= row.vox_eer <= row.vox_eer_hi and 0 <= row.vox_min_dcf <= 1
+    stored = runs_frame("sv", tmp_path / "store").iloc[0]
+    assert len(stored.per_utterance["scores"]["eer"]) == 153  # every trial's (score, target), for the bootstrap
     assert "vox_eer" in markdown(table.reset_index())
 
 
