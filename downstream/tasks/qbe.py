@@ -1,7 +1,7 @@
 """QbE (SUPERB): query-by-example spoken term detection on QUESST 2014's English subset, s3prl's
 quesst14_dtw expert; nothing is trained. Each hidden state is normalised per dimension over all
-the audio, each (query, search utterance) pair is matched by subsequence DTW (dtw-python,
-asymmetric steps, open begin and end) on the cosine distance passed through exp(d) - 1 with each
+the audio, each (query, search utterance) pair is matched by subsequence DTW (asymmetric steps,
+open begin and end, as s3prl runs dtw-python) on the cosine distance passed through exp(d) - 1 with each
 query frame's row min-max normalised, the pair scored by minus its normalised DTW cost and each
 query's scores standardised; the metric is the maximum term-weighted value (MTWV). As SUPERB:
 every hidden state is tried, the one with the best MTWV on the dev queries is chosen, and the
@@ -21,20 +21,22 @@ from .base import DownstreamTask, TaskConfig, TaskSpec, register_task
 MIN_QUERY_FRAMES = 5  # s3prl scores a shorter query 0 against every utterance
 
 
-def subsequence_dtw(dist: np.ndarray) -> float:
+def subsequence_dtw(dist: np.ndarray) -> np.ndarray:
     """dtw-python's ``normalizedDistance`` for step pattern ``asymmetric`` with open begin and end
     (each query frame advances one step while the utterance advances 0, 1 or 2 frames; the match
-    starts and ends anywhere in the utterance; cost over the query's length). Written here as one
-    vectorised row update per query frame: dtw-python builds each pair's alignment in a separate
-    call, 4x slower on the ~10^5 pairs a model's layers give (tests/test_qbe.py checks the two agree)."""
+    starts and ends anywhere in the utterance; cost over the query's length). ``dist``: (query
+    frames, ..., utterance frames), any batch axes between; returns the cost per batch entry.
+    Written here as one vectorised row update per query frame over every utterance at once:
+    dtw-python builds each pair's alignment in a separate call, 4x slower alone on the ~10^5
+    pairs a model's layers give (tests/test_qbe.py checks the two agree)."""
     n = dist.shape[0]
     cost = dist[0].copy()
     for i in range(1, n):
         best = cost.copy()
-        best[1:] = np.minimum(best[1:], cost[:-1])
-        best[2:] = np.minimum(best[2:], cost[:-2])
+        best[..., 1:] = np.minimum(best[..., 1:], cost[..., :-1])
+        best[..., 2:] = np.minimum(best[..., 2:], cost[..., :-2])
         cost = dist[i] + best
-    return float(cost.min() / n)
+    return cost.min(-1) / n
 
 
 def _unit_rows(x: np.ndarray) -> np.ndarray:
@@ -54,7 +56,7 @@ DOC_CHUNK = 256  # utterances aligned at once: bounds the padded (query frames, 
 def batch_costs(query: np.ndarray, docs: list[np.ndarray]) -> np.ndarray:
     """`dtw_cost` of ``query`` against each of ``docs``, many utterances per array operation:
     the utterances are padded to one length (padding costs infinity, so no alignment uses it)
-    and the row recursion of `subsequence_dtw` runs on all of them at once."""
+    and `subsequence_dtw` runs on all of them at once."""
     q = _unit_rows(query.astype(np.float64))
     out = np.empty(len(docs))
     order = np.argsort([len(d) for d in docs])  # similar lengths together: little padding
@@ -69,14 +71,7 @@ def batch_costs(query: np.ndarray, docs: list[np.ndarray]) -> np.ndarray:
         dist = np.exp(np.clip(1 - (padded @ q.T).transpose(2, 0, 1), 0, 2)) - 1  # (query frames, docs, frames)
         low = np.where(valid, dist, np.inf).min(2, keepdims=True)
         high = np.where(valid, dist, -np.inf).max(2, keepdims=True)
-        dist = np.where(valid, (dist - low) / np.clip(high - low, 1e-9, None), np.inf)
-        cost = dist[0].copy()
-        for i in range(1, len(q)):
-            best = cost.copy()
-            best[:, 1:] = np.minimum(best[:, 1:], cost[:, :-1])
-            best[:, 2:] = np.minimum(best[:, 2:], cost[:, :-2])
-            cost = dist[i] + best
-        out[idx] = cost.min(1) / len(q)
+        out[idx] = subsequence_dtw(np.where(valid, (dist - low) / np.clip(high - low, 1e-9, None), np.inf))
     return out
 
 
