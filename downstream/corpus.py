@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, TypeVar
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,29 @@ class Corpus:
     @property
     def hours(self) -> float:
         return sum(u.duration for u in self.utterances) / 3600
+
+
+T = TypeVar("T")
+
+
+def readable(items: list[T], path_of: Callable[[T], Path], root: Path, name: str, report: DropReport,
+             reason: str = "unreadable audio", where: Callable[[T], str] | None = None) -> list[tuple[T, "object"]]:
+    """Each of ``items`` whose audio file has a readable header, with that header
+    (`downstream.audio.AudioInfo`), in order; each other item is counted in ``report`` under
+    ``reason`` (with ``where(item)`` before the error, when given). Headers are read once per
+    file and cached under ``name`` and ``root`` (`downstream.audio.scan`)."""
+    from . import audio
+
+    key = hashlib.sha1(str(Path(root).resolve()).encode()).hexdigest()[:16]
+    headers = audio.scan(sorted({path_of(x) for x in items}), f"{name}-{key}")
+    out = []
+    for x in items:
+        meta = headers[path_of(x)]
+        if isinstance(meta, audio.AudioError):
+            report.add(reason, f"{where(x)}: {meta}" if where else str(meta))
+        else:
+            out.append((x, meta))
+    return out
 
 
 # Data layout name -> reader(data_config, which split) -> Corpus. Each reader module registers

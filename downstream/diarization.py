@@ -9,11 +9,9 @@ recording; its ``label`` lists who speaks when, ``SPEAKER START END`` per segmen
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
-from . import audio
-from .corpus import Corpus, DropReport, Utterance, register_layout
+from .corpus import Corpus, DropReport, Utterance, readable, register_layout
 
 FILES = ("wav.scp", "segments", "utt2spk")
 
@@ -70,13 +68,9 @@ def load_diarization(root: str | Path, splits: list[str]) -> Corpus:
                 report.add("segment with a non-numeric time", utt)
                 continue
             segments.setdefault(rec, []).append((speaker[utt], a, b))
-        key = hashlib.sha1(str(folder.resolve()).encode()).hexdigest()[:16]
-        headers = audio.scan(sorted(set(wavs.values())), f"diarization-{key}")
-        for rec, path in sorted(wavs.items()):
-            meta = headers[path]
-            if isinstance(meta, audio.AudioError):
-                report.add("unreadable or missing audio", str(meta))
-            elif rec not in segments:
+        for (rec, path), meta in readable(sorted(wavs.items()), lambda x: x[1], folder, "diarization", report,
+                                          "unreadable or missing audio"):
+            if rec not in segments:
                 report.add("recording without segments", rec)
             else:
                 utterances.append(Utterance(id=rec, path=path, split=split, speaker="", duration=meta.seconds,

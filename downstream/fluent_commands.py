@@ -6,11 +6,10 @@ the release has, is ignored). SUPERB's IC task predicts the three slots."""
 from __future__ import annotations
 
 import csv
-import hashlib
 from pathlib import Path
 
-from . import audio, text
-from .corpus import Corpus, DropReport, Utterance, register_layout
+from . import text
+from .corpus import Corpus, DropReport, Utterance, readable, register_layout
 
 SLOTS = ("action", "object", "location")
 COLUMNS = ("path", "speakerId", "transcription", *SLOTS)
@@ -46,17 +45,11 @@ def load_fluent_commands(root: str | Path, splits: list[str]) -> Corpus:
                     report.add("row with an empty field", f"{table}:{n}")
                     continue
                 rows.append((split, row, f"{table}:{n}"))
-    files = [root / row["path"] for _, row, _ in rows]
-    key = hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:16]
-    headers = audio.scan(sorted(set(files)), f"fluent-{key}")
     utterances = []
-    for (split, row, where), path in zip(rows, files):
-        meta = headers[path]
-        if isinstance(meta, audio.AudioError):
-            report.add("unreadable or missing audio", f"{where}: {meta}")
-            continue
+    for (split, row, _), meta in readable(rows, lambda x: root / x[1]["path"], root, "fluent", report,
+                                          "unreadable or missing audio", where=lambda x: x[2]):
         utterances.append(Utterance(
-            id=Path(row["path"]).stem, path=path, split=split, speaker=row["speakerId"].strip(), duration=meta.seconds,
+            id=Path(row["path"]).stem, path=root / row["path"], split=split, speaker=row["speakerId"].strip(), duration=meta.seconds,
             transcript=text.normalize(row["transcription"]), label=SLOT_SEP.join(row[s].strip() for s in SLOTS)))
     if not utterances:
         raise ValueError(f"{root}: no usable utterances in splits {list(splits)}")

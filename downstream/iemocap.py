@@ -12,13 +12,11 @@ engines here can act, so ER runs on the real corpus only.
 
 from __future__ import annotations
 
-import hashlib
 import random
 import re
 from pathlib import Path
 
-from . import audio
-from .corpus import Corpus, DropReport, Utterance, register_layout
+from .corpus import Corpus, DropReport, Utterance, readable, register_layout
 
 CLASSES = ("neu", "hap", "ang", "sad")
 MERGED = {"exc": "hap"}
@@ -74,14 +72,8 @@ def load_iemocap(root: str | Path, splits: list[str]) -> Corpus:
             held = set(random.Random(f"iemocap-fold{fold}").sample(range(len(items)), round(VALID_RATIO * len(items))))
             items = [x for k, x in enumerate(items) if (k in held) == (part == "dev")]
         wanted += [(split, *x) for x in items]
-    key = hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:16]
-    headers = audio.scan(sorted({p for *_, p in wanted}), f"iemocap-{key}")
     utterances = []
-    for split, utt, label, path in wanted:
-        meta = headers[path]
-        if isinstance(meta, audio.AudioError):
-            report.add("unreadable audio", str(meta))
-            continue
+    for (split, utt, label, path), meta in readable(wanted, lambda x: x[3], root, "iemocap", report):
         utterances.append(Utterance(id=utt, path=path, split=split, speaker=utt.split("_")[0], duration=meta.seconds,
                                     label=label))
     if not utterances:

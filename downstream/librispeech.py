@@ -6,12 +6,11 @@ beside the audio, and ``ROOT/SPEAKERS.TXT`` giving each speaker's sex.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from . import audio, text
-from .corpus import Corpus, DropReport, Utterance, register_layout
+from . import text
+from .corpus import Corpus, DropReport, Utterance, readable, register_layout
 
 AUDIO_SUFFIXES = (".flac", ".wav")
 
@@ -82,19 +81,13 @@ def load_librispeech(
         files = sorted(p for p in split_dir.glob("*/*/*") if p.suffix.lower() in AUDIO_SUFFIXES)
         files = [p for p in files if wanted is None or p.parent.parent.name in wanted]
         files = [p for p in files if gender is None or genders.get(p.parent.parent.name) == gender]
-        key = hashlib.sha1(str(split_dir.resolve()).encode()).hexdigest()[:16]
-        headers = audio.scan(files, f"librispeech-{key}")
-        seen: set[str] = set()
+        seen = {p.stem for p in files}
         for path in files:
-            utt_id, speaker = path.stem, path.parent.parent.name
-            seen.add(utt_id)
-            if utt_id not in trans:
+            if path.stem not in trans:
                 report.add("audio with no transcript line", str(path))
-                continue
-            meta = headers[path]
-            if isinstance(meta, audio.AudioError):
-                report.add("unreadable or empty audio", str(meta))
-                continue
+        files = [p for p in files if p.stem in trans]
+        for path, meta in readable(files, lambda p: p, split_dir, "librispeech", report, "unreadable or empty audio"):
+            utt_id, speaker = path.stem, path.parent.parent.name
             words = text.normalize(trans[utt_id][0])
             bad = text.out_of_vocabulary(words)
             if bad:

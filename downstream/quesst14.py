@@ -18,11 +18,9 @@ the true (1, query, utterance) detections, every other pair being a non-target.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
-from . import audio
-from .corpus import Corpus, DropReport, Utterance, register_layout
+from .corpus import Corpus, DropReport, Utterance, readable, register_layout
 
 LANGUAGE = "nnenglish"
 SPLITS = ("dev", "eval")
@@ -74,14 +72,8 @@ def load_quesst14(root: str | Path, splits: list[str]) -> Corpus:
     kinds = ["doc", "dev"] + (["eval"] if splits[0] == "eval" else [])
     items = [(kind, path) for kind in kinds for path in read_list(root, kind, report)]
     truth = set().union(*(read_groundtruth(root, s, report) for s in kinds[1:]))
-    key = hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:16]
-    headers = audio.scan(sorted({p for _, p in items}), f"quesst14-{key}")
     utterances = []
-    for kind, path in items:
-        meta = headers[path]
-        if isinstance(meta, audio.AudioError):
-            report.add("unreadable or missing audio", str(meta))
-            continue
+    for (kind, path), meta in readable(items, lambda x: x[1], root, "quesst14", report, "unreadable or missing audio"):
         utterances.append(Utterance(id=path.stem, path=path, split=kind, speaker="", duration=meta.seconds))
     kept = {u.id: u.split for u in utterances}
     if not any(s == "doc" for s in kept.values()) or not any(s != "doc" for s in kept.values()):

@@ -11,11 +11,10 @@ tag of each word.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
-from . import audio, text
-from .corpus import Corpus, DropReport, Utterance, register_layout
+from . import text
+from .corpus import Corpus, DropReport, Utterance, readable, register_layout
 
 SPLITS = ("train", "valid", "test")
 # s3prl's downstream/ctc/snips.yaml
@@ -83,14 +82,8 @@ def load_snips(root: str | Path, splits: list[str], speakers: tuple[str, ...] | 
                 report.add(f"audio without a line in {IOB_FILE}", path.name)
             elif any(path.stem.startswith(s) for s in keep):
                 wanted.append((split, path))
-    key = hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:16]
-    headers = audio.scan([p for _, p in wanted], f"snips-{key}")
     utterances = []
-    for split, path in wanted:
-        meta = headers[path]
-        if isinstance(meta, audio.AudioError):
-            report.add("unreadable audio", str(meta))
-            continue
+    for (split, path), meta in readable(wanted, lambda x: x[1], root, "snips", report):
         words, tags = labels[path.stem]
         bad = text.out_of_vocabulary(" ".join(words))
         if bad:

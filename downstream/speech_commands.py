@@ -8,11 +8,10 @@ SUPERB tests on the separate ``speech_commands_test_set_v0.01`` whose folders al
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from . import audio
-from .corpus import Corpus, DropReport, Utterance, register_layout
+from .corpus import Corpus, DropReport, Utterance, readable, register_layout
 
 COMMANDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
 UNKNOWN, SILENCE = "_unknown_", "_silence_"
@@ -90,14 +89,8 @@ def load_speech_commands(root: str | Path, split: str, test_root: str | Path | N
         for rel in sorted(listed - {f"{p.parent.name}/{p.name}" for p in files}):
             report.add("listed file not found", str(root / rel))
         extra = _noise_segments(root, split, report) if split != "test" else []
-    key = hashlib.sha1(str(base.resolve()).encode()).hexdigest()[:16]
-    headers = audio.scan(files, f"speech-commands-{key}")
     utterances = []
-    for path in files:
-        meta = headers[path]
-        if isinstance(meta, audio.AudioError):
-            report.add("unreadable or empty audio", str(meta))
-            continue
+    for path, meta in readable(files, lambda p: p, base, "speech-commands", report, "unreadable or empty audio"):
         utterances.append(Utterance(
             id=f"{path.parent.name}/{path.stem}", path=path, split=split, speaker=speaker_of(path),
             duration=meta.seconds, label=_label(path.parent.name),

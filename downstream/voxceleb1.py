@@ -16,12 +16,10 @@ ships its own dev trial list instead; see docs/downstream.md).
 
 from __future__ import annotations
 
-import hashlib
 import random
 from pathlib import Path
 
-from . import audio
-from .corpus import Corpus, DropReport, Utterance, register_layout
+from .corpus import Corpus, DropReport, Utterance, readable, register_layout
 
 SID_SPLITS = {"train": 1, "dev": 2, "test": 3}
 SV_SPLITS = ("sv_train", "sv_dev", "sv_test")
@@ -134,19 +132,13 @@ def load_voxceleb1(root: str | Path, splits: list[str]) -> Corpus:
             else:
                 dev = split == "sv_dev"
                 wanted += [(split, rel) for c, rel in iden if rel.split("/")[0] not in test_speakers and (c == 2) == dev]
-    key = hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:16]
-    present = {rel: index[rel] for _, rel in wanted if rel in index}
-    headers = audio.scan(sorted(set(present.values())), f"voxceleb1-{key}")
-    utterances, kept = [], set()
-    for split, rel in wanted:
-        path = present.get(rel)
-        if path is None:
+    for _, rel in wanted:
+        if rel not in index:
             report.add("listed file not under ROOT/*/wav", rel)
-            continue
-        meta = headers[path]
-        if isinstance(meta, audio.AudioError):
-            report.add("unreadable audio", str(meta))
-            continue
+    present = [(split, rel) for split, rel in wanted if rel in index]
+    utterances, kept = [], set()
+    for (split, rel), meta in readable(present, lambda x: index[x[1]], root, "voxceleb1", report):
+        path = index[rel]
         uid = utterance_id(rel)
         kept.add(uid)
         utterances.append(Utterance(id=uid, path=path, split=split, speaker=rel.split("/")[0], duration=meta.seconds,

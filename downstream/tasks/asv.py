@@ -16,7 +16,7 @@ from .. import voxceleb1  # noqa: F401  (registers its layout)
 from ..features import FrozenUpstream
 from ..heads import AMSoftmax, XVectorHead
 from .base import DownstreamTask, TaskConfig, TaskSpec, register_task
-
+from .classify import training_labels
 
 
 class ASVTask(DownstreamTask):
@@ -65,17 +65,10 @@ class ASVTask(DownstreamTask):
         units = metrics.trials([s for s, _ in scored], [t for _, t in scored])
         return {"eer": units, "min_dcf": units}
 
-    def on_test_epoch_end(self):
+    def test_scored(self):
+        """One unit per trial, "enrolment|test" ids, clustered by the enrolment utterance."""
         units = self.unit_scores(self._scored())
-        self.test_units = {"ids": [f"{a}|{b}" for _, a, b in self._trials], "refs": [a for _, a, _ in self._trials],
-                           "scores": {k: [list(u) for u in v] for k, v in units.items()}}
-        for k, v in metrics.totals(units).items():
-            self.log(f"test_{k}", v)
-
-
-def prepare(config: TaskConfig, train) -> TaskConfig:
-    """The training speakers (sorted): AM-softmax's classes."""
-    return config.with_(labels={"speakers": sorted({u.label for u in train.utterances})})
+        return [f"{a}|{b}" for _, a, b in self._trials], [a for _, a, _ in self._trials], units
 
 
 def superb_asv() -> TaskConfig:
@@ -97,4 +90,4 @@ def mini_asv() -> TaskConfig:
 
 SPEC = register_task(TaskSpec(
     name="asv", title="ASV", module=ASVTask, metrics=("eer", "min_dcf"), axis_label="EER (%)", layouts=("voxceleb1",),
-    presets={"superb_asv": superb_asv, "mini_asv": mini_asv}, prepare=prepare))
+    presets={"superb_asv": superb_asv, "mini_asv": mini_asv}, prepare=training_labels("speakers")))

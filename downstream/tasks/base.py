@@ -129,7 +129,7 @@ class DownstreamTask(L.LightningModule):
     run replays the same randomness as an uninterrupted one. Subclasses set ``self.head`` and
     give ``loss``, ``predict`` (reference, hypothesis pairs) and ``unit_scores`` (each metric as
     per-utterance (numerator, denominator) pairs; ``score`` sums them). After a test,
-    ``test_units`` holds the utterance ids and their scores, which a results row keeps."""
+    ``test_units`` holds the units `test_scored` gives, which a results row keeps."""
 
     metric_name = "metric"
     metric_mode = "min"
@@ -203,12 +203,17 @@ class DownstreamTask(L.LightningModule):
         if not self.trainer.sanity_checking:
             self.dev_curve.append((int(self.global_step), float(metrics[self.metric_name])))
 
+    def test_scored(self) -> tuple[list[str], list[str], dict[str, metrics.Units]]:
+        """The test units a row keeps: their ids, their references (the cluster the bootstrap
+        draws together, and a group-wise metric's group: utterances that read the same text,
+        the trials of one enrolment utterance, the detections of one query) and each metric's
+        per-unit scores. Per utterance by default; a task whose unit is a trial overrides it."""
+        return list(self._ids), [r for r, _ in self._outputs], self.unit_scores(self._outputs)
+
     def on_test_epoch_end(self):
-        units = self.unit_scores(self._outputs)
-        # the references too: utterances that read the same text are one draw for the bootstrap
-        self.test_units = {"ids": list(self._ids), "refs": [r for r, _ in self._outputs],
-                           "scores": {k: [list(u) for u in v] for k, v in units.items()}}
-        for k, v in metrics.totals(units).items():
+        ids, refs, units = self.test_scored()
+        self.test_units = {"ids": ids, "refs": refs, "scores": {k: [list(u) for u in v] for k, v in units.items()}}
+        for k, v in metrics.totals(units, refs).items():
             self.log(f"test_{k}", v)
 
     def training_step(self, batch, _idx):

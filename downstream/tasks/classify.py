@@ -4,6 +4,8 @@ cross-entropy, accuracy. Not a task itself."""
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -39,3 +41,11 @@ class ClassificationTask(DownstreamTask):
     @staticmethod
     def unit_scores(pairs: list[tuple[str, str]]) -> dict[str, metrics.Units]:
         return {"acc": metrics.correct([r == h for r, h in pairs])}
+
+
+def training_labels(key: str) -> Callable[[TaskConfig, object], TaskConfig]:
+    """A `TaskSpec.prepare` that keeps the training utterances' labels, sorted, as
+    ``config.labels[key]`` (SID's classes, ASV's AM-softmax classes: the training speakers)."""
+    def prepare(config: TaskConfig, train) -> TaskConfig:
+        return config.with_(labels={key: sorted({u.label for u in train.utterances})})
+    return prepare

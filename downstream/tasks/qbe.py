@@ -92,6 +92,8 @@ class QbETask(DownstreamTask):
     def __init__(self, upstream: FrozenUpstream, config: TaskConfig):
         super().__init__(upstream, config)
         self.layers = [upstream.layer_index(config.layer)] if config.layer is not None else list(range(upstream.num_hidden_states))
+        self._reported: dict[tuple[str, str], float] = {}  # the chosen layer's scores, for `test_scored`
+        self._truth: set[tuple[str, str]] = set()
 
     def predict(self, batch) -> list[tuple[str, str, list[np.ndarray]]]:
         """(utterance id, what it is, its hidden states) per utterance, fp16 on the CPU."""
@@ -117,13 +119,16 @@ class QbETask(DownstreamTask):
             per_layer.append(scored)
         dev_mtwv = [self._mtwv(s["dev"], truth) for s in per_layer]
         best = int(np.argmax(dev_mtwv))
-        reported = per_layer[best].get("eval", per_layer[best]["dev"])
-        pairs = sorted(reported)
-        units = metrics.trials([reported[p] for p in pairs], [int(p in truth) for p in pairs])
-        self.test_units = {"ids": [f"{q}|{d}" for q, d in pairs], "refs": [q for q, _ in pairs], "scores": {"mtwv": [list(u) for u in units]}}
-        self.log("test_mtwv", metrics.value("mtwv", units, [q for q, _ in pairs]))
+        self._reported, self._truth = per_layer[best].get("eval", per_layer[best]["dev"]), truth
+        super().on_test_epoch_end()
         self.log("test_dev_mtwv", dev_mtwv[best])
         self.log("test_layer", float(self.layers[best]))
+
+    def test_scored(self):
+        """One unit per (query, search utterance) pair at the chosen layer, grouped by query."""
+        pairs = sorted(self._reported)
+        units = metrics.trials([self._reported[p] for p in pairs], [int(p in self._truth) for p in pairs])
+        return [f"{q}|{d}" for q, d in pairs], [q for q, _ in pairs], {"mtwv": units}
 
     @staticmethod
     def _mtwv(scored: dict[tuple[str, str], float], truth: set) -> float:

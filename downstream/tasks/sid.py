@@ -7,17 +7,12 @@ from __future__ import annotations
 
 from .. import voxceleb1  # noqa: F401  (registers its layout)
 from .base import TaskConfig, TaskSpec, register_task
-from .classify import ClassificationTask
+from .classify import ClassificationTask, training_labels
 
 
 class SIDTask(ClassificationTask):
     def classes(self, config: TaskConfig) -> list[str]:
         return self.data_labels("speakers", "speaker list")
-
-
-def prepare(config: TaskConfig, train) -> TaskConfig:
-    """The training data's speakers (sorted): the classes."""
-    return config.with_(labels={"speakers": sorted({u.label for u in train.utterances})})
 
 
 def superb_sid() -> TaskConfig:
@@ -34,4 +29,4 @@ def mini_sid() -> TaskConfig:
 
 SPEC = register_task(TaskSpec(
     name="sid", title="SID", module=SIDTask, metrics=("acc",), axis_label="accuracy (%)", layouts=("voxceleb1",),
-    presets={"superb_sid": superb_sid, "mini_sid": mini_sid}, prepare=prepare))
+    presets={"superb_sid": superb_sid, "mini_sid": mini_sid}, prepare=training_labels("speakers")))
