@@ -17,7 +17,7 @@ ratios of sums over a shared utterance draw is not what scipy's one-sample API o
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -46,6 +46,10 @@ class Scores:
     den: np.ndarray
     clusters: tuple[str, ...] | None = None  # per utterance: what is resampled together (its reference text)
     metric: str = ""  # its name: how the units combine (`downstream.metrics.statistic`)
+    # `weighted` per bootstrap draw (keyed by the draw's identity): a table compares each
+    # configuration with several references on the same draw, and a trial-list statistic (EER) on
+    # a thousand replicates is the slow part of a table
+    _memo: dict = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def from_rows(cls, rows: list[dict], metric: str) -> "Scores | None":
@@ -70,9 +74,16 @@ class Scores:
 
     def weighted(self, weights: np.ndarray) -> np.ndarray:
         """The metric of each seed under each row of unit weights: (replicates, seeds)."""
+        hit = self._memo.get(id(weights))
+        if hit is not None and hit[0] is weights:
+            return hit[1]
         stat = metrics.statistic(self.metric)
         groups = metrics.group_codes(self.clusters)
-        return np.stack([stat(self.num[k], self.den[k], weights, groups) for k in range(len(self.seeds))], axis=1)
+        out = np.stack([stat(self.num[k], self.den[k], weights, groups) for k in range(len(self.seeds))], axis=1)
+        if not weights.flags.writeable:  # a shared draw (`_draw`), which nothing can change
+            out.flags.writeable = False
+            self._memo[id(weights)] = (weights, out)
+        return out
 
     @property
     def per_seed(self) -> np.ndarray:
@@ -80,6 +91,8 @@ class Scores:
         return self.weighted(np.ones((1, len(self.ids))))[0]
 
     def restrict(self, ids: list[str]) -> "Scores":
+        if tuple(ids) == self.ids:
+            return self
         index = {u: k for k, u in enumerate(self.ids)}
         where = [index[i] for i in ids]
         clusters = None if self.clusters is None else tuple(self.clusters[k] for k in where)
@@ -105,6 +118,26 @@ def _utterance_weights(rng: np.random.Generator, n: int, resamples: int,
     return drawn[:, of]
 
 
+_DRAWS: dict = {}  # (seed, units, resamples, clusters) -> (weights, the generator's state after drawing them)
+
+
+def _draw(seed: int, n: int, resamples: int, clusters: tuple[str, ...] | None) -> tuple[np.ndarray, np.random.Generator]:
+    """`_utterance_weights` from a generator seeded with ``seed``, and that generator after the
+    draw (for the seed draws that follow). The same arguments give the same read-only array, so
+    that every configuration compared on it computes its replicates once (`Scores.weighted`)."""
+    key = (seed, n, resamples, clusters)
+    if key not in _DRAWS:
+        rng = np.random.default_rng(seed)
+        weights = _utterance_weights(rng, n, resamples, clusters)
+        weights.flags.writeable = False
+        if len(_DRAWS) >= 32:
+            _DRAWS.clear()
+        _DRAWS[key] = (weights, rng.bit_generator.state)
+    weights, state = _DRAWS[key]
+    rng = np.random.default_rng()
+    rng.bit_generator.state = state
+    return weights, rng
+
 
 def _replicates(s: Scores, weights: np.ndarray, seed_draw: np.ndarray) -> np.ndarray:
     """The metric (mean over the drawn seeds) in each replicate."""
@@ -124,8 +157,8 @@ class Interval:
 
 def interval(s: Scores, resamples: int = DEFAULT_RESAMPLES, seed: int = SEED) -> Interval:
     """The 95 % bootstrap interval of a configuration's metric (utterances and seeds resampled)."""
-    rng = np.random.default_rng(seed)
-    reps = _replicates(s, _utterance_weights(rng, len(s.ids), resamples, s.clusters), _seed_draw(rng, len(s.seeds), resamples))
+    weights, rng = _draw(seed, len(s.ids), resamples, s.clusters)
+    reps = _replicates(s, weights, _seed_draw(rng, len(s.seeds), resamples))
     lo, hi = np.percentile(reps, [50 * (1 - LEVEL), 100 - 50 * (1 - LEVEL)])
     return Interval(float(s.per_seed.mean()), float(lo), float(hi))
 
@@ -152,8 +185,7 @@ def paired(a: Scores, b: Scores, resamples: int = DEFAULT_RESAMPLES, seed: int =
     if not common:
         return None
     a, b = a.restrict(common), b.restrict(common)
-    rng = np.random.default_rng(seed)
-    weights = _utterance_weights(rng, len(common), resamples, a.clusters if a.clusters is not None else b.clusters)
+    weights, rng = _draw(seed, len(common), resamples, a.clusters if a.clusters is not None else b.clusters)
     draw_a = _seed_draw(rng, len(a.seeds), resamples)
     draw_b = draw_a if pair_seeds and a.seeds == b.seeds else _seed_draw(rng, len(b.seeds), resamples)
     diff = _replicates(a, weights, draw_a) - _replicates(b, weights, draw_b)
