@@ -4,6 +4,8 @@ killed with SIGKILL at eight points of its own timeline, in one chain (each kill
 process that resumed the previous one), then run to the end: the store must hold exactly the
 rows and packed file an uninterrupted run wrote."""
 
+import json
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -79,6 +81,10 @@ def test_a_suite_killed_at_eight_points_of_its_timeline_resumes_to_the_uninterru
     # polls; epochs here last a tenth of a second) and the resumed process starts beyond it.
     assert sum(killed) >= 5, killed
     assert differences(reference, store, "tiny") == []
+    # the rows say what happened: the reference never resumed; the chain resumed from checkpoints
+    rows = {s: [json.loads(line) for line in (s / "tiny" / "runs.jsonl").read_text().splitlines()] for s in (reference, store)}
+    assert all(not r["resumed"] and r["resumes"] == 0 for r in rows[reference])
+    assert sum(r["resumes"] for r in rows[store]) >= 1 and any(r["resumed"] for r in rows[store])
 
 
 def test_kill_points_cover_every_phase_in_timeline_order_and_name_events_per_process():
