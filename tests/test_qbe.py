@@ -83,12 +83,24 @@ def test_mtwv_on_known_detection_lists():
     assert one([0.9, 0.1, 0.2, 0.8], [1, 0, 1, 0], [0, 0, 1, 1]) == pytest.approx(0.5)
 
 
+def test_map_on_known_detection_lists():
+    ap = lambda s, t, g, w=None: metrics.mean_average_precision(  # noqa: E731
+        np.array(s), np.array(t), np.ones((1, len(s))) if w is None else np.array([w], float), np.array(g))[0]
+    # term 0 ranks true, false, true: AP (1/1 + 2/3) / 2 = 5/6; term 1 false then true: 1/2; term 2 never occurs
+    scores, targets, terms = [0.9, 0.8, 0.7, 0.5, 0.4, 0.3], [1, 0, 1, 0, 1, 0], [0, 0, 0, 1, 1, 2]
+    assert ap(scores, targets, terms) == pytest.approx((5 / 6 + 1 / 2) / 2)
+    # a replicate that draws term 0 twice and term 1 once
+    assert ap(scores, targets, terms, [2, 2, 2, 1, 1, 0]) == pytest.approx((2 * 5 / 6 + 1 / 2) / 3)
+    # the order within a term is by score, not by position
+    assert ap([0.1, 0.9], [1, 0], [0, 0]) == pytest.approx(1 / 2) and ap([0.9, 0.1], [1, 0], [0, 0]) == 1.0
+
+
 def test_dtw_detects_the_query_words_and_the_layer_is_chosen_on_dev(quesst, tmp_path):
     data = DataConfig("quesst14", str(quesst), train=("dev",), dev=("dev",), test=("eval",))
     result = train_and_evaluate(load_upstream("fbank", device="cpu"), preset("superb_qbe"), data, tmp_path / "qbe",
                                 device="cpu", progress=False)
     m = result["metrics"]
-    assert m["test_mtwv"] > 0.5 and m["test_layer"] == 0.0  # FBANK has one state
+    assert m["test_mtwv"] > 0.5 and m["test_map"] > 0.8 and m["test_layer"] == 0.0  # FBANK has one state
     per = result["per_utterance"]
     assert len(per["ids"]) == 2 * 8 and set(per["refs"]) == {"quesst14_eval_0000", "quesst14_eval_0001"}
     short = detection_scores({"q": np.ones((4, 3))}, {"d1": np.ones((9, 3)), "d2": np.zeros((9, 3))})

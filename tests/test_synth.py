@@ -126,3 +126,18 @@ def test_keywords_build_loads_as_speech_commands(tmp_path):
     speakers = {s: {u.speaker for u in c.utterances if u.label != "_silence_"} for s, c in splits.items()}
     assert not speakers["train"] & speakers["test"] and not speakers["train"] & speakers["dev"]
     assert all(u.duration == pytest.approx(1.0) for c in splits.values() for u in c.utterances)
+
+
+def test_a_query_is_cut_to_its_word_with_a_margin():
+    import numpy as np
+
+    from downstream.synth import QUERY_MARGIN, trim_silence
+
+    t = np.arange(8000) / 16000
+    word = 0.3 * np.sin(2 * np.pi * 220 * t).astype(np.float32)  # 0.5 s of "speech"
+    wav = np.concatenate([np.zeros(4800, np.float32), word, np.zeros(1600, np.float32)])  # 0.3 s before, 0.1 s after
+    cut = trim_silence(wav)
+    assert len(cut) / 16000 == pytest.approx(0.5 + 2 * QUERY_MARGIN, abs=0.011)  # 10 ms frames
+    assert np.abs(cut[: int(0.04 * 16000)]).max() == 0 and np.abs(cut).max() == pytest.approx(0.3, rel=1e-3)
+    silent = np.zeros(1600, np.float32)
+    assert len(trim_silence(silent)) == len(silent)  # nothing to cut to: kept whole
