@@ -454,7 +454,9 @@ def table_markdown(suite: str, store: Path, rows: list[str] | None = None, colum
         df = paper_table(store) if suite == "paper" else suite_table(suite, store, suite_student(suite))
     if not rows and not columns:
         return markdown(df)
-    shown = display_table(df, headline_columns(df))
+    # named columns are shown as named (a secondary metric's comparison too); otherwise the
+    # comparisons of each task's headline metric only
+    shown = display_table(df, None if columns else headline_columns(df))
     if rows:
         key = "config" if "config" in shown.columns else shown.columns[0]
         shown = shown[[any(fnmatch.fnmatchcase(str(c), pattern) for pattern in rows) for c in shown[key]]]

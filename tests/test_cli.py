@@ -352,6 +352,10 @@ MINI_CLAIMS = [
     ("mini-superb", f"{W}/gptq3/reuse", f"{W}/fp/retrain", "sf", "slots", "slot_type_f1", "<"),
     ("mini-superb", f"{W}/gptq3/reuse", f"{W}/fp/retrain", "sd", "mixtures", "der", "≈"),
     ("mini-superb", f"{W}/gptq2/reuse", f"{W}/fp/retrain", "sd", "mixtures", "der", ">"),
+    ("mini-superb", f"{W}/fp/retrain", f"{D}/fp/retrain", "qbe", "terms", "map", ">"),
+    ("mini-superb", f"{W}/uniform8/retrain", f"{W}/fp/retrain", "qbe", "terms", "map", "≈"),
+    ("mini-superb", f"{W}/gptq3/retrain", f"{W}/fp/retrain", "qbe", "terms", "map", "<"),
+    ("mini-superb", f"{W}/gptq2/retrain", f"{W}/fp/retrain", "qbe", "terms", "map", "<"),
     ("mini", f"{W}/qat2@packed-int8/reuse", f"{W}/qat2/reuse", "asr", "digits", "wer", "≈"),
     *[("mini-deploy", f"{W}/{dep}/reuse", f"{W}/{ref}/reuse", "asr", "digits", "wer", "≈") for dep, ref in (
         ("uniform8@int8-dynamic", "uniform8"), ("uniform8-all@int8-dynamic", "uniform8-all"), ("uniform4@int8-dynamic", "uniform4"),
