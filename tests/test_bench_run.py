@@ -96,7 +96,7 @@ def test_shipped_suites_parse_and_expand():
     assert {(r.task, r.data) for r in mini.runs} == {("asr", "digits"), ("e2e_asr", "passages")}
     assert {r.seed for r in mini.runs if r.task != "e2e_asr"} == {0, 1, 2} and mini.student == "distil_whisper_tiny_en"
     ptq = load_suite("mini-ptq").runs
-    assert {r.quant.method for r in ptq} == {"uniform", "binary", "gptq", "recon", "fp", "mixed"}
+    assert {r.quant.method for r in ptq} == {"uniform", "binary", "gptq", "recon", "fp", "mixed", "qat"}
     assert {r.task for r in ptq if r.quant.method == "fp"} == {"e2e_asr"}  # the end-to-end rows' reference
     e2e = [r for r in ptq if r.task == "e2e_asr"]  # calibrated on read sentences, not on the digits
     assert {r.data for r in e2e} == {"read"} and {r.model_data for r in e2e} == {"sentences"}
