@@ -633,8 +633,8 @@ def plan_terms(root: Path, minutes: float, voices: Sequence[Voice], heldout: Voi
     """Jobs, ``scoring/language_key_*.lst`` lines and ground-truth RTTM lines in QUESST 2014
     layout. Terms are the read sentences' words of 6 letters or more found in 3 to 12 of them,
     split seeded between dev and eval; the held-out voice (else the last) says each term alone as
-    its query (cut to the word: `trim_silence`), the other voices read the sentences to search (those with a term first, then
-    others up to ``minutes``)."""
+    its query (cut to the word: `trim_silence`), the other voices read the sentences to search
+    (those with a term first, then others up to ``minutes``)."""
     rng = random.Random(f"terms-{seed}")
     if heldout is None:
         voices, heldout = voices[:-1], voices[-1]

@@ -118,7 +118,7 @@ class QbETask(DownstreamTask):
                 if queries:
                     scored[kind] = detection_scores(queries, docs)
             per_layer.append(scored)
-        dev = [(self._value("mtwv", s["dev"], truth), self._value("map", s["dev"], truth)) for s in per_layer]
+        dev = [self._dev_values(s["dev"], truth) for s in per_layer]
         best = max(range(len(dev)), key=lambda k: dev[k])
         self._reported, self._truth = per_layer[best].get("eval", per_layer[best]["dev"]), truth
         super().on_test_epoch_end()
@@ -127,15 +127,21 @@ class QbETask(DownstreamTask):
 
     def test_scored(self):
         """One unit per (query, search utterance) pair at the chosen layer, grouped by query."""
-        pairs = sorted(self._reported)
-        units = metrics.trials([self._reported[p] for p in pairs], [int(p in self._truth) for p in pairs])
+        pairs, units = self._units(self._reported, self._truth)
         return [f"{q}|{d}" for q, d in pairs], [q for q, _ in pairs], {"mtwv": units, "map": units}
 
     @staticmethod
-    def _value(metric: str, scored: dict[tuple[str, str], float], truth: set) -> float:
+    def _units(scored: dict[tuple[str, str], float], truth: set) -> tuple[list[tuple[str, str]], metrics.Units]:
+        """The (query, utterance) pairs in order and their (score, 1 true or 0) units."""
         pairs = sorted(scored)
-        return metrics.value(metric, metrics.trials([scored[p] for p in pairs], [int(p in truth) for p in pairs]),
-                             [q for q, _ in pairs])
+        return pairs, metrics.trials([scored[p] for p in pairs], [int(p in truth) for p in pairs])
+
+    @classmethod
+    def _dev_values(cls, scored: dict[tuple[str, str], float], truth: set) -> tuple[float, float]:
+        """(MTWV, MAP) of one layer's dev detections: what chooses the layer, in that order."""
+        pairs, units = cls._units(scored, truth)
+        queries = [q for q, _ in pairs]
+        return metrics.value("mtwv", units, queries), metrics.value("map", units, queries)
 
 
 def superb_qbe() -> TaskConfig:
