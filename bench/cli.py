@@ -519,10 +519,14 @@ def _cmd_qat(args: argparse.Namespace) -> int:
         raise ValueError(f"--method {args.method} --bits {args.bits}: binary is 1 bit, uniform 2..8 bits")
     check_logger(args.logger)
     config = QATConfig(method=args.method, bits=args.bits, steps=args.steps, batch_size=args.batch_size,
-                       lr=args.lr, scale_lr=args.scale_lr, crop_seconds=args.crop_seconds, seed=args.seed)
+                       lr=args.lr, scale_lr=args.scale_lr, crop_seconds=args.crop_seconds, seed=args.seed, loss=args.loss)
     check_output(args.out)
     device = pick_device(args.device)
     upstream = load_upstream(args.upstream, checkpoint=args.checkpoint, device="cpu")
+    if config.loss == "decoder":
+        from upstream_quant.decoder_loss import text_decoder
+
+        text_decoder(upstream)
     files = stream_files(args.audio, args.max_hours, args.seed)
     out = Path(args.out)
     work = Path(args.work_dir) if args.work_dir else out.with_suffix(".work")
@@ -770,6 +774,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-4, help="latent weights")
     p.add_argument("--scale-lr", type=float, default=1e-3, help="per-row scales")
     p.add_argument("--crop-seconds", type=float, default=4.0)
+    p.add_argument("--loss", default="states", choices=["states", "decoder"],
+                   help="match the full-precision model's hidden states (default), or its own text decoder's "
+                        "next-token distributions on its own transcripts (whisper_tiny_en; 30 s windows)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work-dir", default=None, help="checkpoints for resuming (default: OUT.work/)")
     p.add_argument("--max-hours", type=float, default=None, help="train on a seeded random subset of at most this much audio")

@@ -51,6 +51,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--scale-lr", type=float, default=1e-3)
+    ap.add_argument("--loss", default="states", help="QAT's target: states (hidden states) or decoder (the decoder's outputs)")
+    ap.add_argument("--crop", type=float, default=4.0, help="QAT crop seconds")
     a = ap.parse_args()
     torch.manual_seed(0)
     up = load_upstream("whisper_tiny_en", device="cpu")
@@ -73,7 +75,7 @@ def main() -> None:
         spec = QuantSpec.parse(a.quant)
         model = quantize(up, spec.config(), calibration=calibration() if spec.calibrates else None, progress=False)
     quantize_s = time.time() - began
-    print(json.dumps({"quant": a.quant, "qat_steps": a.qat, "calib": a.calib, "window": window is not None,
+    print(json.dumps({"quant": a.quant, "qat_steps": a.qat, "loss": a.loss, "calib": a.calib, "window": window is not None,
                       "count": a.count, "wer": round(wer(model, up), 2), "quantize_s": round(quantize_s, 1),
                       "eval_s": round(time.time() - began - quantize_s, 1)}))
 
@@ -84,12 +86,12 @@ def qat(up, a, files: list, calibration, window: int | None):
 
     shape = {"group_size": a.group_size, "symmetric": not a.asym, "rotate": a.rot}
     config = QATConfig(method="binary" if a.bits == 1 else "uniform", bits=a.bits, steps=a.qat, batch_size=a.batch_size,
-                       lr=a.lr, scale_lr=a.scale_lr, window=window, **shape)
+                       lr=a.lr, scale_lr=a.scale_lr, window=window, loss=a.loss, crop_seconds=a.crop, **shape)
     start = quantize(up, GPTQConfig(bits=a.bits, **shape), calibration=calibration(), progress=False) if a.from_gptq else None
     with tempfile.TemporaryDirectory() as work:
         model, summary = train_qat(up, files, config, work, accelerator="cpu", devices=1, progress=False, num_workers=1,
                                    start=start)
-    print(json.dumps({k: v for k, v in summary.items() if k != "loss_curve"}))
+    print(json.dumps(summary | {"loss_curve": [round(x, 3) for x in summary["loss_curve"]]}))
     return model
 
 

@@ -101,13 +101,15 @@ class TeacherStudent(L.LightningModule):
     def terms(self, wavs: torch.Tensor, lengths: torch.Tensor, targets: list[torch.Tensor]) -> dict:
         raise NotImplementedError
 
-    def teacher_targets(self, wavs: torch.Tensor, lengths: torch.Tensor) -> list[torch.Tensor]:
+    def teacher_targets(self, wavs: torch.Tensor, lengths: torch.Tensor,
+                        whole: list[bool] | None = None) -> list[torch.Tensor]:
         """The teacher's hidden states (batch, frames, dim) for the batch, rounded to fp16.
 
         Memoized by crop content (in CPU memory, up to TEACHER_MEMO_MB): a frozen teacher gives the same states for
         the same audio, and where utterances are shorter than the crop (every small corpus) each
         epoch after the first sees the same whole utterances again; the teacher's forward was a
-        quarter of a QAT step's time. Rounding is why a resumed run, whose memo starts empty,
+        quarter of a QAT step's time. ``whole`` says which items are whole utterances when the
+        lengths cannot (items padded to a fixed window: a whole utterance padded to 30 s recurs). Rounding is why a resumed run, whose memo starts empty,
         trains on the same targets as an uninterrupted one: hits and fresh states are both fp16."""
         import hashlib
 
@@ -122,8 +124,10 @@ class TeacherStudent(L.LightningModule):
         # Only whole utterances (shorter than the crop) can recur; each is run alone, so its states
         # do not depend on the batch it first came in (a resumed run meets it in another one).
         # Random crops are run together, as the batch they are in decides (the same on resume).
-        crop = self.crop_samples or wavs.shape[1] + 1
-        whole = [i for i, n in enumerate(lengths.tolist()) if n < crop]
+        if whole is None:
+            crop = self.crop_samples or wavs.shape[1] + 1
+            whole = [n < crop for n in lengths.tolist()]
+        whole = [i for i, w in enumerate(whole) if w]
         keys = {i: hashlib.sha1(wavs[i, : int(lengths[i])].detach().cpu().numpy().tobytes()).hexdigest() for i in whole}
         found: list = [self.memo.get(keys[i]) if i in keys else None for i in range(wavs.shape[0])]
         self.memo_hits += sum(f is not None for f in found)
@@ -143,10 +147,12 @@ class TeacherStudent(L.LightningModule):
 
     def training_step(self, batch, _idx):
         wavs, lengths = batch
+        whole = None
         if self.window is not None:
+            whole = [n < (self.crop_samples or wavs.shape[1] + 1) for n in lengths.tolist()]  # before padding
             wavs = nn.functional.pad(wavs, (0, self.window - wavs.shape[1]))
             lengths = torch.full_like(lengths, self.window)
-        targets = self.teacher_targets(wavs, lengths)
+        targets = self.teacher_targets(wavs, lengths, whole)
         terms = self.terms(wavs, lengths, targets)
         loss = torch.stack([w * part for w, part in terms.values()]).sum()
         self.log("loss", loss, prog_bar=True)

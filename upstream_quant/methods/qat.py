@@ -125,6 +125,9 @@ class FakeQuantLinear(nn.Module):
         return QuantizedLayer(plain.to(self.weight.device), qw, rotation=self.rotation)
 
 
+LOSSES = ("states", "decoder")
+
+
 @dataclass(frozen=True)
 class QATConfig:
     method: str = "binary"  # binary | uniform
@@ -141,12 +144,17 @@ class QATConfig:
     symmetric: bool = True  # uniform: False learns a zero point per row (group) too
     rotate: bool = False  # weights in a rotated input basis (upstream_quant.rotation)
     cos_weight: float = 1.0
+    # what the student matches: "states" (DistilHuBERT's loss on every hidden state) or "decoder"
+    # (the model's own text decoder's next-token distributions, upstream_quant.decoder_loss)
+    loss: str = "states"
     seed: int = 0
 
     def __post_init__(self):
         from ..distill import check_schedule
 
         check_schedule(self)
+        if self.loss not in LOSSES:
+            raise ValueError(f"QATConfig.loss = {self.loss!r}: expected one of {', '.join(LOSSES)}")
 
 
 def prepare_qat(upstream: nn.Module, config: QATConfig, start: nn.Module | None = None) -> nn.Module:
@@ -175,11 +183,13 @@ def export(model: nn.Module, config: QATConfig) -> nn.Module:
     out.quantization = {"method": "QAT", "config": {"method": config.method, "bits": config.bits,
                                                     "targets": list(config.targets), "steps": config.steps,
                                                     "group_size": config.group_size, "symmetric": config.symmetric,
-                                                    "rotate": config.rotate, "window": config.window}}
+                                                    "rotate": config.rotate, "window": config.window,
+                                                    "loss": config.loss}}
     return out
 
 
 def _lightning_module():
+    from ..decoder_loss import decoder_kl, pseudo_labels, text_decoder
     from ..distill import TeacherStudent, distill_loss
 
     class QATLightning(TeacherStudent):
@@ -189,9 +199,14 @@ def _lightning_module():
         def __init__(self, student: nn.Module, teacher: nn.Module, config: QATConfig):
             super().__init__(student, teacher)
             self.config = config
+            # the frozen text decoder (a list: not a submodule, so not trained or saved)
+            self.decoder = [text_decoder(teacher)] if config.loss == "decoder" else []
 
         def terms(self, wavs, lengths, targets):
             preds, lens = self.student(wavs, lengths)
+            if self.decoder:
+                tokens, mask = pseudo_labels(self.decoder[0].to(wavs.device), targets[-1])
+                return {"loss_decoder": (1.0, decoder_kl(self.decoder[0], preds[-1], targets[-1], tokens, mask))}
             weights = self.config.layer_weights or (1.0,) * len(preds)
             if len(weights) != len(preds):
                 raise ValueError(f"layer_weights has {len(weights)} entries; the upstream has {len(preds)} hidden states")
@@ -215,8 +230,15 @@ def train_qat(upstream: nn.Module, audio: list, config: QATConfig, work_dir,
     """QAT of ``upstream`` on unlabelled ``audio`` (waveforms, or file paths streamed from disk),
     from ``start`` if given (see `prepare_qat`); returns the exported quantized model and a
     summary. Resumes from ``work_dir/last.ckpt``."""
+    import dataclasses
+
+    from ..decoder_loss import text_decoder
     from ..distill import fit_unlabelled
 
+    if config.loss == "decoder":
+        text_decoder(upstream)  # a model without a decoder is refused before any work
+        if config.window is None:  # the decoder reads fixed windows (Whisper: 30 s), so the student learns on them
+            config = dataclasses.replace(config, window=upstream.max_samples)
     torch.manual_seed(config.seed)
     student = prepare_qat(upstream, config, start).train()
     module = _lightning_module()(student, upstream, config)
@@ -236,9 +258,10 @@ OPTION_FIELDS = ("steps", "batch_size", "lr", "scale_lr", "crop_seconds", "max_h
 
 
 def _parse(token: str, bits: int, options: list[str]) -> dict:
-    """``qat:BITS[:sSTEPS][:gN][:asym][:rot][:gptq]`` (1 bit: binary weights, else uniform); 300 steps
-    unless given; ``gptq``: start from GPTQ's model at the same width, groups, zero points and
-    rotation, calibrated on the run's calibration audio."""
+    """``qat:BITS[:sSTEPS][:gN][:asym][:rot][:gptq][:dec]`` (1 bit: binary weights, else uniform); 300
+    steps unless given; ``gptq``: start from GPTQ's model at the same width, groups, zero points and
+    rotation, calibrated on the run's calibration audio; ``dec``: distil through the model's own
+    text decoder (upstream_quant.decoder_loss) instead of its hidden states."""
     out = {"qat_steps": 300}
     for opt in options:
         if opt[:1] == "s" and opt[1:].isdigit():
@@ -251,8 +274,10 @@ def _parse(token: str, bits: int, options: list[str]) -> dict:
             out["rotate"] = True
         elif opt == "gptq":
             out["init"] = "gptq"
+        elif opt == "dec":
+            out["loss"] = "decoder"
         else:
-            raise ValueError(f"quantization {token!r}: unknown option {opt!r} (sSTEPS, gN, asym, rot, gptq)")
+            raise ValueError(f"quantization {token!r}: unknown option {opt!r} (sSTEPS, gN, asym, rot, gptq, dec)")
     if bits == 1 and ("symmetric" in out or "init" in out):
         raise ValueError(f"quantization {token!r}: 1-bit QAT is binary: no zero points and no GPTQ start")
     return out
@@ -261,7 +286,8 @@ def _parse(token: str, bits: int, options: list[str]) -> dict:
 def _label(spec) -> str:
     return f"qat{spec.bits}" + "".join(f"-{x}" for x in (
         f"g{spec.group_size}" if spec.group_size else None, "asym" if spec.symmetric is False else None,
-        "rot" if spec.rotate else None, "from-gptq" if spec.init == "gptq" else None) if x)
+        "rot" if spec.rotate else None, "from-gptq" if spec.init == "gptq" else None,
+        "dec" if spec.loss == "decoder" else None) if x)
 
 
 def _build(base: nn.Module, spec, context) -> tuple[nn.Module, dict]:
@@ -276,8 +302,13 @@ def _build(base: nn.Module, spec, context) -> tuple[nn.Module, dict]:
     workers = opts.pop("num_workers", None)
     opts.setdefault("steps", spec.qat_steps)
     shape = {"group_size": spec.group_size, "symmetric": spec.symmetric is not False, "rotate": bool(spec.rotate)}
+    loss = spec.loss or "states"
+    if loss == "decoder":
+        from ..decoder_loss import text_decoder
+
+        text_decoder(base)  # before GPTQ's start or any training
     config = QATConfig(method="binary" if spec.bits == 1 else "uniform", bits=spec.bits, seed=context.seed, window=context.window,
-                       **shape, **{k: (int(v) if k in ("steps", "batch_size") else float(v)) for k, v in opts.items()})
+                       loss=loss, **shape, **{k: (int(v) if k in ("steps", "batch_size") else float(v)) for k, v in opts.items()})
     start, info = None, {}
     if spec.init == "gptq":
         import time
@@ -297,6 +328,6 @@ def _build(base: nn.Module, spec, context) -> tuple[nn.Module, dict]:
 register(MethodSpec(
     name="qat", summary="quantization-aware distillation from the full-precision upstream on unlabelled audio "
     "(1 bit: binary, else uniform)",
-    grammar="qat:BITS[:sSTEPS][:gN][:asym][:rot][:gptq]", parse=_parse, label=_label, build=_build, trains=True,
+    grammar="qat:BITS[:sSTEPS][:gN][:asym][:rot][:gptq][:dec]", parse=_parse, label=_label, build=_build, trains=True,
     calibrates=lambda spec: spec.init == "gptq",
     option_fields=OPTION_FIELDS, order=1))
