@@ -81,3 +81,28 @@ def test_length_sorted_batches_are_a_permutation_pad_less_and_resume_in_place():
     grouped.step_source = lambda: done[0]
     done[0] = 8 + 3  # the second epoch (8 full batches an epoch), three batches in
     assert [i for i, _ in grouped] == grouped.order(1)[3 * 8:]
+
+
+def test_packed_items_are_several_utterances_in_a_row_within_the_pack_and_repeat_per_epoch():
+    from upstream_quant.distill import CropDataset
+
+    clips = [torch.full((n,), float(k + 1)) for k, n in enumerate((3000, 5000, 2000, 7000, 4000))]
+    data = CropDataset(clips, crop=6000, seed=3, pack=20000)
+    item = data[(1, 0)]
+    assert item.numel() <= 20000 and torch.equal(item[:5000], clips[1])  # item 1 first, whole
+    values = [v for v in item.unique().tolist() if v]
+    assert len(values) >= 2  # others follow, with pauses of silence between them
+    assert torch.equal(item, data[(1, 0)]) and not all(torch.equal(data[(1, 0)], data[(1, e)]) for e in range(1, 4))
+    assert torch.equal(CropDataset(clips, crop=6000, seed=3)[(1, 0)], clips[1])  # unpacked: the crop alone
+
+
+def test_a_pack_shorter_than_a_crop_is_refused(tmp_path):
+    from upstream_quant.distill import fit_unlabelled
+
+    teacher = _teacher()
+    module = TeacherStudent(whisper_student(teacher, 1, "s"), teacher)
+    import pytest
+
+    with pytest.raises(ValueError, match="pack_seconds=0.2 is shorter than a crop"):
+        fit_unlabelled(module, _audio(2), 1, 2, 0.5, 0, tmp_path, accelerator="cpu", devices=1, progress=False,
+                       pack_seconds=0.2)

@@ -18,7 +18,7 @@ def test_ste_gradients_reach_latent_weights_and_scales(method, bits):
     assert all(len(torch.unique(row)) <= levels for row in w)
     layer(torch.randn(5, 8)).pow(2).sum().backward()
     assert layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0
-    assert layer.scale.grad is not None and layer.scale.grad.abs().sum() > 0
+    assert layer.log_scale.grad is not None and layer.log_scale.grad.abs().sum() > 0
     with pytest.raises(ValueError):
         FakeQuantLinear(nn.Linear(8, 4), "binary", 2)
 

@@ -43,7 +43,7 @@ def check_schedule(config) -> None:
         value = getattr(config, field)
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name}.{field} = {value!r}: expected a whole number >= 1")
-    for field in ("lr", "scale_lr", "crop_seconds"):
+    for field in ("lr", "scale_lr", "crop_seconds", "pack_seconds"):
         value = getattr(config, field, None)
         if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
             raise ValueError(f"{name}.{field} = {value!r}: expected a finite number > 0")
@@ -91,6 +91,7 @@ class TeacherStudent(L.LightningModule):
         self.student = student
         self.teacher = [teacher.eval()]
         self.crop_samples: int | None = None  # fit_unlabelled's crop: shorter items are whole utterances
+        self.packed = False  # fit_unlabelled packs several utterances into each item (CropDataset.pack)
         # a fixed input window (samples) every crop is padded to with silence, as the model is deployed
         # (Whisper's own decoder reads 30 s); None: crops as they are
         self.window: int | None = None
@@ -147,9 +148,10 @@ class TeacherStudent(L.LightningModule):
 
     def training_step(self, batch, _idx):
         wavs, lengths = batch
-        whole = None
+        whole = [False] * len(lengths) if self.packed else None  # packed windows differ every epoch: nothing recurs
         if self.window is not None:
-            whole = [n < (self.crop_samples or wavs.shape[1] + 1) for n in lengths.tolist()]  # before padding
+            if whole is None:  # judged before padding
+                whole = [n < (self.crop_samples or wavs.shape[1] + 1) for n in lengths.tolist()]
             wavs = nn.functional.pad(wavs, (0, self.window - wavs.shape[1]))
             lengths = torch.full_like(lengths, self.window)
         targets = self.teacher_targets(wavs, lengths, whole)
@@ -199,16 +201,15 @@ class CropDataset(torch.utils.data.Dataset):
     ``(i, epoch)`` (what `EpochShuffle` yields: loader workers hold copies of the dataset, so the
     epoch travels with the index)."""
 
-    def __init__(self, items: Sequence[torch.Tensor | str | Path], crop: int, seed: int):
-        self.items, self.crop, self.seed = list(items), crop, seed
+    GAP = 4000  # samples of silence between packed utterances (0.25 s: a pause between sentences)
+
+    def __init__(self, items: Sequence[torch.Tensor | str | Path], crop: int, seed: int, pack: int | None = None):
+        self.items, self.crop, self.seed, self.pack = list(items), crop, seed, pack
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, index: int | tuple[int, int]) -> torch.Tensor:
-        i, epoch = index if isinstance(index, tuple) else (index, 0)
-        item = self.items[i]
-        rng = random.Random(self.seed * 1_000_003 + epoch * 7919 + i)
+    def _read(self, item, rng: random.Random) -> torch.Tensor:
         if isinstance(item, torch.Tensor):
             if item.numel() <= self.crop:
                 return item
@@ -217,6 +218,25 @@ class CropDataset(torch.utils.data.Dataset):
         from .calibration import read_crop
 
         return read_crop(item, self.crop, rng)
+
+    def __getitem__(self, index: int | tuple[int, int]) -> torch.Tensor:
+        """Item ``i``'s crop; with ``pack`` (samples), followed by crops of other items drawn at
+        random (per item and epoch), a short pause between them, while they fit in ``pack``: a
+        window of continuous speech like the long-form audio a fixed-window model reads, where a
+        short utterance padded to 30 s is mostly silence."""
+        i, epoch = index if isinstance(index, tuple) else (index, 0)
+        rng = random.Random(self.seed * 1_000_003 + epoch * 7919 + i)
+        out = self._read(self.items[i], rng)
+        if self.pack is None or len(self.items) < 2:
+            return out
+        pieces, total, gap = [out], out.numel(), torch.zeros(self.GAP, dtype=out.dtype)
+        for _ in range(64):  # a bound: a long utterance that does not fit ends the window
+            nxt = self._read(self.items[rng.randrange(len(self.items))], rng)
+            if total + self.GAP + nxt.numel() > self.pack:
+                break
+            pieces += [gap, nxt]
+            total += self.GAP + nxt.numel()
+        return torch.cat(pieces)
 
 
 class EpochShuffle(torch.utils.data.Sampler):
@@ -368,12 +388,14 @@ def _sample_counts(audio: Sequence[torch.Tensor | str | Path]) -> list[int]:
 def fit_unlabelled(module: L.LightningModule, audio: Sequence[torch.Tensor | str | Path], steps: int, batch_size: int,
                    crop_seconds: float, seed: int, work_dir: str | Path, accelerator: str = "auto",
                    devices: int | str = "auto", progress: bool = True, callbacks: list | None = None,
-                   num_workers: int | None = None, logger: str | None = None) -> tuple[L.Trainer, list[float], float]:
+                   num_workers: int | None = None, logger: str | None = None,
+                   pack_seconds: float | None = None) -> tuple[L.Trainer, list[float], float]:
     """Lightning fit on unlabelled random crops of ``audio`` (waveforms, or file paths streamed
     from disk by ``num_workers`` loader processes, default `default_workers`), checkpointing
     every 100 steps to ``work_dir/last.ckpt`` and resuming from it; returns the trainer, the loss
     trace and seconds. ``logger`` (`upstream_quant.curves.LOGGERS`) writes the loss, its terms,
-    the learning rate and the throughput under ``work_dir``."""
+    the learning rate and the throughput under ``work_dir``. ``pack_seconds``: each item is
+    several utterances in a row, up to that long (`CropDataset`)."""
     import time
 
     from .curves import curve_callbacks, make_logger
@@ -385,9 +407,15 @@ def fit_unlabelled(module: L.LightningModule, audio: Sequence[torch.Tensor | str
     drop_last = len(audio) > batch_size
     crop = int(crop_seconds * 16000)
     module.crop_samples = crop
-    sampler = EpochShuffle(len(audio), seed, batch_size, drop_last, lengths=[min(crop, n) for n in _sample_counts(audio)])
+    pack = None if pack_seconds is None else int(pack_seconds * 16000)
+    module.packed = pack is not None
+    counts = [min(crop, n) for n in _sample_counts(audio)]
+    if pack is not None and max(counts) > pack:
+        raise ValueError(f"pack_seconds={pack_seconds} is shorter than a crop ({max(counts) / 16000:.1f} s); "
+                         "raise it or lower crop_seconds")
+    sampler = EpochShuffle(len(audio), seed, batch_size, drop_last, lengths=None if pack else counts)
     loader = torch.utils.data.DataLoader(
-        CropDataset(audio, crop, seed), batch_size=batch_size, sampler=sampler,
+        CropDataset(audio, crop, seed, pack), batch_size=batch_size, sampler=sampler,
         collate_fn=collate_wavs, drop_last=drop_last, num_workers=workers,
         persistent_workers=workers > 0,
     )
