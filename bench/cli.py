@@ -519,7 +519,8 @@ def _cmd_qat(args: argparse.Namespace) -> int:
         raise ValueError(f"--method {args.method} --bits {args.bits}: binary is 1 bit, uniform 2..8 bits")
     check_logger(args.logger)
     config = QATConfig(method=args.method, bits=args.bits, steps=args.steps, batch_size=args.batch_size,
-                       lr=args.lr, scale_lr=args.scale_lr, crop_seconds=args.crop_seconds, seed=args.seed, loss=args.loss)
+                       lr=args.lr, scale_lr=args.scale_lr, crop_seconds=args.crop_seconds, seed=args.seed, loss=args.loss,
+                       learn=args.learn, pack_seconds=args.pack_seconds)
     check_output(args.out)
     device = pick_device(args.device)
     upstream = load_upstream(args.upstream, checkpoint=args.checkpoint, device="cpu")
@@ -777,6 +778,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loss", default="states", choices=["states", "decoder"],
                    help="match the full-precision model's hidden states (default), or its own text decoder's "
                         "next-token distributions on its own transcripts (whisper_tiny_en; 30 s windows)")
+    p.add_argument("--learn", default="all", choices=["all", "scales"],
+                   help="all: latent weights (straight-through), scales and the rest; scales: codes kept from round-to-nearest, "
+                        "scales and zero points only (exact gradients)")
+    p.add_argument("--pack-seconds", type=float, default=None,
+                   help="several utterances in a row per training item, up to this long (long-form windows)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work-dir", default=None, help="checkpoints for resuming (default: OUT.work/)")
     p.add_argument("--max-hours", type=float, default=None, help="train on a seeded random subset of at most this much audio")

@@ -63,6 +63,8 @@ class QuantSpec:
     init: str | None = None
     # QAT's target: ``dec`` = "decoder" (the model's own text decoder's outputs), None: hidden states
     loss: str | None = None
+    # QAT's learned parameters: ``scales`` (codes kept), None: all
+    learn: str | None = None
     # ``:layers=all``: every layer that computes features (CNN, feature projection, positional
     # convolution and transformer; `upstream_quant.select.FEATURE_GROUPS`), not the transformer's alone
     layers: str | None = None
@@ -139,7 +141,7 @@ class QuantSpec:
             del out["file"], out["file_sha256"]
         else:
             out["file"] = Path(self.file).name
-        for name in ("deploy", "plain", "symmetric", "steps", "layers", "budget_bits", "rotate", "init", "loss"):
+        for name in ("deploy", "plain", "symmetric", "steps", "layers", "budget_bits", "rotate", "init", "loss", "learn"):
             if out[name] is None:
                 del out[name]
         return out

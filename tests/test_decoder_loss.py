@@ -86,13 +86,18 @@ def test_a_decoder_loss_on_a_model_without_a_decoder_is_refused_before_any_work(
     with pytest.raises(ValueError, match="QATConfig.loss = 'logits'"):
         QATConfig(loss="logits")
     assert text_decoder(_encoder(_decoder())) is not None
+    with pytest.raises(ValueError, match="pack_seconds = 40.0: longer than the input window"):
+        train_qat(_encoder(_decoder()), [torch.zeros(4000)], QATConfig(method="binary", bits=1, loss="decoder", pack_seconds=40.0),
+                  tmp_path / "p", accelerator="cpu", devices=1, progress=False)
+    assert not (tmp_path / "p").exists()
 
 
 def test_the_dec_token():
     from bench.suites import QuantSpec
 
-    spec = QuantSpec.parse("qat:2:s40:g64:asym:rot:gptq:dec")
-    assert spec.loss == "decoder" and spec.label == "qat2-g64-asym-rot-from-gptq-dec"
-    assert "loss" not in QuantSpec.parse("qat:2:s40").as_dict()  # rows stored before the option keep their hash
+    spec = QuantSpec.parse("qat:2:s40:g64:asym:rot:gptq:dec:scales")
+    assert spec.loss == "decoder" and spec.learn == "scales" and spec.label == "qat2-g64-asym-rot-from-gptq-dec-scales"
+    plain = QuantSpec.parse("qat:2:s40").as_dict()
+    assert "loss" not in plain and "learn" not in plain  # rows stored before the options keep their hash
     with pytest.raises(ValueError, match="unknown option 'kl'"):
         QuantSpec.parse("qat:2:kl")

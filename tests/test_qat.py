@@ -129,6 +129,52 @@ def test_qat_started_from_gptq_begins_at_gptq_s_model(tiny_hubert, batch):
                                    progress=False))
 
 
+@pytest.mark.parametrize("method,bits,asym", [("uniform", 2, True), ("uniform", 3, False), ("binary", 1, False)])
+def test_kept_codes_learn_only_scales_with_the_exact_gradient_and_export_those_codes(tiny_hubert, batch, method, bits, asym):
+    """learn="scales": the codes stay the start's whatever the scales become; the scale gradient
+    is d/ds of (code - zero) * scale (not LSQ's, which is zero on the grid); export runs exactly
+    the fake-quantized forward."""
+    from upstream_quant.methods.gptq import GPTQConfig
+    from upstream_quant.quantize import quantize
+
+    torch.manual_seed(0)
+    layer = FakeQuantLinear(nn.Linear(32, 4), method, bits, 16, not asym, keep_codes=True)
+    before = layer._levels().clone()
+    x = torch.randn(6, 32)
+    layer(x).pow(2).sum().backward()
+    assert layer.weight.grad is None and layer.log_scale.grad.abs().sum() > 0
+    s = layer.scale.detach()  # the exact gradient of the output in the scales, by finite difference
+    with torch.no_grad():  # a central difference, 1 % steps (the scales are rounded to fp16 in the forward)
+        layer.log_scale[0, 0] += 1e-2
+        up = layer(x).pow(2).sum()
+        layer.log_scale[0, 0] -= 2e-2
+        down = layer(x).pow(2).sum()
+        layer.log_scale[0, 0] += 1e-2
+    assert torch.allclose((up - down) / 2e-2, layer.log_scale.grad[0, 0], rtol=0.05)
+    with torch.no_grad():
+        layer.log_scale.add_(0.7)  # far enough that rounding the latent weights would change codes
+    assert torch.equal(layer._levels(), before) and not torch.allclose(layer.scale, s)
+    if method != "uniform" or not asym:
+        return
+    wavs = [torch.randn(8000) for _ in range(3)]
+    start = quantize(tiny_hubert, GPTQConfig(bits=2, group_size=16, symmetric=False), calibration=wavs, progress=False)
+    config = QATConfig(method="uniform", bits=2, group_size=16, symmetric=False, learn="scales")
+    model = prepare_qat(tiny_hubert, config, start=start).eval()
+    assert {n.rsplit(".", 1)[-1] for n, p in model.named_parameters() if p.requires_grad} == {"log_scale", "zero"}
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, FakeQuantLinear):
+                m.log_scale.add_(0.3 * torch.randn_like(m.log_scale))
+        fake, _ = model(*batch)
+        exported = export(model, config)
+        real, _ = exported(*batch)
+    assert torch.allclose(fake[-1], real[-1], atol=1e-4)
+    theirs = {n: m for n, m in start.named_modules() if isinstance(m, QuantizedLayer)}
+    for name, m in exported.named_modules():
+        if isinstance(m, QuantizedLayer):
+            assert torch.equal(m.codes, theirs[name].codes)
+
+
 def test_a_window_pads_every_training_crop(tiny_hubert):
     from upstream_quant.methods.qat import _lightning_module
 
