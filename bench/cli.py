@@ -773,7 +773,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=500)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-4, help="latent weights")
-    p.add_argument("--scale-lr", type=float, default=1e-3, help="per-row (group) scales: relative change per step")
+    p.add_argument("--scale-lr", type=float, default=None,
+                   help="per-row (group) scales: relative change per step (default 1e-3; 5e-3 with --learn scales)")
     p.add_argument("--crop-seconds", type=float, default=4.0)
     p.add_argument("--loss", default="states", choices=["states", "decoder"],
                    help="match the full-precision model's hidden states (default), or its own text decoder's "

@@ -65,6 +65,9 @@ class QuantSpec:
     loss: str | None = None
     # QAT's learned parameters: ``scales`` (codes kept), None: all
     learn: str | None = None
+    # QAT: several utterances in a row per training item, up to this many seconds (``pN``)
+    pack_seconds: float | None = None
+    batch_size: int | None = None  # QAT: items a step (``bN``)
     # ``:layers=all``: every layer that computes features (CNN, feature projection, positional
     # convolution and transformer; `upstream_quant.select.FEATURE_GROUPS`), not the transformer's alone
     layers: str | None = None
@@ -141,7 +144,8 @@ class QuantSpec:
             del out["file"], out["file_sha256"]
         else:
             out["file"] = Path(self.file).name
-        for name in ("deploy", "plain", "symmetric", "steps", "layers", "budget_bits", "rotate", "init", "loss", "learn"):
+        for name in ("deploy", "plain", "symmetric", "steps", "layers", "budget_bits", "rotate", "init", "loss", "learn",
+                     "pack_seconds", "batch_size"):
             if out[name] is None:
                 del out[name]
         return out

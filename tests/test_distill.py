@@ -94,15 +94,3 @@ def test_packed_items_are_several_utterances_in_a_row_within_the_pack_and_repeat
     assert len(values) >= 2  # others follow, with pauses of silence between them
     assert torch.equal(item, data[(1, 0)]) and not all(torch.equal(data[(1, 0)], data[(1, e)]) for e in range(1, 4))
     assert torch.equal(CropDataset(clips, crop=6000, seed=3)[(1, 0)], clips[1])  # unpacked: the crop alone
-
-
-def test_a_pack_shorter_than_a_crop_is_refused(tmp_path):
-    from upstream_quant.distill import fit_unlabelled
-
-    teacher = _teacher()
-    module = TeacherStudent(whisper_student(teacher, 1, "s"), teacher)
-    import pytest
-
-    with pytest.raises(ValueError, match="pack_seconds=0.2 is shorter than a crop"):
-        fit_unlabelled(module, _audio(2), 1, 2, 0.5, 0, tmp_path, accelerator="cpu", devices=1, progress=False,
-                       pack_seconds=0.2)

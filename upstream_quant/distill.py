@@ -395,7 +395,7 @@ def fit_unlabelled(module: L.LightningModule, audio: Sequence[torch.Tensor | str
     every 100 steps to ``work_dir/last.ckpt`` and resuming from it; returns the trainer, the loss
     trace and seconds. ``logger`` (`upstream_quant.curves.LOGGERS`) writes the loss, its terms,
     the learning rate and the throughput under ``work_dir``. ``pack_seconds``: each item is
-    several utterances in a row, up to that long (`CropDataset`)."""
+    several whole utterances in a row, up to that long (`CropDataset`; ``crop_seconds`` unused)."""
     import time
 
     from .curves import curve_callbacks, make_logger
@@ -405,14 +405,12 @@ def fit_unlabelled(module: L.LightningModule, audio: Sequence[torch.Tensor | str
     L.seed_everything(seed, workers=True, verbose=False)
     workers = default_workers() if num_workers is None else int(num_workers)
     drop_last = len(audio) > batch_size
-    crop = int(crop_seconds * 16000)
-    module.crop_samples = crop
     pack = None if pack_seconds is None else int(pack_seconds * 16000)
+    # packed items are whole utterances in a row (an utterance longer than the pack is cropped to it)
+    crop = int(crop_seconds * 16000) if pack is None else pack
+    module.crop_samples = crop
     module.packed = pack is not None
     counts = [min(crop, n) for n in _sample_counts(audio)]
-    if pack is not None and max(counts) > pack:
-        raise ValueError(f"pack_seconds={pack_seconds} is shorter than a crop ({max(counts) / 16000:.1f} s); "
-                         "raise it or lower crop_seconds")
     sampler = EpochShuffle(len(audio), seed, batch_size, drop_last, lengths=None if pack else counts)
     loader = torch.utils.data.DataLoader(
         CropDataset(audio, crop, seed, pack), batch_size=batch_size, sampler=sampler,

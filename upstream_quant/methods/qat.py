@@ -173,7 +173,9 @@ class QATConfig:
     bits: int = 1
     targets: tuple[str, ...] = ("transformer",)
     lr: float = 1e-4
-    scale_lr: float = 1e-3  # scales: relative change per step (learned as log-ratios); zero points: code units
+    # scales: relative change per step (learned as log-ratios); zero points: code units. None: 1e-3
+    # beside the latent weights, 5e-3 with learn="scales" (exact gradients, nothing else moving)
+    scale_lr: float | None = None
     steps: int = 500
     batch_size: int = 8
     crop_seconds: float = 4.0
@@ -197,9 +199,14 @@ class QATConfig:
     def __post_init__(self):
         from ..distill import check_schedule
 
+        if self.scale_lr is None:
+            object.__setattr__(self, "scale_lr", 5e-3 if self.learn == "scales" else 1e-3)
         check_schedule(self)
         if self.loss not in LOSSES:
             raise ValueError(f"QATConfig.loss = {self.loss!r}: expected one of {', '.join(LOSSES)}")
+        if self.pack_seconds is not None and self.window is not None and self.pack_seconds * 16000 > self.window:
+            raise ValueError(f"QATConfig.pack_seconds = {self.pack_seconds}: longer than the input window "
+                             f"({self.window / 16000:g} s) every item is padded to")
         if self.learn not in ("all", "scales"):
             raise ValueError(f"QATConfig.learn = {self.learn!r}: expected 'all' or 'scales'")
 
@@ -287,9 +294,6 @@ def train_qat(upstream: nn.Module, audio: list, config: QATConfig, work_dir,
         text_decoder(upstream)  # a model without a decoder is refused before any work
         if config.window is None:  # the decoder reads fixed windows (Whisper: 30 s), so the student learns on them
             config = dataclasses.replace(config, window=upstream.max_samples)
-    if config.pack_seconds is not None and config.window is not None and config.pack_seconds * 16000 > config.window:
-        raise ValueError(f"QATConfig.pack_seconds = {config.pack_seconds}: longer than the input window "
-                         f"({config.window / 16000:g} s) every item is padded to")
     torch.manual_seed(config.seed)
     student = prepare_qat(upstream, config, start).train()
     module = _lightning_module()(student, upstream, config)
@@ -309,11 +313,12 @@ OPTION_FIELDS = ("steps", "batch_size", "lr", "scale_lr", "crop_seconds", "pack_
 
 
 def _parse(token: str, bits: int, options: list[str]) -> dict:
-    """``qat:BITS[:sSTEPS][:gN][:asym][:rot][:gptq][:dec][:scales]`` (1 bit: binary weights, else
-    uniform); 300 steps unless given; ``gptq``: start from GPTQ's model at the same width, groups,
+    """``qat:BITS[:sSTEPS][:bN][:gN][:asym][:rot][:gptq][:dec][:scales][:pN]`` (1 bit: binary weights,
+    else uniform); 300 steps of 8 items unless given (``bN``: N items a step); ``gptq``: start from GPTQ's model at the same width, groups,
     zero points and rotation, calibrated on the run's calibration audio; ``dec``: distil through the
     model's own text decoder (upstream_quant.decoder_loss) instead of its hidden states; ``scales``:
-    keep the start's codes and learn only the scales and zero points (FakeQuantLinear)."""
+    keep the start's codes and learn only the scales and zero points (FakeQuantLinear); ``pN``:
+    train on several utterances in a row, up to N seconds an item (CropDataset.pack)."""
     out = {"qat_steps": 300}
     for opt in options:
         if opt[:1] == "s" and opt[1:].isdigit():
@@ -330,8 +335,12 @@ def _parse(token: str, bits: int, options: list[str]) -> dict:
             out["loss"] = "decoder"
         elif opt == "scales":
             out["learn"] = "scales"
+        elif opt[:1] == "p" and opt[1:].isdigit() and int(opt[1:]) > 0:
+            out["pack_seconds"] = float(opt[1:])
+        elif opt[:1] == "b" and opt[1:].isdigit() and int(opt[1:]) > 0:
+            out["batch_size"] = int(opt[1:])
         else:
-            raise ValueError(f"quantization {token!r}: unknown option {opt!r} (sSTEPS, gN, asym, rot, gptq, dec, scales)")
+            raise ValueError(f"quantization {token!r}: unknown option {opt!r} (sSTEPS, bN, gN, asym, rot, gptq, dec, scales, pN)")
     if bits == 1 and ("symmetric" in out or "init" in out):
         raise ValueError(f"quantization {token!r}: 1-bit QAT is binary: no zero points and no GPTQ start")
     return out
@@ -341,7 +350,8 @@ def _label(spec) -> str:
     return f"qat{spec.bits}" + "".join(f"-{x}" for x in (
         f"g{spec.group_size}" if spec.group_size else None, "asym" if spec.symmetric is False else None,
         "rot" if spec.rotate else None, "from-gptq" if spec.init == "gptq" else None,
-        "dec" if spec.loss == "decoder" else None, "scales" if spec.learn == "scales" else None) if x)
+        "dec" if spec.loss == "decoder" else None, "scales" if spec.learn == "scales" else None,
+        f"p{spec.pack_seconds:g}" if spec.pack_seconds else None) if x)
 
 
 def _build(base: nn.Module, spec, context) -> tuple[nn.Module, dict]:
@@ -355,6 +365,8 @@ def _build(base: nn.Module, spec, context) -> tuple[nn.Module, dict]:
     max_hours = opts.pop("max_hours", None)
     workers = opts.pop("num_workers", None)
     opts.setdefault("steps", spec.qat_steps)
+    if spec.batch_size is not None:
+        opts.setdefault("batch_size", spec.batch_size)
     shape = {"group_size": spec.group_size, "symmetric": spec.symmetric is not False, "rotate": bool(spec.rotate)}
     loss = spec.loss or "states"
     if loss == "decoder":
@@ -362,7 +374,8 @@ def _build(base: nn.Module, spec, context) -> tuple[nn.Module, dict]:
 
         text_decoder(base)  # before GPTQ's start or any training
     config = QATConfig(method="binary" if spec.bits == 1 else "uniform", bits=spec.bits, seed=context.seed, window=context.window,
-                       loss=loss, learn=spec.learn or "all", **shape, **{k: (int(v) if k in ("steps", "batch_size") else float(v)) for k, v in opts.items()})
+                       loss=loss, learn=spec.learn or "all", pack_seconds=float(opts.pop("pack_seconds", spec.pack_seconds) or 0) or None,
+                       **shape, **{k: (int(v) if k in ("steps", "batch_size") else float(v)) for k, v in opts.items()})
     start, info = None, {}
     if spec.init == "gptq":
         import time
@@ -382,6 +395,6 @@ def _build(base: nn.Module, spec, context) -> tuple[nn.Module, dict]:
 register(MethodSpec(
     name="qat", summary="quantization-aware distillation from the full-precision upstream on unlabelled audio "
     "(1 bit: binary, else uniform)",
-    grammar="qat:BITS[:sSTEPS][:gN][:asym][:rot][:gptq][:dec][:scales]", parse=_parse, label=_label, build=_build, trains=True,
+    grammar="qat:BITS[:sSTEPS][:bN][:gN][:asym][:rot][:gptq][:dec][:scales][:pN]", parse=_parse, label=_label, build=_build, trains=True,
     calibrates=lambda spec: spec.init == "gptq",
     option_fields=OPTION_FIELDS, order=1))
