@@ -197,3 +197,33 @@ def test_qat_tokens():
     assert QuantSpec.parse("qat:2:s150").label == "qat2" and "init" not in QuantSpec.parse("qat:2").as_dict()
     with pytest.raises(ValueError, match="1-bit QAT is binary"):
         QuantSpec.parse("qat:1:gptq")
+
+
+def test_qat_from_a_mixed_precision_start_trains_each_layer_at_its_width(tiny_hubert, batch):
+    """``mixedXb``: mixed precision's model (GPTQ at each layer's width) is the start; every
+    layer keeps its width and, before training, its codes; a one-width start at another width is refused."""
+    from bench.suites import QuantSpec
+    from upstream_quant.methods.gptq import GPTQConfig
+    from upstream_quant.methods.mixed import mixed_precision
+    from upstream_quant.quantize import quantize
+
+    torch.manual_seed(0)
+    wavs = [torch.randn(8000) for _ in range(3)]
+    start, report = mixed_precision(tiny_hubert, wavs, None, budget_bits=2.5, rounding="gptq", group_size=16,
+                                    symmetric=False, layer_coverage="transformer")
+    theirs = {n: m for n, m in start.named_modules() if isinstance(m, QuantizedLayer)}
+    assert len({m.bits for m in theirs.values()}) > 1
+    config = QATConfig(method="uniform", bits=2, group_size=16, symmetric=False, learn="scales")
+    model = prepare_qat(tiny_hubert, config, start=start)
+    assert {n: m.bits for n, m in model.named_modules() if isinstance(m, FakeQuantLinear)} == {n: m.bits for n, m in theirs.items()}
+    for name, layer in export(model, config).named_modules():
+        if isinstance(layer, QuantizedLayer):
+            assert layer.bits == theirs[name].bits and torch.equal(layer.codes, theirs[name].codes)
+    with pytest.raises(ValueError, match="QAT at 2 bits cannot start from a 3-bit model"):
+        prepare_qat(tiny_hubert, config, start=quantize(tiny_hubert, GPTQConfig(bits=3, group_size=16, symmetric=False),
+                                                        calibration=wavs, progress=False))
+    spec = QuantSpec.parse("qat:2:g64:asym:mixed2.25b:dec:scales")
+    assert spec.init == "mixed" and spec.budget_bits == 2.25 and spec.label == "qat2-g64-asym-from-mixed2.25b-dec-scales"
+    for bad in ("qat:2:mixed1.5b", "qat:1:mixed2b"):
+        with pytest.raises(ValueError):
+            QuantSpec.parse(bad)

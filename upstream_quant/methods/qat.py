@@ -10,6 +10,7 @@ files, accounting and suites treat QAT models like any other quantized upstream.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import torch
@@ -91,7 +92,7 @@ class FakeQuantLinear(nn.Module):
             self.weight.requires_grad_(False)
             if self.bias is not None:
                 self.bias.requires_grad_(False)
-            self.codes = self._levels().to(torch.int8)
+            self.codes = self._levels().to(torch.int16)  # 8-bit asymmetric codes reach 255
 
     def _levels(self) -> torch.Tensor:
         """Each weight's integer level (grouped shape): the kept codes, or the latent weights
@@ -222,8 +223,12 @@ def prepare_qat(upstream: nn.Module, config: QATConfig, start: nn.Module | None 
     missing = sorted(set(layers) - set(begun)) if start is not None else []
     if missing:
         raise ValueError(f"the starting model has no quantized layer {missing[:3]}")
-    for name, layer in layers.items():
-        model.set_submodule(name, FakeQuantLinear(layer, config.method, config.bits, config.group_size, config.symmetric,
+    widths = {m.bits for m in begun.values()}
+    if start is not None and len(widths) == 1 and widths != {config.bits}:
+        raise ValueError(f"QAT at {config.bits} bits cannot start from a {widths.pop()}-bit model")
+    for name, layer in layers.items():  # a mixed-precision start (several widths): each layer at its own
+        bits = begun[name].bits if len(widths) > 1 else config.bits
+        model.set_submodule(name, FakeQuantLinear(layer, config.method, bits, config.group_size, config.symmetric,
                                                   layer_seed(name) if config.rotate else None, begun.get(name),
                                                   keep_codes=config.learn == "scales"))
     return model
@@ -313,9 +318,11 @@ OPTION_FIELDS = ("steps", "batch_size", "lr", "scale_lr", "crop_seconds", "pack_
 
 
 def _parse(token: str, bits: int, options: list[str]) -> dict:
-    """``qat:BITS[:sSTEPS][:bN][:gN][:asym][:rot][:gptq][:dec][:scales][:pN]`` (1 bit: binary weights,
-    else uniform); 300 steps of 8 items unless given (``bN``: N items a step); ``gptq``: start from GPTQ's model at the same width, groups,
-    zero points and rotation, calibrated on the run's calibration audio; ``dec``: distil through the
+    """``qat:BITS[:sSTEPS][:bN][:gN][:asym][:rot][:gptq|:mixedXb][:dec][:scales][:pN]`` (1 bit: binary
+    weights, else uniform); 300 steps of 8 items unless given (``bN``: N items a step); ``gptq``: start
+    from GPTQ's model at the same width, groups, zero points and rotation, calibrated on the run's
+    calibration audio; ``mixedXb``: from mixed precision's model at an average of X bits (GPTQ at
+    each layer's width, BITS the narrowest; `upstream_quant.methods.mixed`), each layer trained at its width; ``dec``: distil through the
     model's own text decoder (upstream_quant.decoder_loss) instead of its hidden states; ``scales``:
     keep the start's codes and learn only the scales and zero points (FakeQuantLinear); ``pN``:
     train on several utterances in a row, up to N seconds an item (CropDataset.pack)."""
@@ -331,6 +338,10 @@ def _parse(token: str, bits: int, options: list[str]) -> dict:
             out["rotate"] = True
         elif opt == "gptq":
             out["init"] = "gptq"
+        elif re.fullmatch(r"mixed\d+(\.\d+)?b", opt):
+            out["init"], out["budget_bits"] = "mixed", float(opt[5:-1])
+            if not bits < out["budget_bits"] < 8:
+                raise ValueError(f"quantization {token!r}: a mixed start averages more than {bits} and less than 8 bits")
         elif opt == "dec":
             out["loss"] = "decoder"
         elif opt == "scales":
@@ -340,7 +351,8 @@ def _parse(token: str, bits: int, options: list[str]) -> dict:
         elif opt[:1] == "b" and opt[1:].isdigit() and int(opt[1:]) > 0:
             out["batch_size"] = int(opt[1:])
         else:
-            raise ValueError(f"quantization {token!r}: unknown option {opt!r} (sSTEPS, bN, gN, asym, rot, gptq, dec, scales, pN)")
+            raise ValueError(f"quantization {token!r}: unknown option {opt!r} (sSTEPS, bN, gN, asym, rot, gptq, mixedXb, dec, "
+                             "scales, pN)")
     if bits == 1 and ("symmetric" in out or "init" in out):
         raise ValueError(f"quantization {token!r}: 1-bit QAT is binary: no zero points and no GPTQ start")
     return out
@@ -350,6 +362,7 @@ def _label(spec) -> str:
     return f"qat{spec.bits}" + "".join(f"-{x}" for x in (
         f"g{spec.group_size}" if spec.group_size else None, "asym" if spec.symmetric is False else None,
         "rot" if spec.rotate else None, "from-gptq" if spec.init == "gptq" else None,
+        f"from-mixed{spec.budget_bits:g}b" if spec.init == "mixed" else None,
         "dec" if spec.loss == "decoder" else None, "scales" if spec.learn == "scales" else None,
         f"p{spec.pack_seconds:g}" if spec.pack_seconds else None) if x)
 
@@ -384,6 +397,15 @@ def _build(base: nn.Module, spec, context) -> tuple[nn.Module, dict]:
         start = quantize(base, GPTQConfig(bits=spec.bits, targets=config.targets, **shape),
                          calibration=context.calibration("all"), progress=False)
         info["gptq_seconds"] = round(time.time() - began, 2)
+    elif spec.init == "mixed":
+        import time
+
+        from .mixed import mixed_precision
+
+        began = time.time()
+        start, report = mixed_precision(base, context.calibration("all"), None, budget_bits=spec.budget_bits, rounding="gptq",
+                                        seed=context.seed, layer_coverage="transformer", **shape)
+        info |= {"mixed_seconds": round(time.time() - began, 2), "mixed": report}
     device = pick_device(context.device)
     model, summary = train_qat(base, context.unlabelled_files(max_hours), config, context.work_dir,
                                accelerator="gpu" if device.type == "cuda" else "cpu", devices=context.devices,
@@ -395,6 +417,6 @@ def _build(base: nn.Module, spec, context) -> tuple[nn.Module, dict]:
 register(MethodSpec(
     name="qat", summary="quantization-aware distillation from the full-precision upstream on unlabelled audio "
     "(1 bit: binary, else uniform)",
-    grammar="qat:BITS[:sSTEPS][:bN][:gN][:asym][:rot][:gptq][:dec][:scales][:pN]", parse=_parse, label=_label, build=_build, trains=True,
-    calibrates=lambda spec: spec.init == "gptq",
+    grammar="qat:BITS[:sSTEPS][:bN][:gN][:asym][:rot][:gptq|:mixedXb][:dec][:scales][:pN]", parse=_parse, label=_label, build=_build, trains=True,
+    calibrates=lambda spec: spec.init in ("gptq", "mixed"),
     option_fields=OPTION_FIELDS, order=1))
