@@ -53,7 +53,7 @@ def main() -> None:
     ap.add_argument("--scale-lr", type=float, default=1e-3)
     ap.add_argument("--loss", default="states", help="QAT's target: states (hidden states) or decoder (the decoder's outputs)")
     ap.add_argument("--crop", type=float, default=4.0, help="QAT crop seconds")
-    ap.add_argument("--learn", default="all", choices=["all", "scales"], help="QAT: what learns")
+    ap.add_argument("--learn", default="all", choices=["all", "scales", "scales+float"], help="QAT: what learns")
     ap.add_argument("--pack", type=float, default=None, help="QAT: utterances in a row per item, up to this many seconds")
     a = ap.parse_args()
     torch.manual_seed(0)

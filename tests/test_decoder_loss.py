@@ -102,3 +102,4 @@ def test_the_dec_token():
     packed = QuantSpec.parse("qat:2:b4:dec:scales:p28")
     assert packed.pack_seconds == 28.0 and packed.batch_size == 4 and packed.label == "qat2-dec-scales-p28"
     assert QATConfig(learn="scales").scale_lr == 5e-3 and QATConfig().scale_lr == 1e-3
+    assert QuantSpec.parse("qat:2:scalesfloat").learn == "scales+float" and QuantSpec.parse("qat:2:scalesfloat").label == "qat2-scalesfloat"

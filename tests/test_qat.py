@@ -161,6 +161,12 @@ def test_kept_codes_learn_only_scales_with_the_exact_gradient_and_export_those_c
     config = QATConfig(method="uniform", bits=2, group_size=16, symmetric=False, learn="scales")
     model = prepare_qat(tiny_hubert, config, start=start).eval()
     assert {n.rsplit(".", 1)[-1] for n, p in model.named_parameters() if p.requires_grad} == {"log_scale", "zero"}
+    floats = prepare_qat(tiny_hubert, QATConfig(method="uniform", bits=2, group_size=16, symmetric=False, learn="scales+float"),
+                         start=start)
+    learning = {n for n, p in floats.named_parameters() if p.requires_grad}
+    fake = {n for n, m in floats.named_modules() if isinstance(m, FakeQuantLinear)}
+    assert not {f"{n}.weight" for n in fake} & learning and {f"{n}.bias" for n in fake} <= learning
+    assert any(n.endswith("norm.weight") for n in learning) and any(n.startswith("cnn") or "conv" in n for n in learning)
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, FakeQuantLinear):

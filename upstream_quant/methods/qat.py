@@ -166,6 +166,7 @@ class FakeQuantLinear(nn.Module):
 
 
 LOSSES = ("states", "decoder")
+LEARN = ("all", "scales", "scales+float")
 
 
 @dataclass(frozen=True)
@@ -193,7 +194,9 @@ class QATConfig:
     # None: one utterance (crop) per item
     pack_seconds: float | None = None
     # what learns: "all" (latent weights by straight-through, scales, zero points and every other
-    # parameter) or "scales" (codes kept from the start, scales and zero points only; FakeQuantLinear)
+    # parameter), "scales" (codes kept from the start, scales and zero points only; FakeQuantLinear)
+    # or "scales+float" (codes kept; scales, zero points and every parameter stored in floating
+    # point: biases, norms, layers left unquantized)
     learn: str = "all"
     seed: int = 0
 
@@ -201,15 +204,15 @@ class QATConfig:
         from ..distill import check_schedule
 
         if self.scale_lr is None:
-            object.__setattr__(self, "scale_lr", 5e-3 if self.learn == "scales" else 1e-3)
+            object.__setattr__(self, "scale_lr", 5e-3 if self.learn != "all" else 1e-3)
         check_schedule(self)
         if self.loss not in LOSSES:
             raise ValueError(f"QATConfig.loss = {self.loss!r}: expected one of {', '.join(LOSSES)}")
         if self.pack_seconds is not None and self.window is not None and self.pack_seconds * 16000 > self.window:
             raise ValueError(f"QATConfig.pack_seconds = {self.pack_seconds}: longer than the input window "
                              f"({self.window / 16000:g} s) every item is padded to")
-        if self.learn not in ("all", "scales"):
-            raise ValueError(f"QATConfig.learn = {self.learn!r}: expected 'all' or 'scales'")
+        if self.learn not in LEARN:
+            raise ValueError(f"QATConfig.learn = {self.learn!r}: expected one of {', '.join(LEARN)}")
 
 
 def prepare_qat(upstream: nn.Module, config: QATConfig, start: nn.Module | None = None) -> nn.Module:
@@ -230,7 +233,11 @@ def prepare_qat(upstream: nn.Module, config: QATConfig, start: nn.Module | None 
         bits = begun[name].bits if len(widths) > 1 else config.bits
         model.set_submodule(name, FakeQuantLinear(layer, config.method, bits, config.group_size, config.symmetric,
                                                   layer_seed(name) if config.rotate else None, begun.get(name),
-                                                  keep_codes=config.learn == "scales"))
+                                                  keep_codes=config.learn != "all"))
+    if config.learn == "scales+float":  # the kept codes' latent copies stay frozen; the rest learns
+        for name, param in model.named_parameters():
+            param.requires_grad_(not name.endswith(".weight") or not isinstance(
+                model.get_submodule(name.rsplit(".", 1)[0]), FakeQuantLinear))
     return model
 
 
@@ -318,13 +325,14 @@ OPTION_FIELDS = ("steps", "batch_size", "lr", "scale_lr", "crop_seconds", "pack_
 
 
 def _parse(token: str, bits: int, options: list[str]) -> dict:
-    """``qat:BITS[:sSTEPS][:bN][:gN][:asym][:rot][:gptq|:mixedXb][:dec][:scales][:pN]`` (1 bit: binary
+    """``qat:BITS[:sSTEPS][:bN][:gN][:asym][:rot][:gptq|:mixedXb][:dec][:scales|:scalesfloat][:pN]`` (1 bit: binary
     weights, else uniform); 300 steps of 8 items unless given (``bN``: N items a step); ``gptq``: start
     from GPTQ's model at the same width, groups, zero points and rotation, calibrated on the run's
     calibration audio; ``mixedXb``: from mixed precision's model at an average of X bits (GPTQ at
     each layer's width, BITS the narrowest; `upstream_quant.methods.mixed`), each layer trained at its width; ``dec``: distil through the
     model's own text decoder (upstream_quant.decoder_loss) instead of its hidden states; ``scales``:
-    keep the start's codes and learn only the scales and zero points (FakeQuantLinear); ``pN``:
+    keep the start's codes and learn only the scales and zero points (FakeQuantLinear);
+    ``scalesfloat``: the same and every floating-point parameter (biases, norms); ``pN``:
     train on several utterances in a row, up to N seconds an item (CropDataset.pack)."""
     out = {"qat_steps": 300}
     for opt in options:
@@ -344,15 +352,15 @@ def _parse(token: str, bits: int, options: list[str]) -> dict:
                 raise ValueError(f"quantization {token!r}: a mixed start averages more than {bits} and less than 8 bits")
         elif opt == "dec":
             out["loss"] = "decoder"
-        elif opt == "scales":
-            out["learn"] = "scales"
+        elif opt in ("scales", "scalesfloat"):
+            out["learn"] = {"scales": "scales", "scalesfloat": "scales+float"}[opt]
         elif opt[:1] == "p" and opt[1:].isdigit() and int(opt[1:]) > 0:
             out["pack_seconds"] = float(opt[1:])
         elif opt[:1] == "b" and opt[1:].isdigit() and int(opt[1:]) > 0:
             out["batch_size"] = int(opt[1:])
         else:
             raise ValueError(f"quantization {token!r}: unknown option {opt!r} (sSTEPS, bN, gN, asym, rot, gptq, mixedXb, dec, "
-                             "scales, pN)")
+                             "scales, scalesfloat, pN)")
     if bits == 1 and ("symmetric" in out or "init" in out):
         raise ValueError(f"quantization {token!r}: 1-bit QAT is binary: no zero points and no GPTQ start")
     return out
@@ -363,7 +371,7 @@ def _label(spec) -> str:
         f"g{spec.group_size}" if spec.group_size else None, "asym" if spec.symmetric is False else None,
         "rot" if spec.rotate else None, "from-gptq" if spec.init == "gptq" else None,
         f"from-mixed{spec.budget_bits:g}b" if spec.init == "mixed" else None,
-        "dec" if spec.loss == "decoder" else None, "scales" if spec.learn == "scales" else None,
+        "dec" if spec.loss == "decoder" else None, {"scales": "scales", "scales+float": "scalesfloat"}.get(spec.learn),
         f"p{spec.pack_seconds:g}" if spec.pack_seconds else None) if x)
 
 
@@ -417,6 +425,6 @@ def _build(base: nn.Module, spec, context) -> tuple[nn.Module, dict]:
 register(MethodSpec(
     name="qat", summary="quantization-aware distillation from the full-precision upstream on unlabelled audio "
     "(1 bit: binary, else uniform)",
-    grammar="qat:BITS[:sSTEPS][:bN][:gN][:asym][:rot][:gptq|:mixedXb][:dec][:scales][:pN]", parse=_parse, label=_label, build=_build, trains=True,
+    grammar="qat:BITS[:sSTEPS][:bN][:gN][:asym][:rot][:gptq|:mixedXb][:dec][:scales|:scalesfloat][:pN]", parse=_parse, label=_label, build=_build, trains=True,
     calibrates=lambda spec: spec.init in ("gptq", "mixed"),
     option_fields=OPTION_FIELDS, order=1))
