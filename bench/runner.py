@@ -233,8 +233,9 @@ class Runner:
                 seed=run.seed, options=dict(run.options.get(q.method, {})), progress=self.progress, logger=self.logger,
                 callbacks=[self.timeline.callback()], window=self.input_window(run))
             started = time.time()
+            resumed = (context.work_dir / "last.ckpt").is_file()  # a trained method's earlier process did part of it
             model, info = method.build(base, q, context)
-            if not method.trains:  # post-training with its own procedure (mixed precision): its time, as the others'
+            if not method.trains or not resumed:  # its whole time (QAT: its start and training included)
                 info = {"quantize_seconds": round(time.time() - started, 2)} | info
             return model, info
         from upstream_quant.quantize import quantize
