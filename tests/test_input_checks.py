@@ -191,13 +191,23 @@ def test_unwritable_outputs_are_refused_before_any_work(tmp_path, capsys, monkey
     assert list((tmp_path / "DIR").iterdir()) == []
 
 
-@pytest.mark.parametrize("flag, value", [("--steps", "0"), ("--batch-size", "0"), ("--lr", "nan"), ("--crop-seconds", "-1")])
+@pytest.mark.parametrize("flag, value", [("--steps", "0"), ("--batch-size", "0"), ("--lr", "nan"), ("--crop-seconds", "-1"),
+                                         ("--pack-seconds", "0")])
 def test_qat_settings_that_cannot_train_are_refused_before_writing(tmp_path, capsys, flag, value):
     out = tmp_path / "q.safetensors"
     argv = ["qat", "--upstream", "distilhubert", "--method", "binary", "--bits", "1", "--audio", str(tmp_path),
             flag, value, "--out", str(out)]
     assert main(argv) == 2
     assert f"QATConfig.{flag[2:].replace('-', '_')} = " in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_decoder_loss_for_an_upstream_without_a_decoder_is_refused_before_writing(tmp_path, capsys):
+    out = tmp_path / "q.safetensors"
+    argv = ["qat", "--upstream", "distil_whisper_tiny_en", "--method", "binary", "--bits", "1", "--audio", str(tmp_path),
+            "--loss", "decoder", "--out", str(out)]
+    assert main(argv) == 2
+    assert "a decoder loss needs an upstream with its own text decoder" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
 
 
