@@ -10,6 +10,8 @@ calibration utterances, QAT schedules. Prints one JSON line: WER (%) on `mini`'s
     python scripts/e2e_probe.py --quant gptq:3:g64:asym --calib digits --no-window   # the old default
     python scripts/e2e_probe.py --quant gptq:3:rot                                   # as the suites do it
     python scripts/e2e_probe.py --qat 40 --bits 2 --group-size 64 --asym --rot --from-gptq --lr 5e-5 --scale-lr 1e-5
+    python scripts/e2e_probe.py --qat 40 --bits 2 --group-size 64 --asym --rot --from-gptq --loss decoder \
+        --pack 28 --learn scales --scale-lr 5e-3                                     # QAT through the decoder
 
 The corpora are `bench run mini-ptq`'s (data/synth/passages, data/synth/sentences, data/synth/digits).
 """
