@@ -100,7 +100,8 @@ def test_shipped_suites_parse_and_expand():
     assert {r.task for r in ptq if r.quant.method == "fp"} == {"e2e_asr"}  # the end-to-end rows' reference
     e2e = [r for r in ptq if r.task == "e2e_asr"]  # calibrated on read sentences, not on the digits
     assert {r.data for r in e2e} == {"read"} and {r.model_data for r in e2e} == {"sentences"}
-    assert {r.quant.label for r in e2e if r.seed == 2} == {"gptq3-rot", "gptq3-g64-asym-rot"}
+    assert {r.quant.label for r in e2e if r.seed == 2} == {"gptq3-rot", "gptq3-g64-asym-rot",
+                                                           "qat2-g64-asym-rot-from-gptq-dec-scales-p28"}
     superb = load_suite("paper-superb")
     from downstream.tasks import TASKS
 
