@@ -63,7 +63,7 @@ class QuantSpec:
     init: str | None = None
     # QAT's target: ``dec`` = "decoder" (the model's own text decoder's outputs), None: hidden states
     loss: str | None = None
-    # QAT's learned parameters: ``scales`` (codes kept), None: all
+    # QAT's learned parameters: ``scales`` or ``scalesfloat`` = "scales+float" (codes kept), None: all
     learn: str | None = None
     # QAT: several utterances in a row per training item, up to this many seconds (``pN``)
     pack_seconds: float | None = None

@@ -110,8 +110,9 @@ class TeacherStudent(L.LightningModule):
         the same audio, and where utterances are shorter than the crop (every small corpus) each
         epoch after the first sees the same whole utterances again; the teacher's forward was a
         quarter of a QAT step's time. ``whole`` says which items are whole utterances when the
-        lengths cannot (items padded to a fixed window: a whole utterance padded to 30 s recurs). Rounding is why a resumed run, whose memo starts empty,
-        trains on the same targets as an uninterrupted one: hits and fresh states are both fp16."""
+        lengths cannot (items padded to a fixed window: a whole utterance padded to 30 s recurs).
+        Rounding is why a resumed run, whose memo starts empty, trains on the same targets as an
+        uninterrupted one: hits and fresh states are both fp16."""
         import hashlib
 
         teacher = self.teacher[0].to(wavs.device)
