@@ -79,7 +79,8 @@ def main() -> None:
         spec = QuantSpec.parse(a.quant)
         model = quantize(up, spec.config(), calibration=calibration() if spec.calibrates else None, progress=False)
     quantize_s = time.time() - began
-    print(json.dumps({"quant": a.quant, "qat_steps": a.qat, "loss": a.loss, "pack": a.pack, "learn": a.learn, "lr": a.lr, "scale_lr": a.scale_lr, "calib": a.calib, "window": window is not None,
+    print(json.dumps({"quant": a.quant, "qat_steps": a.qat, "loss": a.loss, "pack": a.pack, "learn": a.learn, "lr": a.lr,
+                      "scale_lr": a.scale_lr, "calib": a.calib, "window": window is not None,
                       "count": a.count, "wer": round(wer(model, up), 2), "quantize_s": round(quantize_s, 1),
                       "eval_s": round(time.time() - began - quantize_s, 1)}))
 

@@ -126,10 +126,7 @@ class TeacherStudent(L.LightningModule):
         # Only whole utterances (shorter than the crop) can recur; each is run alone, so its states
         # do not depend on the batch it first came in (a resumed run meets it in another one).
         # Random crops are run together, as the batch they are in decides (the same on resume).
-        if whole is None:
-            crop = self.crop_samples or wavs.shape[1] + 1
-            whole = [n < crop for n in lengths.tolist()]
-        whole = [i for i, w in enumerate(whole) if w]
+        whole = [i for i, w in enumerate(self.recurring(lengths, wavs.shape[1]) if whole is None else whole) if w]
         keys = {i: hashlib.sha1(wavs[i, : int(lengths[i])].detach().cpu().numpy().tobytes()).hexdigest() for i in whole}
         found: list = [self.memo.get(keys[i]) if i in keys else None for i in range(wavs.shape[0])]
         self.memo_hits += sum(f is not None for f in found)
@@ -147,12 +144,16 @@ class TeacherStudent(L.LightningModule):
         return [nn.utils.rnn.pad_sequence([f[k] for f in found], batch_first=True).to(wavs.device, torch.float32)
                 for k in range(len(found[0]))]
 
+    def recurring(self, lengths: torch.Tensor, width: int) -> list[bool]:
+        """Which items of a batch ``width`` samples wide are whole utterances (shorter than the
+        crop), the ones that recur; none when items are packed (they differ every epoch)."""
+        crop = self.crop_samples or width + 1
+        return [not self.packed and n < crop for n in lengths.tolist()]
+
     def training_step(self, batch, _idx):
         wavs, lengths = batch
-        whole = [False] * len(lengths) if self.packed else None  # packed windows differ every epoch: nothing recurs
+        whole = self.recurring(lengths, wavs.shape[1])  # judged before any padding to the window
         if self.window is not None:
-            if whole is None:  # judged before padding
-                whole = [n < (self.crop_samples or wavs.shape[1] + 1) for n in lengths.tolist()]
             wavs = nn.functional.pad(wavs, (0, self.window - wavs.shape[1]))
             lengths = torch.full_like(lengths, self.window)
         targets = self.teacher_targets(wavs, lengths, whole)

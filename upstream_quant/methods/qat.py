@@ -167,6 +167,7 @@ class FakeQuantLinear(nn.Module):
 
 LOSSES = ("states", "decoder")
 LEARN = ("all", "scales", "scales+float")
+LEARN_TOKENS = {"scales": "scales", "scalesfloat": "scales+float"}  # suite token option -> QATConfig.learn
 
 
 @dataclass(frozen=True)
@@ -321,15 +322,16 @@ def train_qat(upstream: nn.Module, audio: list, config: QATConfig, work_dir,
 
 # ---------------------------------------------------------------- suite token
 
+GRAMMAR = "qat:BITS[:sSTEPS][:bN][:gN][:asym][:rot][:gptq|:mixedXb][:dec][:scales|:scalesfloat][:pN]"
 OPTION_FIELDS = ("steps", "batch_size", "lr", "scale_lr", "crop_seconds", "pack_seconds", "max_hours", "num_workers")
 
 
 def _parse(token: str, bits: int, options: list[str]) -> dict:
-    """``qat:BITS[:sSTEPS][:bN][:gN][:asym][:rot][:gptq|:mixedXb][:dec][:scales|:scalesfloat][:pN]`` (1 bit: binary
-    weights, else uniform); 300 steps of 8 items unless given (``bN``: N items a step); ``gptq``: start
-    from GPTQ's model at the same width, groups, zero points and rotation, calibrated on the run's
-    calibration audio; ``mixedXb``: from mixed precision's model at an average of X bits (GPTQ at
-    each layer's width, BITS the narrowest; `upstream_quant.methods.mixed`), each layer trained at its width; ``dec``: distil through the
+    """``GRAMMAR`` (1 bit: binary weights, else uniform); 300 steps of 8 items unless given (``bN``: N
+    items a step); ``gptq``: start from GPTQ's model at the same width, groups, zero points and
+    rotation, calibrated on the run's calibration audio; ``mixedXb``: from mixed precision's model
+    at an average of X bits (GPTQ at each layer's width, BITS the narrowest;
+    `upstream_quant.methods.mixed`), each layer trained at its width; ``dec``: distil through the
     model's own text decoder (upstream_quant.decoder_loss) instead of its hidden states; ``scales``:
     keep the start's codes and learn only the scales and zero points (FakeQuantLinear);
     ``scalesfloat``: the same and every floating-point parameter (biases, norms); ``pN``:
@@ -352,8 +354,8 @@ def _parse(token: str, bits: int, options: list[str]) -> dict:
                 raise ValueError(f"quantization {token!r}: a mixed start averages more than {bits} and less than 8 bits")
         elif opt == "dec":
             out["loss"] = "decoder"
-        elif opt in ("scales", "scalesfloat"):
-            out["learn"] = {"scales": "scales", "scalesfloat": "scales+float"}[opt]
+        elif opt in LEARN_TOKENS:
+            out["learn"] = LEARN_TOKENS[opt]
         elif opt[:1] == "p" and opt[1:].isdigit() and int(opt[1:]) > 0:
             out["pack_seconds"] = float(opt[1:])
         elif opt[:1] == "b" and opt[1:].isdigit() and int(opt[1:]) > 0:
@@ -371,7 +373,7 @@ def _label(spec) -> str:
         f"g{spec.group_size}" if spec.group_size else None, "asym" if spec.symmetric is False else None,
         "rot" if spec.rotate else None, "from-gptq" if spec.init == "gptq" else None,
         f"from-mixed{spec.budget_bits:g}b" if spec.init == "mixed" else None,
-        "dec" if spec.loss == "decoder" else None, {"scales": "scales", "scales+float": "scalesfloat"}.get(spec.learn),
+        "dec" if spec.loss == "decoder" else None, next((t for t, v in LEARN_TOKENS.items() if v == spec.learn), None),
         f"p{spec.pack_seconds:g}" if spec.pack_seconds else None) if x)
 
 
@@ -386,8 +388,9 @@ def _build(base: nn.Module, spec, context) -> tuple[nn.Module, dict]:
     max_hours = opts.pop("max_hours", None)
     workers = opts.pop("num_workers", None)
     opts.setdefault("steps", spec.qat_steps)
-    if spec.batch_size is not None:
-        opts.setdefault("batch_size", spec.batch_size)
+    for name in ("batch_size", "pack_seconds"):  # given in the token (bN, pN); --set overrides
+        if getattr(spec, name) is not None:
+            opts.setdefault(name, getattr(spec, name))
     shape = {"group_size": spec.group_size, "symmetric": spec.symmetric is not False, "rotate": bool(spec.rotate)}
     loss = spec.loss or "states"
     if loss == "decoder":
@@ -395,22 +398,18 @@ def _build(base: nn.Module, spec, context) -> tuple[nn.Module, dict]:
 
         text_decoder(base)  # before GPTQ's start or any training
     config = QATConfig(method="binary" if spec.bits == 1 else "uniform", bits=spec.bits, seed=context.seed, window=context.window,
-                       loss=loss, learn=spec.learn or "all", pack_seconds=float(opts.pop("pack_seconds", spec.pack_seconds) or 0) or None,
+                       loss=loss, learn=spec.learn or "all",
                        **shape, **{k: (int(v) if k in ("steps", "batch_size") else float(v)) for k, v in opts.items()})
-    start, info = None, {}
-    if spec.init == "gptq":
-        import time
+    import time
 
-        began = time.time()
+    start, info, began = None, {}, time.time()
+    if spec.init == "gptq":
         start = quantize(base, GPTQConfig(bits=spec.bits, targets=config.targets, **shape),
                          calibration=context.calibration("all"), progress=False)
         info["gptq_seconds"] = round(time.time() - began, 2)
     elif spec.init == "mixed":
-        import time
-
         from .mixed import mixed_precision
 
-        began = time.time()
         start, report = mixed_precision(base, context.calibration("all"), None, budget_bits=spec.budget_bits, rounding="gptq",
                                         seed=context.seed, layer_coverage="transformer", **shape)
         info |= {"mixed_seconds": round(time.time() - began, 2), "mixed": report}
@@ -425,6 +424,6 @@ def _build(base: nn.Module, spec, context) -> tuple[nn.Module, dict]:
 register(MethodSpec(
     name="qat", summary="quantization-aware distillation from the full-precision upstream on unlabelled audio "
     "(1 bit: binary, else uniform)",
-    grammar="qat:BITS[:sSTEPS][:bN][:gN][:asym][:rot][:gptq|:mixedXb][:dec][:scales|:scalesfloat][:pN]", parse=_parse, label=_label, build=_build, trains=True,
+    grammar=GRAMMAR, parse=_parse, label=_label, build=_build, trains=True,
     calibrates=lambda spec: spec.init in ("gptq", "mixed"),
     option_fields=OPTION_FIELDS, order=1))
