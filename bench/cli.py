@@ -255,14 +255,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
             if run.quant.method == "packed":
                 print(f"  [{state}] {run.name:<60} packed file {run.quant.file} (bench cost --packed for its cost)")
                 continue
-            if run.quant.registered is not None and not run.quant.registered.bits:
+            if run.quant.budget_bits is not None or run.quant.registered is not None and not run.quant.registered.bits:
                 budget = (f"{run.quant.budget_bits:g} bits a weight on average" if run.quant.budget_bits is not None
                           else f"{run.quant.budget_mb:g} MB")
                 print(f"  [{state}] {run.name:<60} budget {budget} (allocated at run time)")
                 continue
             config = run.quant.config()
-            report = cost_report(run.upstream, run.quant.bits if run.quant.method != "fp" else 16,
-                                 groups=config.targets if config is not None else ("transformer",))
+            bits = run.quant.bits if run.quant.method != "fp" else 16
+            report = cost_report(run.upstream, bits, groups=config.targets if config is not None else ("transformer",),
+                                 group_size=run.quant.group_size, zero_point=run.quant.symmetric is False and bits > 1)
             print(f"  [{state}] {run.name:<60} stored {report.storage_mb['stored']:7.2f} MB  est_runtime {report.est_runtime['encoder']:.3f}")
         walls = [r["wall_seconds"] for r in done.values() if r.get("wall_seconds")]
         if walls:

@@ -94,7 +94,7 @@ def test_the_dec_token():
     from bench.suites import QuantSpec
 
     spec = QuantSpec.parse("qat:2:s40:g64:asym:rot:gptq:dec:scales")
-    assert spec.loss == "decoder" and spec.learn == "scales" and spec.label == "qat2-g64-asym-rot-from-gptq-dec-scales"
+    assert spec.loss == "decoder" and spec.learn == "scales" and spec.label == "qat2-s40-g64-asym-rot-from-gptq-dec-scales"
     plain = QuantSpec.parse("qat:2:s40").as_dict()
     assert "loss" not in plain and "learn" not in plain  # rows stored before the options keep their hash
     with pytest.raises(ValueError, match="unknown option 'kl'"):

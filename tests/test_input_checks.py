@@ -258,6 +258,12 @@ def test_dry_run_finds_what_would_fail_hours_later(tmp_path, capsys, monkeypatch
     assert "PROBLEM" not in capsys.readouterr().out
     assert main(["run", "mini-ptq", "--dry-run", "--store", str(tmp_path / "store"), "--only", "*mixed*"]) == 0
     assert "budget 2.25 bits a weight on average (allocated at run time)" in capsys.readouterr().out
+    # groups of 64 with zero points: what the packed file stores (3.321 MB measured), not a scale per row;
+    # QAT from a mixed start: widths allocated at run time, as for mixed precision itself
+    assert main(["run", "mini-ptq", "--dry-run", "--store", str(tmp_path / "store"), "--only", "*dec*"]) == 0
+    out = capsys.readouterr().out
+    assert "from-gptq-dec-scales-p28/retrain/e2e_asr-read/seed0 stored    3.32 MB" in out
+    assert "from-mixed2.25b-dec-scales-p28/retrain/e2e_asr-read/seed0 budget 2.25 bits a weight on average" in out
 
 
 def test_bench_run_refuses_a_store_it_cannot_write_before_any_run(tmp_path, capsys):

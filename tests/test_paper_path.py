@@ -275,6 +275,17 @@ def test_model_cost_of_a_uniformly_quantized_model_is_the_named_cost(tiny_hubert
     assert model_cost(tiny_hubert).storage_mb == pytest.approx(cost_report(tiny_hubert, 16).storage_mb)
 
 
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_the_named_cost_counts_groups_and_zero_points_as_the_packed_file_stores_them(tiny_hubert, symmetric):
+    """What `bench run --dry-run` estimates for a grouped (asymmetric) row is what the model stores."""
+    from upstream_quant.accounting import cost_report
+
+    model = quantize(tiny_hubert, UniformConfig(bits=2, group_size=16, symmetric=symmetric), progress=False)
+    named = cost_report(tiny_hubert, 2, group_size=16, zero_point=not symmetric)
+    assert model_cost(model).storage_mb["stored"] == pytest.approx(named.storage_mb["stored"], abs=1e-9)
+    assert named.storage_mb["stored"] > cost_report(tiny_hubert, 2).storage_mb["stored"]  # a scale per 16, not per row
+
+
 def test_runs_evaluate_the_packed_file_and_a_later_invocation_reloads_it(tmp_path, tiny_hubert):
     from bench.runner import Runner
     from bench.suites import RunSpec, Suite, QuantSpec

@@ -2,11 +2,13 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from upstream_quant.packed import load_packed, save_packed
 from upstream_quant.methods.qat import FakeQuantLinear, QATConfig, export, prepare_qat, train_qat
 from upstream_quant.qweight import QuantizedLayer
+from upstream_quant.rotation import rotate
 
 
 @pytest.mark.parametrize("method,bits", [("binary", 1), ("uniform", 2), ("uniform", 4)])
@@ -106,6 +108,25 @@ def test_groups_zero_points_and_rotation_export_as_trained(tiny_hubert, batch):
     assert torch.allclose(fake[-1], real[-1], atol=1e-4)
 
 
+def test_a_rotated_fake_quant_layer_gives_the_same_product_with_the_rotation_on_either_side():
+    """Many frames: the weight is rotated back once (W_r R); few: the inputs are rotated (R x).
+    Both are the product the exported layer computes, and the scales' gradient is the same."""
+    torch.manual_seed(0)
+    linear = nn.Linear(64, 8)
+    grads = []
+    for frames in (200, 3):  # 200 x 64 inputs > 8 x 64 weights: the weight side; 3 x 64: the input side
+        layer = FakeQuantLinear(linear, "uniform", 2, group_size=16, symmetric=False, rotation=5)
+        x = torch.randn(frames, 64)
+        want = F.linear(rotate(x, 5), layer.quantized_weight(), layer.bias)
+        out = layer(x)
+        assert torch.allclose(out, want, atol=1e-5)
+        out.square().sum().backward()
+        ref = FakeQuantLinear(linear, "uniform", 2, group_size=16, symmetric=False, rotation=5)
+        F.linear(rotate(x, 5), ref.quantized_weight(), ref.bias).square().sum().backward()
+        grads.append(torch.allclose(layer.log_scale.grad, ref.log_scale.grad, atol=1e-4))
+    assert grads == [True, True]
+
+
 def test_qat_started_from_gptq_begins_at_gptq_s_model(tiny_hubert, batch):
     from upstream_quant.methods.gptq import GPTQConfig
     from upstream_quant.quantize import quantize
@@ -199,8 +220,8 @@ def test_qat_tokens():
 
     spec = QuantSpec.parse("qat:2:s200:g64:asym:rot:gptq")
     assert (spec.qat_steps, spec.group_size, spec.symmetric, spec.rotate, spec.init) == (200, 64, False, True, "gptq")
-    assert spec.label == "qat2-g64-asym-rot-from-gptq" and spec.calibrates
-    assert QuantSpec.parse("qat:2:s150").label == "qat2" and "init" not in QuantSpec.parse("qat:2").as_dict()
+    assert spec.label == "qat2-s200-g64-asym-rot-from-gptq" and spec.calibrates  # steps named: not the default
+    assert QuantSpec.parse("qat:2:s300").label == "qat2" and "init" not in QuantSpec.parse("qat:2").as_dict()
     with pytest.raises(ValueError, match="1-bit QAT is binary"):
         QuantSpec.parse("qat:1:gptq")
 

@@ -14,7 +14,7 @@ from upstream_quant.onnx_export import why_not_onnx
 from upstream_quant.packed import load_packed, save_packed
 from upstream_quant.qweight import QuantizedLayer
 from upstream_quant.quantize import quantize
-from upstream_quant.rotation import RotationError, block_size, fwht, rotate, rotate_hessian
+from upstream_quant.rotation import RotationError, block_size, fwht, rotate, rotate_hessian, unrotate
 
 
 @pytest.mark.parametrize("width", [64, 384, 96, 1536])
@@ -27,6 +27,16 @@ def test_rotation_is_orthogonal_and_leaves_products_unchanged(width):
     assert torch.equal(rotate(x, 7), xr) and not torch.allclose(rotate(x, 8), xr)  # one seed, one rotation
     h = x.T @ x
     assert torch.allclose(rotate_hessian(h, 7), xr.T @ xr, atol=1e-4)
+
+
+@pytest.mark.parametrize("width", [64, 384, 1536])
+def test_unrotate_is_the_inverse_and_moves_the_rotation_onto_the_weight(width):
+    """unrotate(W_r) x = W_r (R x): what QAT's forward uses to rotate a weight once, not each input."""
+    torch.manual_seed(0)
+    x, w = torch.randn(6, width), torch.randn(5, width)
+    assert torch.allclose(unrotate(rotate(x, 7), 7), x, atol=1e-5) and torch.allclose(rotate(unrotate(x, 7), 7), x, atol=1e-5)
+    assert torch.allclose(x @ unrotate(w, 7).T, rotate(x, 7) @ w.T, atol=1e-4)
+    assert not torch.allclose(unrotate(w, 7), rotate(w, 7), atol=1e-2)  # the inverse, not the rotation again
 
 
 def test_hadamard_transform_and_blocks():

@@ -415,9 +415,12 @@ def cost_report(
     bits: int = 16,
     seconds: float = DEFAULT_SECONDS,
     groups: tuple[str, ...] = ("transformer",),
+    group_size: int | None = None,
+    zero_point: bool = False,
 ) -> CostReport:
     """Inventory, storage under every convention and estimated runtime of `upstream` (a module,
-    or a registry name: its architecture) with the weights of `groups` at `bits` (16 = unquantized)."""
+    or a registry name: its architecture) with the weights of `groups` at `bits` (16 = unquantized);
+    ``group_size`` and ``zero_point`` say how the packed file stores the scales ("stored" MB)."""
     if isinstance(upstream, str):
         name = upstream
         entries, ops, unused = inventories(name, seconds)
@@ -432,7 +435,7 @@ def cost_report(
     storage = {
         "fp16": megabytes(storage_bytes(entries, fp16_policy())["total"]),
         "paper": megabytes(storage_bytes(entries, paper_policy(bits))["total"]),
-        "stored": megabytes(storage_bytes(entries, stored_policy(bits, groups, unused=unused))["total"]),
+        "stored": megabytes(storage_bytes(entries, stored_policy(bits, groups, group_size, zero_point, unused=unused))["total"]),
     }
     runtime = {
         scope: estimated_cost(ops, wbits, scope) / reference_cost(seconds, scope) for scope in ("encoder", "full")

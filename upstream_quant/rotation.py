@@ -82,6 +82,19 @@ def rotate(x: torch.Tensor, seed: int) -> torch.Tensor:
     return y.reshape(x.shape)
 
 
+def unrotate(x: torch.Tensor, seed: int) -> torch.Tensor:
+    """R^T x over the last dimension, the inverse of ``rotate``: a weight W_r kept in the rotated
+    basis acts on unrotated inputs as unrotate(W_r) = W_r R (rows), so a training forward rotates
+    the weight's out x in entries once instead of every frame's input."""
+    width = x.shape[-1]
+    signs, mix = _factors(width, seed)
+    b = block_size(width)
+    y = x.reshape(*x.shape[:-1], width // b, b)
+    if mix is not None:
+        y = torch.einsum("ji,...jb->...ib", mix.to(x.device, x.dtype), y)
+    return (fwht(y) * (b ** -0.5)).reshape(x.shape) * signs.to(x.device, x.dtype)
+
+
 def rotate_hessian(hessian: torch.Tensor, seed: int) -> torch.Tensor:
     """R H R^T: the statistics X^T X of the rotated inputs, from the original ones."""
     return rotate(rotate(hessian, seed).T, seed).T

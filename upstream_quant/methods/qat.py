@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..qweight import QuantizedLayer, QuantizedWeight, grouped, prepare_input
-from ..rotation import layer_seed, rotate
+from ..rotation import layer_seed, rotate, unrotate
 from .uniform import minmax_params
 from ..quantize import copy_module, target_layers
 from . import MethodSpec, register
@@ -138,8 +138,12 @@ class FakeQuantLinear(nn.Module):
         return ((torch.clamp(_round_ste(g / s + z), lo, hi) - z) * s).reshape(self.weight.shape)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(prepare_input(self, x), self.quantized_weight().to(x.dtype),
-                        None if self.bias is None else self.bias.to(x.dtype))
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        if self.rotation is not None and x.numel() > self.weight.numel():
+            # W_r (R x) = (W_r R) x: rotating the weight back costs its out x in entries once, the
+            # inputs' rotation every frame's (a third of a Whisper tiny.en training step on 2 cores)
+            return F.linear(x, unrotate(self.quantized_weight(), self.rotation).to(x.dtype), bias)
+        return F.linear(prepare_input(self, x), self.quantized_weight().to(x.dtype), bias)
 
     def to_quantized(self) -> QuantizedLayer:
         """The trained layer as stored codes and fp16 scales (what packed files hold)."""
@@ -323,6 +327,7 @@ def train_qat(upstream: nn.Module, audio: list, config: QATConfig, work_dir,
 # ---------------------------------------------------------------- suite token
 
 GRAMMAR = "qat:BITS[:sSTEPS][:bN][:gN][:asym][:rot][:gptq|:mixedXb][:dec][:scales|:scalesfloat][:pN]"
+DEFAULT_STEPS = 300  # a suite token's, without sN
 OPTION_FIELDS = ("steps", "batch_size", "lr", "scale_lr", "crop_seconds", "pack_seconds", "max_hours", "num_workers")
 
 
@@ -336,7 +341,7 @@ def _parse(token: str, bits: int, options: list[str]) -> dict:
     keep the start's codes and learn only the scales and zero points (FakeQuantLinear);
     ``scalesfloat``: the same and every floating-point parameter (biases, norms); ``pN``:
     train on several utterances in a row, up to N seconds an item (CropDataset.pack)."""
-    out = {"qat_steps": 300}
+    out = {"qat_steps": DEFAULT_STEPS}
     for opt in options:
         if opt[:1] == "s" and opt[1:].isdigit():
             out["qat_steps"] = int(opt[1:])
@@ -370,6 +375,9 @@ def _parse(token: str, bits: int, options: list[str]) -> dict:
 
 def _label(spec) -> str:
     return f"qat{spec.bits}" + "".join(f"-{x}" for x in (
+        # the steps, unless the default: runs that differ only in steps are different rows (rows stored
+        # before the steps were named keep their names)
+        f"s{spec.qat_steps}" if spec.qat_steps not in (None, DEFAULT_STEPS) else None,
         f"g{spec.group_size}" if spec.group_size else None, "asym" if spec.symmetric is False else None,
         "rot" if spec.rotate else None, "from-gptq" if spec.init == "gptq" else None,
         f"from-mixed{spec.budget_bits:g}b" if spec.init == "mixed" else None,
