@@ -521,7 +521,7 @@ def _cmd_qat(args: argparse.Namespace) -> int:
     check_logger(args.logger)
     config = QATConfig(method=args.method, bits=args.bits, steps=args.steps, batch_size=args.batch_size,
                        lr=args.lr, scale_lr=args.scale_lr, crop_seconds=args.crop_seconds, seed=args.seed, loss=args.loss,
-                       learn=args.learn, pack_seconds=args.pack_seconds)
+                       learn=args.learn, pack_seconds=args.pack_seconds, lr_schedule=args.lr_schedule)
     check_output(args.out)
     device = pick_device(args.device)
     upstream = load_upstream(args.upstream, checkpoint=args.checkpoint, device="cpu")
@@ -783,6 +783,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--learn", default="all", choices=["all", "scales", "scales+float"],
                    help="all: latent weights (straight-through), scales and the rest; scales: codes kept from round-to-nearest, "
                         "scales and zero points only (exact gradients)")
+    p.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine"],
+                   help="learning rates as given throughout, or decayed to zero along a cosine over --steps")
     p.add_argument("--pack-seconds", type=float, default=None,
                    help="several utterances in a row per training item, up to this long (long-form windows)")
     p.add_argument("--seed", type=int, default=0)

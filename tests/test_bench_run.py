@@ -102,7 +102,8 @@ def test_shipped_suites_parse_and_expand():
     assert {r.data for r in e2e} == {"read"} and {r.model_data for r in e2e} == {"sentences"}
     assert {r.quant.label for r in e2e if r.seed == 2} == {"gptq3-rot", "gptq3-g64-asym-rot",
                                                            "qat2-s60-g64-asym-rot-from-gptq-dec-scales-p28",
-                                                           "qat2-s85-g64-asym-rot-from-gptq-dec-scales-p28"}
+                                                           "qat2-s85-g64-asym-rot-from-gptq-dec-scales-p28",
+                                                           "qat2-s85-g64-asym-rot-from-gptq-dec-scales-p28-cos"}
     superb = load_suite("paper-superb")
     from downstream.tasks import TASKS
 

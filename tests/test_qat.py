@@ -1,5 +1,7 @@
 """Quantization-aware distillation: STE gradients, falling loss, resume, export."""
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -39,11 +41,13 @@ def test_export_matches_the_fake_quantized_forward(tiny_hubert, batch):
         assert torch.allclose(fake[-1], real[-1], atol=1e-4)
 
 
-@pytest.mark.parametrize("saved_at", [10, 11])  # 2 batches per epoch: at an epoch's end, and inside one
-def test_distillation_loss_falls_resumes_and_exports(tiny_hubert, batch, tmp_path, saved_at):
+# 2 batches per epoch: saved at an epoch's end, and inside one; a cosine schedule resumes where it was
+@pytest.mark.parametrize("saved_at,schedule", [(10, "constant"), (11, "constant"), (11, "cosine")])
+def test_distillation_loss_falls_resumes_and_exports(tiny_hubert, batch, tmp_path, saved_at, schedule):
     torch.manual_seed(0)
     wavs = [0.1 * torch.randn(6000) for _ in range(8)]
-    config = QATConfig(method="uniform", bits=2, steps=30, batch_size=4, lr=1e-3, scale_lr=1e-2, crop_seconds=0.3)
+    config = QATConfig(method="uniform", bits=2, steps=30, batch_size=4, lr=1e-3, scale_lr=1e-2, crop_seconds=0.3,
+                       lr_schedule=schedule)
 
     class Stop(Exception):
         pass
@@ -82,6 +86,10 @@ def test_distillation_loss_falls_resumes_and_exports(tiny_hubert, batch, tmp_pat
     tags = set(events.Tags()["scalars"])
     assert len(logged) >= 2 and "utterances_per_second" in tags and any(t.startswith("lr-Adam") for t in tags)
     assert all(any(abs(v - t) <= 1e-5 * max(1.0, abs(t)) for t in full_summary["loss_curve"]) for v in logged)
+    rates = [(e.step, e.value) for e in events.Scalars(sorted(t for t in tags if t.startswith("lr-Adam"))[0])]
+    # cosine: lr x (1 + cos(pi step / steps)) / 2 at each logged step, near zero at the end; constant: lr throughout
+    want = [1e-3 * (0.5 * (1 + math.cos(math.pi * k / 30)) if schedule == "cosine" else 1.0) for k, _ in rates]
+    assert [v for _, v in rates] == pytest.approx(want, rel=1e-4, abs=1e-9) and len(rates) >= 2
     path = save_packed(full, tmp_path / "qat.safetensors")
     with torch.no_grad():
         a, _ = full(*batch)
@@ -222,6 +230,10 @@ def test_qat_tokens():
     assert (spec.qat_steps, spec.group_size, spec.symmetric, spec.rotate, spec.init) == (200, 64, False, True, "gptq")
     assert spec.label == "qat2-s200-g64-asym-rot-from-gptq" and spec.calibrates  # steps named: not the default
     assert QuantSpec.parse("qat:2:s300").label == "qat2" and "init" not in QuantSpec.parse("qat:2").as_dict()
+    cos = QuantSpec.parse("qat:2:s85:g64:cos")
+    assert cos.lr_schedule == "cosine" and cos.label == "qat2-s85-g64-cos" and "lr_schedule" not in QuantSpec.parse("qat:2").as_dict()
+    with pytest.raises(ValueError, match="lr_schedule = 'linear'"):
+        QATConfig(method="uniform", bits=2, lr_schedule="linear")
     with pytest.raises(ValueError, match="1-bit QAT is binary"):
         QuantSpec.parse("qat:1:gptq")
 

@@ -10,6 +10,7 @@ files, accounting and suites treat QAT models like any other quantized upstream.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -172,6 +173,7 @@ class FakeQuantLinear(nn.Module):
 LOSSES = ("states", "decoder")
 LEARN = ("all", "scales", "scales+float")
 LEARN_TOKENS = {"scales": "scales", "scalesfloat": "scales+float"}  # suite token option -> QATConfig.learn
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass(frozen=True)
@@ -203,6 +205,10 @@ class QATConfig:
     # or "scales+float" (codes kept; scales, zero points and every parameter stored in floating
     # point: biases, norms, layers left unquantized)
     learn: str = "all"
+    # every learning rate as given for all steps ("constant"), or decayed from it to zero along half
+    # a cosine over `steps` ("cosine", EfficientQAT's schedule: the last steps settle the scales
+    # instead of leaving them where the last noisy batch pushed them)
+    lr_schedule: str = "constant"
     seed: int = 0
 
     def __post_init__(self):
@@ -218,6 +224,8 @@ class QATConfig:
                              f"({self.window / 16000:g} s) every item is padded to")
         if self.learn not in LEARN:
             raise ValueError(f"QATConfig.learn = {self.learn!r}: expected one of {', '.join(LEARN)}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"QATConfig.lr_schedule = {self.lr_schedule!r}: expected one of {', '.join(LR_SCHEDULES)}")
 
 
 def prepare_qat(upstream: nn.Module, config: QATConfig, start: nn.Module | None = None) -> nn.Module:
@@ -256,7 +264,7 @@ def export(model: nn.Module, config: QATConfig) -> nn.Module:
                                                     "targets": list(config.targets), "steps": config.steps,
                                                     "group_size": config.group_size, "symmetric": config.symmetric,
                                                     "rotate": config.rotate, "window": config.window,
-                                                    "loss": config.loss}}
+                                                    "loss": config.loss, "lr_schedule": config.lr_schedule}}
     return out
 
 
@@ -290,7 +298,12 @@ def _lightning_module():
             scales = [p for n, p in self.student.named_parameters() if n.endswith((".log_scale", ".zero"))]
             others = [p for n, p in self.student.named_parameters() if not n.endswith((".log_scale", ".zero")) and p.requires_grad]
             groups = [{"params": others, "lr": self.config.lr}, {"params": scales, "lr": self.config.scale_lr}]
-            return torch.optim.Adam([g for g in groups if g["params"]])
+            opt = torch.optim.Adam([g for g in groups if g["params"]])
+            if self.config.lr_schedule == "constant":
+                return opt
+            steps = self.config.steps
+            decay = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, steps) / steps)))
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": decay, "interval": "step"}}
 
     return QATLightning
 
@@ -326,7 +339,7 @@ def train_qat(upstream: nn.Module, audio: list, config: QATConfig, work_dir,
 
 # ---------------------------------------------------------------- suite token
 
-GRAMMAR = "qat:BITS[:sSTEPS][:bN][:gN][:asym][:rot][:gptq|:mixedXb][:dec][:scales|:scalesfloat][:pN]"
+GRAMMAR = "qat:BITS[:sSTEPS][:bN][:gN][:asym][:rot][:gptq|:mixedXb][:dec][:scales|:scalesfloat][:pN][:cos]"
 DEFAULT_STEPS = 300  # a suite token's, without sN
 OPTION_FIELDS = ("steps", "batch_size", "lr", "scale_lr", "crop_seconds", "pack_seconds", "max_hours", "num_workers")
 
@@ -340,7 +353,8 @@ def _parse(token: str, bits: int, options: list[str]) -> dict:
     model's own text decoder (upstream_quant.decoder_loss) instead of its hidden states; ``scales``:
     keep the start's codes and learn only the scales and zero points (FakeQuantLinear);
     ``scalesfloat``: the same and every floating-point parameter (biases, norms); ``pN``:
-    train on several utterances in a row, up to N seconds an item (CropDataset.pack)."""
+    train on several utterances in a row, up to N seconds an item (CropDataset.pack); ``cos``: the
+    learning rates decay to zero along a cosine (QATConfig.lr_schedule)."""
     out = {"qat_steps": DEFAULT_STEPS}
     for opt in options:
         if opt[:1] == "s" and opt[1:].isdigit():
@@ -365,9 +379,11 @@ def _parse(token: str, bits: int, options: list[str]) -> dict:
             out["pack_seconds"] = float(opt[1:])
         elif opt[:1] == "b" and opt[1:].isdigit() and int(opt[1:]) > 0:
             out["batch_size"] = int(opt[1:])
+        elif opt == "cos":
+            out["lr_schedule"] = "cosine"
         else:
             raise ValueError(f"quantization {token!r}: unknown option {opt!r} (sSTEPS, bN, gN, asym, rot, gptq, mixedXb, dec, "
-                             "scales, scalesfloat, pN)")
+                             "scales, scalesfloat, pN, cos)")
     if bits == 1 and ("symmetric" in out or "init" in out):
         raise ValueError(f"quantization {token!r}: 1-bit QAT is binary: no zero points and no GPTQ start")
     return out
@@ -382,7 +398,7 @@ def _label(spec) -> str:
         "rot" if spec.rotate else None, "from-gptq" if spec.init == "gptq" else None,
         f"from-mixed{spec.budget_bits:g}b" if spec.init == "mixed" else None,
         "dec" if spec.loss == "decoder" else None, next((t for t, v in LEARN_TOKENS.items() if v == spec.learn), None),
-        f"p{spec.pack_seconds:g}" if spec.pack_seconds else None) if x)
+        f"p{spec.pack_seconds:g}" if spec.pack_seconds else None, "cos" if spec.lr_schedule == "cosine" else None) if x)
 
 
 def _build(base: nn.Module, spec, context) -> tuple[nn.Module, dict]:
@@ -406,7 +422,7 @@ def _build(base: nn.Module, spec, context) -> tuple[nn.Module, dict]:
 
         text_decoder(base)  # before GPTQ's start or any training
     config = QATConfig(method="binary" if spec.bits == 1 else "uniform", bits=spec.bits, seed=context.seed, window=context.window,
-                       loss=loss, learn=spec.learn or "all",
+                       loss=loss, learn=spec.learn or "all", lr_schedule=spec.lr_schedule or "constant",
                        **shape, **{k: (int(v) if k in ("steps", "batch_size") else float(v)) for k, v in opts.items()})
     import time
 
