@@ -142,7 +142,8 @@ class FakeQuantLinear(nn.Module):
         bias = None if self.bias is None else self.bias.to(x.dtype)
         if self.rotation is not None and x.numel() > self.weight.numel():
             # W_r (R x) = (W_r R) x: rotating the weight back costs its out x in entries once, the
-            # inputs' rotation every frame's (a third of a Whisper tiny.en training step on 2 cores)
+            # inputs' rotation every frame's (half the quantized encoder's forward and backward in a
+            # Whisper tiny.en training step on 2 cores: 30 s windows are 1,500 frames each)
             return F.linear(x, unrotate(self.quantized_weight(), self.rotation).to(x.dtype), bias)
         return F.linear(prepare_input(self, x), self.quantized_weight().to(x.dtype), bias)
 
@@ -207,7 +208,8 @@ class QATConfig:
     learn: str = "all"
     # every learning rate as given for all steps ("constant"), or decayed from it to zero along half
     # a cosine over `steps` ("cosine", EfficientQAT's schedule: the last steps settle the scales
-    # instead of leaving them where the last noisy batch pushed them)
+    # instead of leaving them where the last noisy batch pushed them; worse than constant at 85
+    # steps through Whisper's decoder, where the loss is still falling: docs/quantization.md)
     lr_schedule: str = "constant"
     seed: int = 0
 
