@@ -135,7 +135,7 @@ def test_paper_suite_runs_end_to_end_and_its_table_is_complete(smoke):
     assert all(r["wer_vs_distilhubert_lo"] <= r["wer_vs_distilhubert_hi"] for r in hubert)
     assert all(r["wer_vs_fp"] is not None for r in hubert if r["method"] != "fp")
     two = [r["config"] for r in lines if r["paper_row"] == "hubert_base/2bit"]
-    assert two == ["hubert_base/qat2/retrain", "hubert_base/uniform2/retrain", "hubert_base/uniform2/reuse",
+    assert two == ["hubert_base/qat2-s20000/retrain", "hubert_base/uniform2/retrain", "hubert_base/uniform2/reuse",
                    "hubert_base/gptq2/reuse"]
     for r in lines:
         if r["method"] != "fp":
