@@ -521,7 +521,8 @@ def _cmd_qat(args: argparse.Namespace) -> int:
     check_logger(args.logger)
     config = QATConfig(method=args.method, bits=args.bits, steps=args.steps, batch_size=args.batch_size,
                        lr=args.lr, scale_lr=args.scale_lr, crop_seconds=args.crop_seconds, seed=args.seed, loss=args.loss,
-                       learn=args.learn, pack_seconds=args.pack_seconds, lr_schedule=args.lr_schedule)
+                       learn=args.learn, pack_seconds=args.pack_seconds, lr_schedule=args.lr_schedule,
+                       fixed_items=args.fixed_items)
     check_output(args.out)
     device = pick_device(args.device)
     upstream = load_upstream(args.upstream, checkpoint=args.checkpoint, device="cpu")
@@ -787,6 +788,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="learning rates as given throughout, or decayed to zero along a cosine over --steps")
     p.add_argument("--pack-seconds", type=float, default=None,
                    help="several utterances in a row per training item, up to this long (long-form windows)")
+    p.add_argument("--fixed-items", action="store_true",
+                   help="each training item (crop, pack) the same in every epoch, so the teacher's work on it is done once")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work-dir", default=None, help="checkpoints for resuming (default: OUT.work/)")
     p.add_argument("--max-hours", type=float, default=None, help="train on a seeded random subset of at most this much audio")

@@ -69,6 +69,7 @@ class QuantSpec:
     pack_seconds: float | None = None
     batch_size: int | None = None  # QAT: items a step (``bN``)
     lr_schedule: str | None = None  # QAT: ``cos`` = "cosine" (learning rates decayed to zero), None: constant
+    fixed_items: bool | None = None  # QAT: ``fixed`` = True (each item the same every epoch), None: drawn afresh
     # ``:layers=all``: every layer that computes features (CNN, feature projection, positional
     # convolution and transformer; `upstream_quant.select.FEATURE_GROUPS`), not the transformer's alone
     layers: str | None = None
@@ -146,7 +147,7 @@ class QuantSpec:
         else:
             out["file"] = Path(self.file).name
         for name in ("deploy", "plain", "symmetric", "steps", "layers", "budget_bits", "rotate", "init", "loss", "learn",
-                     "pack_seconds", "batch_size", "lr_schedule"):
+                     "pack_seconds", "batch_size", "lr_schedule", "fixed_items"):
             if out[name] is None:
                 del out[name]
         return out

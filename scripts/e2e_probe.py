@@ -58,6 +58,7 @@ def main() -> None:
     ap.add_argument("--learn", default="all", choices=["all", "scales", "scales+float"], help="QAT: what learns")
     ap.add_argument("--pack", type=float, default=None, help="QAT: utterances in a row per item, up to this many seconds")
     ap.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine"], help="QAT: learning rates decayed or not")
+    ap.add_argument("--fixed", action="store_true", help="QAT: each item the same every epoch (the teacher's work memoized)")
     a = ap.parse_args()
     torch.manual_seed(0)
     up = load_upstream("whisper_tiny_en", device="cpu")
@@ -80,7 +81,7 @@ def main() -> None:
         spec = QuantSpec.parse(a.quant)
         model = quantize(up, spec.config(), calibration=calibration() if spec.calibrates else None, progress=False)
     quantize_s = time.time() - began
-    print(json.dumps({"quant": a.quant, "qat_steps": a.qat, "loss": a.loss, "pack": a.pack, "learn": a.learn, "lr_schedule": a.lr_schedule, "lr": a.lr,
+    print(json.dumps({"quant": a.quant, "qat_steps": a.qat, "loss": a.loss, "pack": a.pack, "learn": a.learn, "lr_schedule": a.lr_schedule, "fixed": a.fixed, "lr": a.lr,
                       "scale_lr": a.scale_lr, "calib": a.calib, "window": window is not None,
                       "count": a.count, "wer": round(wer(model, up), 2), "quantize_s": round(quantize_s, 1),
                       "eval_s": round(time.time() - began - quantize_s, 1)}))
@@ -93,7 +94,8 @@ def qat(up, a, files: list, calibration, window: int | None):
     shape = {"group_size": a.group_size, "symmetric": not a.asym, "rotate": a.rot}
     config = QATConfig(method="binary" if a.bits == 1 else "uniform", bits=a.bits, steps=a.qat, batch_size=a.batch_size,
                        lr=a.lr, scale_lr=a.scale_lr, window=window, loss=a.loss, crop_seconds=a.crop,
-                       pack_seconds=a.pack, learn=a.learn, lr_schedule=a.lr_schedule, **shape)
+                       pack_seconds=a.pack, learn=a.learn, lr_schedule=a.lr_schedule,
+                       fixed_items=a.fixed, **shape)
     start = quantize(up, GPTQConfig(bits=a.bits, **shape), calibration=calibration(), progress=False) if a.from_gptq else None
     with tempfile.TemporaryDirectory() as work:
         model, summary = train_qat(up, files, config, work, accelerator="cpu", devices=1, progress=False, num_workers=1,

@@ -103,3 +103,50 @@ def test_the_dec_token():
     assert packed.pack_seconds == 28.0 and packed.batch_size == 4 and packed.label == "qat2-dec-scales-p28"
     assert QATConfig(learn="scales").scale_lr == 5e-3 and QATConfig().scale_lr == 1e-3
     assert QuantSpec.parse("qat:2:scalesfloat").learn == "scales+float" and QuantSpec.parse("qat:2:scalesfloat").label == "qat2-scalesfloat"
+    fixed = QuantSpec.parse("qat:2:s118:b4:dec:scales:p28:fixed")
+    assert fixed.fixed_items is True and fixed.label == "qat2-s118-dec-scales-p28-fixed"
+    assert "fixed_items" not in packed.as_dict()  # rows stored before the option keep their hash
+
+
+def test_fixed_items_are_transcribed_once_and_a_resumed_run_is_the_uninterrupted_one(tmp_path):
+    """``fixed_items``: packs the same every epoch, so the teacher's greedy transcripts are made in
+    the first epoch only; they travel in checkpoints, so a run resumed in a later epoch forces the
+    same tokens and ends bit for bit where an uninterrupted one does."""
+    from lightning.pytorch.callbacks import Callback
+
+    decoder = _decoder()
+    teacher = _encoder(decoder)
+    transcribed = []
+    greedy = decoder.greedy
+    decoder.greedy = lambda encoded, *a, **k: transcribed.append(encoded.shape[0]) or greedy(encoded, *a, **k)
+    gen = torch.Generator().manual_seed(0)
+    wavs = [0.1 * torch.randn(1500 + 300 * i, generator=gen) for i in range(6)]
+    # 6 packed items, 2 a step: 3 steps an epoch, 9 steps = 3 epochs
+    config = QATConfig(method="uniform", bits=2, steps=9, batch_size=2, lr=1e-3, scale_lr=1e-2, window=8000,
+                       loss="decoder", pack_seconds=0.45, fixed_items=True, learn="scales")
+
+    class Stop(Exception):
+        pass
+
+    class Cut(Callback):  # saved inside the second epoch, killed two steps later
+        def on_train_batch_end(self, trainer, *args):
+            if trainer.global_step == 4:
+                trainer.save_checkpoint(tmp_path / "cut" / "last.ckpt")
+            if trainer.global_step == 6:
+                raise Stop
+
+    run = dict(accelerator="cpu", devices=1, progress=False, num_workers=0)
+    full, summary = train_qat(teacher, wavs, config, tmp_path / "full", **run)
+    assert sum(transcribed) == 6 and summary["steps"] == 9  # each item once, in the first epoch
+    transcribed.clear()
+    with pytest.raises(Stop):
+        train_qat(teacher, wavs, config, tmp_path / "cut", callbacks=[Cut()], **run)
+    transcribed.clear()
+    resumed, _ = train_qat(teacher, wavs, config, tmp_path / "cut", **run)
+    assert transcribed == []  # the checkpoint's transcripts
+    for (name, a), (other, b) in zip(full.state_dict().items(), resumed.state_dict().items()):
+        assert name == other and torch.equal(a, b), name
+    drawn = QATConfig(**{**config.__dict__, "fixed_items": False})
+    transcribed.clear()
+    train_qat(teacher, wavs, drawn, tmp_path / "drawn", **run)
+    assert sum(transcribed) == 18  # packs drawn afresh: every item of every step transcribed

@@ -3,7 +3,7 @@ tiny random Whisper teacher and noise-like audio made here."""
 
 import torch
 
-from upstream_quant.distill import DistillConfig, DistillModule, TeacherStudent, distill, whisper_student
+from upstream_quant.distill import DistillConfig, DistillModule, TeacherStudent, collate_wavs, distill, whisper_student
 from upstream_quant.upstreams.whisper import build_whisper
 
 TINY = {"layers": 3, "d_model": 32, "heads": 2, "ffn": 64}
@@ -38,7 +38,6 @@ def test_distillation_lowers_the_loss_and_repeats_exactly(tmp_path):
 def test_the_teacher_memo_gives_the_teachers_states_and_skips_repeated_audio():
     """Targets equal the teacher's own forward on the batch (rounded to fp16) over the valid
     frames, whatever the batch mixes; audio seen before is not run through the teacher again."""
-    from upstream_quant.distill import collate_wavs
 
     teacher = _teacher()
     module = TeacherStudent(whisper_student(teacher, 1, "s"), teacher)
@@ -94,3 +93,26 @@ def test_packed_items_are_several_utterances_in_a_row_within_the_pack_and_repeat
     assert len(values) >= 2  # others follow, with pauses of silence between them
     assert torch.equal(item, data[(1, 0)]) and not all(torch.equal(data[(1, 0)], data[(1, e)]) for e in range(1, 4))
     assert torch.equal(CropDataset(clips, crop=6000, seed=3)[(1, 0)], clips[1])  # unpacked: the crop alone
+    fixed = CropDataset(clips, crop=6000, seed=3, pack=20000, fixed=True)  # every epoch's item i is epoch 0's
+    assert all(torch.equal(fixed[(1, e)], data[(1, 0)]) for e in range(4))
+    crops = CropDataset(clips, crop=2500, seed=3, fixed=True)  # and so is a random crop
+    assert all(torch.equal(crops[(3, e)], crops[(3, 0)]) for e in range(4))
+
+
+def test_fixed_items_all_recur_and_the_memo_keeps_only_the_states_the_terms_read():
+    teacher = _teacher()
+    module = TeacherStudent(whisper_student(teacher, 1, "s"), teacher)
+    module.crop_samples, module.packed = 12000, True
+    lengths = torch.tensor([12000, 9000])
+    assert module.recurring(lengths, 12000) == [False, False]  # packs drawn afresh never recur
+    module.fixed_items = True
+    assert module.recurring(lengths, 12000) == [True, True]
+    module.kept_states = (-1,)
+    wavs, lengths = collate_wavs([a[:n] for a, n in zip(_audio(2), (12000, 9000))])
+    got = module.teacher_targets(wavs, lengths, module.recurring(lengths, 12000))
+    with torch.no_grad():
+        direct, _ = teacher(wavs, lengths)
+    assert len(got) == 1 and got[0].shape == direct[-1].shape and len(module.batch_keys) == 2
+    assert all(len(v) == 1 for v in module.memo.values()) and module.memo_misses == 2
+    module.teacher_targets(wavs, lengths, [True, True])
+    assert module.memo_hits == 2

@@ -33,13 +33,17 @@ def text_decoder(upstream: nn.Module) -> nn.Module:
 
 
 def pseudo_labels(decoder: nn.Module, encoded: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The decoder's greedy transcript of each item as teacher-forcing inputs: (tokens, mask),
-    tokens = prompt + transcript (padded with EOT), mask marking the positions whose next token
-    is scored (each transcript token and the EOT after it)."""
-    ids = decoder.greedy(encoded)
+    """The decoder's greedy transcript of each item as teacher-forcing inputs (`forcing_inputs`)."""
+    return forcing_inputs(decoder.greedy(encoded), encoded.device)
+
+
+def forcing_inputs(ids: list[list[int]], device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Transcripts (token ids) as teacher-forcing inputs: (tokens, mask), tokens = prompt +
+    transcript (padded with EOT), mask marking the positions whose next token is scored (each
+    transcript token and the EOT after it)."""
     longest = max(len(x) for x in ids)
-    tokens = torch.full((len(ids), len(PROMPT) + longest), EOT, dtype=torch.long, device=encoded.device)
-    mask = torch.zeros(tokens.shape, dtype=torch.bool, device=encoded.device)
+    tokens = torch.full((len(ids), len(PROMPT) + longest), EOT, dtype=torch.long, device=device)
+    mask = torch.zeros(tokens.shape, dtype=torch.bool, device=device)
     for i, row in enumerate(ids):
         tokens[i, : len(PROMPT)] = torch.tensor(PROMPT)
         tokens[i, len(PROMPT): len(PROMPT) + len(row)] = torch.tensor(row, dtype=torch.long)

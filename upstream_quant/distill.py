@@ -95,6 +95,11 @@ class TeacherStudent(L.LightningModule):
         # a fixed input window (samples) every crop is padded to with silence, as the model is deployed
         # (Whisper's own decoder reads 30 s); None: crops as they are
         self.window: int | None = None
+        # every item is the same in every epoch (CropDataset.fixed): all of them recur, packed or cropped
+        self.fixed_items = False
+        # the teacher's hidden states the terms read (indices); None: all of them. The memo holds these only
+        self.kept_states: tuple[int, ...] | None = None
+        self.batch_keys: list[str | None] = []  # the current batch's memo keys (None: an item that cannot recur)
         self.memo: dict[str, list[torch.Tensor]] = {}
         self.memo_bytes = 0
         self.memo_hits = self.memo_misses = 0
@@ -104,7 +109,7 @@ class TeacherStudent(L.LightningModule):
 
     def teacher_targets(self, wavs: torch.Tensor, lengths: torch.Tensor,
                         whole: list[bool] | None = None) -> list[torch.Tensor]:
-        """The teacher's hidden states (batch, frames, dim) for the batch, rounded to fp16.
+        """The teacher's hidden states (batch, frames, dim) for the batch (``kept_states`` of them), rounded to fp16.
 
         Memoized by crop content (in CPU memory, up to TEACHER_MEMO_MB): a frozen teacher gives the same states for
         the same audio, and where utterances are shorter than the crop (every small corpus) each
@@ -121,6 +126,8 @@ class TeacherStudent(L.LightningModule):
             sub = torch.tensor(idx, device=wavs.device)
             with torch.no_grad():
                 states, lens = teacher(wavs[sub, : int(lengths[sub].max())], lengths[sub])
+            if self.kept_states is not None:
+                states, lens = [states[k] for k in self.kept_states], [lens[k] for k in self.kept_states]
             return [[s[j, : int(n[j])].to("cpu", torch.float16) for s, n in zip(states, lens)] for j in range(len(idx))]
 
         # Only whole utterances (shorter than the crop) can recur; each is run alone, so its states
@@ -128,6 +135,7 @@ class TeacherStudent(L.LightningModule):
         # Random crops are run together, as the batch they are in decides (the same on resume).
         whole = [i for i, w in enumerate(self.recurring(lengths, wavs.shape[1]) if whole is None else whole) if w]
         keys = {i: hashlib.sha1(wavs[i, : int(lengths[i])].detach().cpu().numpy().tobytes()).hexdigest() for i in whole}
+        self.batch_keys = [keys.get(i) for i in range(wavs.shape[0])]
         found: list = [self.memo.get(keys[i]) if i in keys else None for i in range(wavs.shape[0])]
         self.memo_hits += sum(f is not None for f in found)
         cropped = [i for i in range(wavs.shape[0]) if i not in keys]
@@ -145,10 +153,11 @@ class TeacherStudent(L.LightningModule):
                 for k in range(len(found[0]))]
 
     def recurring(self, lengths: torch.Tensor, width: int) -> list[bool]:
-        """Which items of a batch ``width`` samples wide are whole utterances (shorter than the
-        crop), the ones that recur; none when items are packed (they differ every epoch)."""
+        """Which items of a batch ``width`` samples wide recur in later epochs: whole utterances
+        (shorter than the crop); none when items are packed (they differ every epoch); all when
+        every item is fixed (``fixed_items``)."""
         crop = self.crop_samples or width + 1
-        return [not self.packed and n < crop for n in lengths.tolist()]
+        return [self.fixed_items or (not self.packed and n < crop) for n in lengths.tolist()]
 
     def training_step(self, batch, _idx):
         wavs, lengths = batch
@@ -205,8 +214,10 @@ class CropDataset(torch.utils.data.Dataset):
 
     GAP = 4000  # samples of silence between packed utterances (0.25 s: a pause between sentences)
 
-    def __init__(self, items: Sequence[torch.Tensor | str | Path], crop: int, seed: int, pack: int | None = None):
+    def __init__(self, items: Sequence[torch.Tensor | str | Path], crop: int, seed: int, pack: int | None = None,
+                 fixed: bool = False):
         self.items, self.crop, self.seed, self.pack = list(items), crop, seed, pack
+        self.fixed = fixed  # every epoch gives item i the same crop and pack (those of epoch 0)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -223,11 +234,11 @@ class CropDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int | tuple[int, int]) -> torch.Tensor:
         """Item ``i``'s crop; with ``pack`` (samples), followed by crops of other items drawn at
-        random (per item and epoch), a short pause between them, while they fit in ``pack``: a
-        window of continuous speech like the long-form audio a fixed-window model reads, where a
-        short utterance padded to 30 s is mostly silence."""
+        random (per item and epoch; per item alone when ``fixed``), a short pause between them,
+        while they fit in ``pack``: a window of continuous speech like the long-form audio a
+        fixed-window model reads, where a short utterance padded to 30 s is mostly silence."""
         i, epoch = index if isinstance(index, tuple) else (index, 0)
-        rng = random.Random(self.seed * 1_000_003 + epoch * 7919 + i)
+        rng = random.Random(self.seed * 1_000_003 + (0 if self.fixed else epoch) * 7919 + i)
         out = self._read(self.items[i], rng)
         if self.pack is None or len(self.items) < 2:
             return out
@@ -391,13 +402,15 @@ def fit_unlabelled(module: L.LightningModule, audio: Sequence[torch.Tensor | str
                    crop_seconds: float, seed: int, work_dir: str | Path, accelerator: str = "auto",
                    devices: int | str = "auto", progress: bool = True, callbacks: list | None = None,
                    num_workers: int | None = None, logger: str | None = None,
-                   pack_seconds: float | None = None) -> tuple[L.Trainer, list[float], float]:
+                   pack_seconds: float | None = None, fixed: bool = False) -> tuple[L.Trainer, list[float], float]:
     """Lightning fit on unlabelled random crops of ``audio`` (waveforms, or file paths streamed
     from disk by ``num_workers`` loader processes, default `default_workers`), checkpointing
     every 100 steps to ``work_dir/last.ckpt`` and resuming from it; returns the trainer, the loss
     trace and seconds. ``logger`` (`upstream_quant.curves.LOGGERS`) writes the loss, its terms,
     the learning rate and the throughput under ``work_dir``. ``pack_seconds``: each item is
-    several whole utterances in a row, up to that long (`CropDataset`; ``crop_seconds`` unused)."""
+    several whole utterances in a row, up to that long (`CropDataset`; ``crop_seconds`` unused).
+    ``fixed``: every item is the same crop (and pack) in every epoch, so the module's teacher
+    memo covers them all after the first epoch (`TeacherStudent.fixed_items`)."""
     import time
 
     from .curves import curve_callbacks, make_logger
@@ -412,10 +425,11 @@ def fit_unlabelled(module: L.LightningModule, audio: Sequence[torch.Tensor | str
     crop = int(crop_seconds * 16000) if pack is None else pack
     module.crop_samples = crop
     module.packed = pack is not None
+    module.fixed_items = fixed
     counts = [min(crop, n) for n in _sample_counts(audio)]
     sampler = EpochShuffle(len(audio), seed, batch_size, drop_last, lengths=None if pack else counts)
     loader = torch.utils.data.DataLoader(
-        CropDataset(audio, crop, seed, pack), batch_size=batch_size, sampler=sampler,
+        CropDataset(audio, crop, seed, pack, fixed), batch_size=batch_size, sampler=sampler,
         collate_fn=collate_wavs, drop_last=drop_last, num_workers=workers,
         persistent_workers=workers > 0,
     )
