@@ -130,9 +130,10 @@ class TeacherStudent(L.LightningModule):
                 states, lens = [states[k] for k in self.kept_states], [lens[k] for k in self.kept_states]
             return [[s[j, : int(n[j])].to("cpu", torch.float16) for s, n in zip(states, lens)] for j in range(len(idx))]
 
-        # Only whole utterances (shorter than the crop) can recur; each is run alone, so its states
-        # do not depend on the batch it first came in (a resumed run meets it in another one).
-        # Random crops are run together, as the batch they are in decides (the same on resume).
+        # Only items that recur (whole utterances shorter than the crop; every item when fixed) are
+        # memoized; each is run alone, so its states do not depend on the batch it first came in (a
+        # resumed run meets it in another one). Random crops are run together, as the batch they are
+        # in decides (the same on resume).
         whole = [i for i, w in enumerate(self.recurring(lengths, wavs.shape[1]) if whole is None else whole) if w]
         keys = {i: hashlib.sha1(wavs[i, : int(lengths[i])].detach().cpu().numpy().tobytes()).hexdigest() for i in whole}
         self.batch_keys = [keys.get(i) for i in range(wavs.shape[0])]
