@@ -1,6 +1,8 @@
 """Distillation through a model's own text decoder (upstream_quant.decoder_loss): pseudo-labels,
 the KL, and QAT trained with it, on a tiny random Whisper encoder and decoder made here."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -146,7 +148,7 @@ def test_fixed_items_are_transcribed_once_and_a_resumed_run_is_the_uninterrupted
     assert transcribed == []  # the checkpoint's transcripts
     for (name, a), (other, b) in zip(full.state_dict().items(), resumed.state_dict().items()):
         assert name == other and torch.equal(a, b), name
-    drawn = QATConfig(**{**config.__dict__, "fixed_items": False})
+    drawn = dataclasses.replace(config, fixed_items=False)
     transcribed.clear()
     train_qat(teacher, wavs, drawn, tmp_path / "drawn", **run)
     assert sum(transcribed) == 18  # packs drawn afresh: every item of every step transcribed

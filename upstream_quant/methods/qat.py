@@ -299,7 +299,7 @@ def _lightning_module():
             """The teacher's greedy transcripts of the batch as forcing inputs; an item that recurs
             (fixed packs) is transcribed once. Why: greedy decoding was a third of a step (2.8 of 8.7 s:
             Whisper tiny.en, 4 windows of 30 s), its vocabulary projection read once per token."""
-            keys = self.batch_keys if len(self.batch_keys) == encoded.shape[0] else [None] * encoded.shape[0]
+            keys = self.batch_keys  # teacher_targets set them for this batch
             ids = [self.transcripts.get(k) if k is not None else None for k in keys]
             todo = [i for i, x in enumerate(ids) if x is None]
             if todo:
