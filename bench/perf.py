@@ -5,21 +5,62 @@ import resource
 import time
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 
 def _peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # KiB on Linux
 
 
+class _OpCounter(TorchDispatchMode):
+    """Counts operator calls that run a kernel (views excluded: they only rewrite metadata). On a
+    GPU each costs a launch and PyTorch's dispatch, about 5-20 us whatever its size, which is what
+    bounds small sequential work such as GPTQ's column loop (written here: torch's FlopCounterMode
+    counts FLOPs, not calls)."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.calls += not func.is_view
+        return func(*args, **(kwargs or {}))
+
+
+def count_work(fn) -> tuple[float, int]:
+    """(FLOPs, kernel-running operator calls) of ``fn()``: matrix products, convolutions and
+    attention counted by torch.utils.flop_counter.FlopCounterMode (element-wise work is not
+    FLOPs there; on a GPU it is memory-bound and small beside the calls' overhead)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    flops, calls = FlopCounterMode(display=False), _OpCounter()
+    with flops, calls:
+        fn()
+    return float(flops.get_total_flops()), calls.calls
+
+
+# The GPU assumptions of every projection here: sustained bf16/fp32 matrix throughput (TFLOP/s) and
+# the cost of one operator call (launch and dispatch, seconds), from optimistic to pessimistic
+GPU_RATES = ((100, 5e-6), (50, 10e-6), (25, 20e-6))
+
+
+def gpu_seconds(flops: float, calls: int, tflops: float, call_s: float) -> float:
+    """Projected GPU time of work counted by count_work: its FLOPs at a sustained throughput plus
+    each operator call's fixed cost, as if nothing overlapped (an upper bound for one stream)."""
+    return flops / (tflops * 1e12) + calls * call_s
+
+
 def perf_quantize(calib_count: int = 32, seconds: float = 4.0) -> int:
     """Round-to-nearest per bit width and GPTQ (sequential, as published, and block
-    reconstruction) on random-init HuBERT Base (72 transformer linears)."""
+    reconstruction) on random-init HuBERT Base (72 transformer linears): timed on this machine,
+    then counted (FLOPs and operator calls, count_work) and projected to a GPU (GPU_RATES)."""
     from upstream_quant import load_upstream
     from upstream_quant.methods.binary import BinaryConfig
     from upstream_quant.methods.gptq import GPTQConfig
-    from upstream_quant.quantize import quantize
+    from upstream_quant.quantize import quantize, target_layers
     from upstream_quant.methods.recon import ReconConfig
     from upstream_quant.methods.uniform import UniformConfig
+    from upstream_quant.sequential import find_blocks
 
     torch.manual_seed(0)
     up = load_upstream("hubert_base", random_init=True, device="cpu")
@@ -30,13 +71,41 @@ def perf_quantize(calib_count: int = 32, seconds: float = 4.0) -> int:
         print(f"RTN {type(config).__name__}(bits={config.bits}): {time.time() - started:.2f} s")
     calib = [0.1 * torch.randn(int(seconds * 16000)) for _ in range(calib_count)]
     what = f"{calib_count} x {seconds:g} s calibration utterances"
-    for label, config in [("GPTQ sequential, act-order, Hessian search", GPTQConfig(bits=3)),
-                          ("GPTQ as published (one pass)", GPTQConfig(bits=3, sequential=False, act_order=False, scale_search="minmax")),
-                          ("recon (GPTQ then 25 steps per block)", ReconConfig(bits=2, group_size=64, steps=25))]:
+    steps = 25
+    phases = [("GPTQ sequential, act-order, Hessian search", GPTQConfig(bits=3)),
+              ("GPTQ as published (one pass)", GPTQConfig(bits=3, sequential=False, act_order=False, scale_search="minmax")),
+              (f"recon (GPTQ then {steps} steps per block)", ReconConfig(bits=2, group_size=64, steps=steps))]
+    measured = {}
+    for label, config in phases:
         started = time.time()
         quantize(up, config, calibration=calib, progress=False)
-        print(f"{label}, {config.bits} bits, {what}: {time.time() - started:.1f} s")
+        measured[label] = time.time() - started
+        print(f"{label}, {config.bits} bits, {what}: {measured[label]:.1f} s")
     print(f"peak resident memory: {_peak_rss_gb():.2f} GB")
+
+    # Counted in separate runs (the counters' Python hooks would distort the timings above). A
+    # reconstruction step is the difference of 2 steps a block and none, so the default 300 steps
+    # a block are projected from one counted step.
+    run = lambda config: count_work(lambda: quantize(up, config, calibration=calib, progress=False))  # noqa: E731
+    counted = {label: run(config) for label, config in phases[:2]}
+    (f0, c0), (f2, c2) = run(ReconConfig(bits=2, group_size=64, steps=0)), run(ReconConfig(bits=2, group_size=64, steps=2))
+    blocks = len(find_blocks(up, list(target_layers(up, config.targets)))[1])  # reconstructed one at a time
+    step = ((f2 - f0) / (2 * blocks), (c2 - c0) / (2 * blocks))
+    default = ReconConfig().steps
+    cpu_step = (measured[phases[2][0]] - measured[phases[0][0]]) / (steps * blocks)  # beside GPTQ's own time
+    rows = [(label, *counted[label], measured[label]) for label, _ in phases[:2]]
+    rows.append((f"recon, 2 bits g64, {default} steps per block (the default)", f0 + default * blocks * step[0],
+                 int(c0 + default * blocks * step[1]), measured[phases[0][0]] + default * blocks * cpu_step))
+    print(f"\nprojected to a GPU (HuBERT Base, {what}): FLOPs (torch's FlopCounterMode) at a sustained throughput, "
+          "plus a fixed cost per operator call, nothing overlapped")
+    print(f"a reconstruction step (4 utterances, one block forward and backward): {step[0] / 1e9:.1f} GFLOP, "
+          f"{step[1]:.0f} operator calls; here {cpu_step:.2f} s")
+    print("| phase | GFLOP | operator calls | this machine | " +
+          " | ".join(f"GPU at {t} TFLOP/s, {c * 1e6:g} us a call" for t, c in GPU_RATES) + " |")
+    print("|---|---|---|---|" + "---|" * len(GPU_RATES))
+    for label, flops, calls, cpu in rows:
+        gpu = " | ".join(f"{gpu_seconds(flops, calls, t, c):.1f} s" for t, c in GPU_RATES)
+        print(f"| {label} | {flops / 1e9:.0f} | {calls:,} | {cpu:.0f} s | {gpu} |")
     return 0
 
 

@@ -450,3 +450,20 @@ def test_version_is_printed_and_recorded_in_packed_files(tmp_path, capsys, tiny_
     assert package_version() != "0+unknown"  # the installed package's own version
     path = save_packed(quantize(tiny_hubert, UniformConfig(bits=4)), tmp_path / "m.safetensors")
     assert read_manifest(path)["package_version"] == package_version()
+
+
+def test_count_work_counts_matrix_flops_and_kernel_calls_not_views():
+    """The GPU projection's inputs: a (8 x 16) @ (16 x 4) product is 2 x 8 x 16 x 4 FLOPs and one
+    call; a view is no call; a Python loop of small ops is many calls and few FLOPs (GPTQ's
+    column loop), so its projection is bounded by the calls, not the throughput."""
+    import torch
+
+    from bench.perf import GPU_RATES, count_work, gpu_seconds
+
+    a, b = torch.randn(8, 16), torch.randn(16, 4)
+    flops, calls = count_work(lambda: (a @ b).view(32))
+    assert flops == 2 * 8 * 16 * 4 and calls == 1
+    loop = count_work(lambda: [a[:, i] * 2 + 1 for i in range(16)])
+    assert loop[0] == 0 and loop[1] == 32  # two kernels per column; the column slices are views
+    fast, slow = (gpu_seconds(1e12, 1000, t, c) for t, c in (GPU_RATES[0], GPU_RATES[-1]))
+    assert fast == pytest.approx(1 / 100 + 1000 * 5e-6) and slow == pytest.approx(1 / 25 + 1000 * 20e-6)

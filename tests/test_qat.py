@@ -141,10 +141,10 @@ def test_qat_started_from_gptq_begins_at_gptq_s_model(tiny_hubert, batch):
 
     torch.manual_seed(0)
     wavs = [torch.randn(8000) for _ in range(3)]
-    for asym, rot in ((True, True), (False, False)):
-        start = quantize(tiny_hubert, GPTQConfig(bits=2, group_size=16, symmetric=not asym, rotate=rot),
+    for bits, asym, rot in ((2, True, True), (2, False, False), (1, True, True)):  # 1 bit: the centred binary
+        start = quantize(tiny_hubert, GPTQConfig(bits=bits, group_size=16, symmetric=not asym, rotate=rot),
                          calibration=wavs, progress=False)
-        config = QATConfig(method="uniform", bits=2, group_size=16, symmetric=not asym, rotate=rot)
+        config = QATConfig(method="uniform", bits=bits, group_size=16, symmetric=not asym, rotate=rot)
         exported = export(prepare_qat(tiny_hubert, config, start=start), config)
         ours = {n: m for n, m in exported.named_modules() if isinstance(m, QuantizedLayer)}
         theirs = {n: m for n, m in start.named_modules() if isinstance(m, QuantizedLayer)}
@@ -234,8 +234,15 @@ def test_qat_tokens():
     assert cos.lr_schedule == "cosine" and cos.label == "qat2-s85-g64-cos" and "lr_schedule" not in QuantSpec.parse("qat:2").as_dict()
     with pytest.raises(ValueError, match="lr_schedule = 'linear'"):
         QATConfig(method="uniform", bits=2, lr_schedule="linear")
-    with pytest.raises(ValueError, match="1-bit QAT is binary"):
+    with pytest.raises(ValueError, match="1-bit GPTQ is a centred binary: add asym"):
         QuantSpec.parse("qat:1:gptq")
+    with pytest.raises(ValueError, match="narrowest width of 2 bits"):
+        QuantSpec.parse("qat:1:asym:mixed1.5b")
+    centred = QuantSpec.parse("qat:1:g64:asym:rot:gptq:dec:scales")
+    assert centred.label == "qat1-g64-asym-rot-from-gptq-dec-scales" and centred.calibrates
+    with pytest.raises(ValueError, match="uniform at 1 bit with zero points"):
+        QATConfig(method="uniform", bits=1)  # a symmetric 1-bit range has a level at zero: refused
+    assert QATConfig(method="uniform", bits=1, symmetric=False).bits == 1
 
 
 def test_qat_from_a_mixed_precision_start_trains_each_layer_at_its_width(tiny_hubert, batch):

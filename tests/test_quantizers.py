@@ -6,7 +6,7 @@ from upstream_quant.methods.binary import BinaryConfig, binarize
 from upstream_quant.calibration import CalibrationError, LayerStats
 from upstream_quant.methods.gptq import GPTQConfig, quantize_gptq
 from upstream_quant.packed import PackedFileError, load_packed, pack_codes, save_packed, unpack_codes
-from upstream_quant.qweight import QuantizedLayer
+from upstream_quant.qweight import QuantizedLayer, QuantizedWeight
 from upstream_quant.quantize import quantize
 from upstream_quant.methods.uniform import UniformConfig, quantize_uniform
 
@@ -88,6 +88,38 @@ def test_gptq_output_error_below_round_to_nearest(bits):
     assert err(gptq) < err(rtn)
     grouped = quantize_gptq(w, GPTQConfig(bits=bits, group_size=16), stats)
     assert grouped.scale.shape == (32, 4) and int(grouped.codes.max()) < 2**bits
+
+
+def test_one_bit_gptq_is_a_centred_binary_that_beats_rounding_each_sign(weight):
+    """gptq:1:asym: two levels per group placed by weighted 2-means (neither at zero, as a 1-bit
+    min-max range would put one), signs chosen with GPTQ's error compensation: a lower output
+    error than the same levels with each sign rounded alone, and lower than XNOR's mean +- alpha."""
+    from upstream_quant.methods.binary import BinaryConfig, binarize, centred_params
+    from upstream_quant.methods.gptq import gptq
+    from upstream_quant.qweight import grouped
+
+    torch.manual_seed(2)
+    x = torch.randn(512, 16) @ torch.randn(16, 64) + 0.1 * torch.randn(512, 64)
+    w = torch.randn(32, 64) + 0.5  # off-centre, so that a level at zero would cost
+    stats = _stats(x)
+    err = lambda q: float(((x @ w.T - x @ q.T) ** 2).mean())
+    q, latent = gptq(w, stats, GPTQConfig(bits=1, group_size=16, symmetric=False))
+    assert q.bits == 1 and set(q.codes.unique().tolist()) == {0, 1} and q.scale.shape == (32, 4)
+    levels = torch.stack([(c - q.zero) * q.scale for c in (0, 1)])
+    assert bool((levels.abs() > 1e-3).all())  # no level at zero
+    scale, zero = centred_params(grouped(w, 16), torch.diag(stats.hessian))
+    signs = QuantizedWeight(torch.clamp(torch.round(grouped(w, 16) / scale[..., None] + zero[..., None]), 0, 1)
+                            .to(torch.uint8).reshape(w.shape), scale, zero, 1, 16, "rtn")
+    xnor = binarize(w, BinaryConfig(group_size=16, center=True))
+    assert err(q.dequantize()) < err(signs.dequantize()) < err(xnor.dequantize())
+    # 2-means never moves the levels away from the weights: the unweighted error is at most XNOR's
+    mse = lambda q: float(((w - q.dequantize()) ** 2).mean())
+    plain = centred_params(grouped(w, 16))
+    nearest = QuantizedWeight(torch.clamp(torch.round(grouped(w, 16) / plain[0][..., None] + plain[1][..., None]), 0, 1)
+                              .to(torch.uint8).reshape(w.shape), plain[0], plain[1], 1, 16, "rtn")
+    assert mse(nearest) <= mse(xnor) + 1e-6
+    with pytest.raises(ValueError, match="centred binary.*gptq:1:asym"):
+        GPTQConfig(bits=1)
 
 
 def test_bad_configs_are_refused(weight):

@@ -23,6 +23,27 @@ class BinaryConfig:
         return 1
 
 
+def centred_params(w: torch.Tensor, col_weight: torch.Tensor | None = None, iters: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero point of the best two levels per group of ``w`` (out, groups, size), as
+    (code - zero) * scale with codes 0 / 1: the centred binary, levels lo and hi anywhere (not one
+    of them at zero, as a 1-bit min-max range would put it). Weighted 2-means (Lloyd) from
+    mean +- mean |w - mean|: each level the weighted mean of the weights nearer to it, the
+    threshold midway; ``col_weight`` (size) weights each input (GPTQ: the Hessian's diagonal, the
+    expected output error). Written here because no library does weighted 1-D 2-means in batch."""
+    c = torch.ones_like(w[:1]) if col_weight is None else col_weight.reshape(1, w.shape[1], w.shape[2]).to(w.dtype)
+    c = c.expand_as(w).clamp(min=1e-12)
+    mean = (c * w).sum(-1) / c.sum(-1)
+    alpha = (c * (w - mean[..., None]).abs()).sum(-1) / c.sum(-1)
+    lo, hi = mean - alpha, mean + alpha
+    for _ in range(iters):
+        upper = w >= ((lo + hi) / 2)[..., None]
+        cu, cl = (c * upper).sum(-1), (c * ~upper).sum(-1)
+        hi = torch.where(cu > 0, (c * w * upper).sum(-1) / cu.clamp(min=1e-12), hi)
+        lo = torch.where(cl > 0, (c * w * ~upper).sum(-1) / cl.clamp(min=1e-12), lo)
+    scale = (hi - lo).clamp(min=1e-8)
+    return scale, -lo / scale
+
+
 def binarize(weight: torch.Tensor, config: BinaryConfig) -> QuantizedWeight:
     w = grouped(weight.detach().float(), config.group_size)
     mean = w.mean(-1, keepdim=True) if config.center else torch.zeros_like(w[..., :1])

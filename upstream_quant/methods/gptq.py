@@ -16,6 +16,10 @@ What makes it hold at 3 bits (each can be turned off, for ablations):
   errors), over shrink factors of the min-max range; min-max alone wastes levels on outliers.
 With ``act_order`` or a search, the scales are fixed up front ("static groups"), so the groups stay
 contiguous in the stored format whatever the column order.
+
+At 1 bit (zero points required) the two levels of each row or group are placed by weighted
+2-means on the Hessian's diagonal (binary.centred_params): a centred binary whose signs GPTQ
+then chooses column by column, compensating each column's error as at any width.
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ import torch
 
 from ..calibration import LayerStats
 from ..qweight import QuantizedWeight, grouped
+from .binary import centred_params
 from .uniform import minmax_params, round_codes, search_range
 from . import MethodSpec, common_label, parse_options, register
 
@@ -47,8 +52,11 @@ class GPTQConfig:
     rotate: bool = False  # round each weight in a rotated input basis (upstream_quant.rotation)
 
     def __post_init__(self):
-        if not 2 <= self.bits <= 8:
-            raise ValueError(f"GPTQ bits must be in 2..8, got {self.bits}")
+        if not 1 <= self.bits <= 8:
+            raise ValueError(f"GPTQ bits must be in 1..8, got {self.bits}")
+        if self.bits == 1 and self.symmetric:
+            raise ValueError("GPTQ at 1 bit is a centred binary (two levels per row or group, anywhere): "
+                             "it needs zero points (gptq:1:asym, symmetric=False)")
         if self.scale_search not in SCALE_SEARCHES:
             raise ValueError(f"GPTQ scale_search must be one of {SCALE_SEARCHES}, got {self.scale_search!r}")
 
@@ -76,7 +84,10 @@ def gptq(weight: torch.Tensor, stats: LayerStats | None, config: GPTQConfig) -> 
     W[:, dead] = 0
     static = config.act_order or config.scale_search != "minmax"
     if static:
-        if config.scale_search == "hessian":
+        if config.bits == 1:  # the best two levels, each input weighted by its Hessian diagonal
+            scales, zeros = centred_params(grouped(W, config.group_size),
+                                           torch.diag(H) if config.scale_search == "hessian" else None)
+        elif config.scale_search == "hessian":
             scales, zeros = search_range(grouped(W, config.group_size), config.bits, config.symmetric,
                                          torch.linspace(0.2, 1.0, config.grid), torch.diag(H))
         else:
@@ -89,7 +100,9 @@ def gptq(weight: torch.Tensor, stats: LayerStats | None, config: GPTQConfig) -> 
     W, H = W[:, perm], H[perm][:, perm]
     H += config.damp * torch.mean(torch.diag(H)) * torch.eye(cols, device=W.device)
     Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
-    groups = perm // gs  # the stored group of each column, in the order quantized
+    # the stored group and original index of each column, in the order quantized, as Python ints:
+    # read from a device tensor, each column would wait for the GPU's queue to drain
+    groups, order = (perm // gs).tolist(), perm.tolist()
 
     codes = torch.zeros(rows, cols, dtype=torch.uint8, device=W.device)
     latent = torch.zeros(rows, cols, device=W.device)
@@ -99,16 +112,17 @@ def gptq(weight: torch.Tensor, stats: LayerStats | None, config: GPTQConfig) -> 
         Err1 = torch.zeros_like(W1)
         for i in range(i2 - i1):
             col = i1 + i
-            g = int(groups[col])
+            g = groups[col]
             if not static and col % gs == 0:  # the group's range from its current (error-updated) weights
                 block_w = torch.cat([W1[:, i:], W[:, i2:]], 1)[:, :gs]
-                scale, zero = minmax_params(block_w[:, None, :], config.bits, config.symmetric)
+                scale, zero = (centred_params(block_w[:, None, :]) if config.bits == 1
+                               else minmax_params(block_w[:, None, :], config.bits, config.symmetric))
                 scales[:, g], zeros[:, g] = scale[:, 0].half().float(), zero[:, 0].half().float()
             w = W1[:, i]
             s, z = scales[:, g], zeros[:, g]
             c = round_codes(w[:, None, None], s[:, None], z[:, None], config.bits)[:, 0, 0]
             q = (c - z) * s
-            original = int(perm[col])
+            original = order[col]
             codes[:, original] = c.to(torch.uint8)
             latent[:, original] = w / s + z
             err = (w - q) / Hinv1[i, i]

@@ -20,6 +20,7 @@ from torch import nn
 
 from ..qweight import QuantizedLayer, QuantizedWeight, grouped, prepare_input
 from ..rotation import layer_seed, rotate, unrotate
+from .binary import centred_params
 from .uniform import minmax_params
 from ..quantize import copy_module, target_layers
 from . import MethodSpec, register
@@ -32,6 +33,17 @@ def _fp16(x: torch.Tensor) -> torch.Tensor:
 
 def _round_ste(x: torch.Tensor) -> torch.Tensor:
     return x + (torch.round(x) - x).detach()
+
+
+def check_width(method: str, bits: int, symmetric: bool) -> None:
+    """Binary is 1 bit (signs times a scale); uniform is 2..8 bits, or 1 bit with a zero point:
+    the centred binary, two learned levels per row or group (binary.centred_params)."""
+    if method == "binary" and bits == 1:
+        return
+    if method == "uniform" and (2 <= bits <= 8 or (bits == 1 and not symmetric)):
+        return
+    raise ValueError(f"QAT supports binary (1 bit), uniform (2..8 bits) or uniform at 1 bit with zero points "
+                     f"(the centred binary), got {method} at {bits} bits{'' if symmetric else ' with zero points'}")
 
 
 class FakeQuantLinear(nn.Module):
@@ -54,8 +66,7 @@ class FakeQuantLinear(nn.Module):
                  symmetric: bool = True, rotation: int | None = None, start: QuantizedLayer | None = None,
                  keep_codes: bool = False):
         super().__init__()
-        if method not in ("binary", "uniform") or (method == "binary") != (bits == 1) or not 1 <= bits <= 8:
-            raise ValueError(f"QAT supports binary (1 bit) or uniform (2..8 bits), got {method} {bits}")
+        check_width(method, bits, symmetric)
         self.method, self.bits, self.group_size, self.symmetric = method, bits, group_size, symmetric
         self.rotation, self.act = rotation, None
         if start is not None:  # the quantized layer's own weight, basis and parameters
@@ -80,6 +91,8 @@ class FakeQuantLinear(nn.Module):
             scale, zero = g.abs().mean(-1), None
         elif symmetric:
             scale, zero = g.abs().amax(-1) / (2 ** (bits - 1) - 0.5), None
+        elif bits == 1:  # the centred binary: its two levels, not a range with zero at one end
+            scale, zero = centred_params(g.detach().float())
         else:
             scale, zero = minmax_params(g, bits, symmetric=False)
         # the scale is learned as a log-ratio to its start: Adam's step is then a relative change,
@@ -224,6 +237,7 @@ class QATConfig:
         if self.scale_lr is None:
             object.__setattr__(self, "scale_lr", 5e-3 if self.learn != "all" else 1e-3)
         check_schedule(self)
+        check_width(self.method, self.bits, self.symmetric)
         if self.loss not in LOSSES:
             raise ValueError(f"QATConfig.loss = {self.loss!r}: expected one of {', '.join(LOSSES)}")
         if self.pack_seconds is not None and self.window is not None and self.pack_seconds * 16000 > self.window:
@@ -379,7 +393,8 @@ OPTION_FIELDS = ("steps", "batch_size", "lr", "scale_lr", "crop_seconds", "pack_
 
 
 def _parse(token: str, bits: int, options: list[str]) -> dict:
-    """``GRAMMAR`` (1 bit: binary weights, else uniform); 300 steps of 8 items unless given (``bN``: N
+    """``GRAMMAR`` (1 bit: binary weights, with ``asym`` the centred binary, two learned levels per
+    group; else uniform); 300 steps of 8 items unless given (``bN``: N
     items a step); ``gptq``: start from GPTQ's model at the same width, groups, zero points and
     rotation, calibrated on the run's calibration audio; ``mixedXb``: from mixed precision's model
     at an average of X bits (GPTQ at each layer's width, BITS the narrowest;
@@ -421,8 +436,10 @@ def _parse(token: str, bits: int, options: list[str]) -> dict:
         else:
             raise ValueError(f"quantization {token!r}: unknown option {opt!r} (sSTEPS, bN, gN, asym, rot, gptq, mixedXb, dec, "
                              "scales, scalesfloat, pN, cos, fixed)")
-    if bits == 1 and ("symmetric" in out or "init" in out):
-        raise ValueError(f"quantization {token!r}: 1-bit QAT is binary: no zero points and no GPTQ start")
+    if bits == 1 and out.get("init") == "mixed":
+        raise ValueError(f"quantization {token!r}: a mixed start needs a narrowest width of 2 bits or more")
+    if bits == 1 and out.get("init") == "gptq" and "symmetric" not in out:
+        raise ValueError(f"quantization {token!r}: 1-bit GPTQ is a centred binary: add asym (qat:1:...:asym:gptq)")
     return out
 
 
@@ -459,7 +476,9 @@ def _build(base: nn.Module, spec, context) -> tuple[nn.Module, dict]:
         from ..decoder_loss import text_decoder
 
         text_decoder(base)  # before GPTQ's start or any training
-    config = QATConfig(method="binary" if spec.bits == 1 else "uniform", bits=spec.bits, seed=context.seed, window=context.window,
+    # 1 bit: signs times a scale (binary), or with asym two learned levels per group (the centred binary)
+    method = "binary" if spec.bits == 1 and spec.symmetric is not False else "uniform"
+    config = QATConfig(method=method, bits=spec.bits, seed=context.seed, window=context.window,
                        loss=loss, learn=spec.learn or "all", lr_schedule=spec.lr_schedule or "constant",
                        fixed_items=bool(spec.fixed_items),
                        **shape, **{k: (int(v) if k in ("steps", "batch_size") else float(v)) for k, v in opts.items()})
@@ -486,7 +505,7 @@ def _build(base: nn.Module, spec, context) -> tuple[nn.Module, dict]:
 
 register(MethodSpec(
     name="qat", summary="quantization-aware distillation from the full-precision upstream on unlabelled audio "
-    "(1 bit: binary, else uniform)",
+    "(1 bit: binary, with asym the centred binary; else uniform)",
     grammar=GRAMMAR, parse=_parse, label=_label, build=_build, trains=True,
     calibrates=lambda spec: spec.init in ("gptq", "mixed"),
     option_fields=OPTION_FIELDS, order=1))

@@ -71,6 +71,8 @@ def minmax_params(w: torch.Tensor, bits: int, symmetric: bool, ratio: torch.Tens
 
 def round_codes(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int) -> torch.Tensor:
     scale16 = scale.half().float()  # codes are chosen against the scale that will be stored
+    if bits == 1:  # the centred binary's zero point is not an integer: the nearer of its two levels
+        return torch.clamp(torch.round(w / scale16[..., None] + zero.half().float()[..., None]), 0, 1)
     return torch.clamp(torch.round(w / scale16[..., None]) + zero.half().float()[..., None], 0, 2**bits - 1)
 
 
