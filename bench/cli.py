@@ -781,6 +781,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loss", default="states", choices=["states", "decoder"],
                    help="match the full-precision model's hidden states (default), or its own text decoder's "
                         "next-token distributions on its own transcripts (whisper_tiny_en; 30 s windows)")
+    # the choices are QAT's LOSSES / LEARN / LR_SCHEDULES, spelled here so that `bench --help` does not
+    # import torch (tests/test_cli.py checks they agree)
     p.add_argument("--learn", default="all", choices=["all", "scales", "scales+float"],
                    help="all: latent weights (straight-through), scales and the rest; scales: codes kept from round-to-nearest, "
                         "scales and zero points only (exact gradients)")

@@ -467,3 +467,13 @@ def test_count_work_counts_matrix_flops_and_kernel_calls_not_views():
     assert loop[0] == 0 and loop[1] == 32  # two kernels per column; the column slices are views
     fast, slow = (gpu_seconds(1e12, 1000, t, c) for t, c in (GPU_RATES[0], GPU_RATES[-1]))
     assert fast == pytest.approx(1 / 100 + 1000 * 5e-6) and slow == pytest.approx(1 / 25 + 1000 * 20e-6)
+
+
+def test_bench_qat_choices_are_qat_s_own():
+    """`bench qat` spells its choices without importing torch; they must be QATConfig's."""
+    from bench.cli import build_parser
+    from upstream_quant.methods.qat import LEARN, LOSSES, LR_SCHEDULES
+
+    qat = build_parser()._subparsers._group_actions[0].choices["qat"]
+    choices = {a.dest: tuple(a.choices) for a in qat._actions if a.choices}
+    assert choices["learn"] == LEARN and choices["loss"] == LOSSES and choices["lr_schedule"] == LR_SCHEDULES

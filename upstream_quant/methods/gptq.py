@@ -149,6 +149,6 @@ def _config(spec, targets: tuple = ("transformer",)) -> GPTQConfig:
 
 register(MethodSpec(
     name="gptq", summary="GPTQ: error-compensating rounding from calibration inputs (sequential, act-order, "
-    "Hessian range search; plain: as first published)",
+    "Hessian range search; plain: as first published; 1 bit with asym: a centred binary)",
     grammar="gptq:BITS[:gN][:asym|sym][:plain][:aN][:rot]", parse=_parse, label=common_label, config=_config,
     order=4, config_cls=GPTQConfig, weight_fn=quantize_gptq))
