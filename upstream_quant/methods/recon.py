@@ -159,7 +159,7 @@ def refine_block(config: ReconConfig, block: nn.Module, path: str, layers: dict[
                 loss.backward()
                 opt.step()
                 if step % every == 0 or step == config.steps - 1:
-                    curve.append((step, round(float(loss), 6)))
+                    curve.append((step, round(loss.item(), 6)))
     finally:
         for p, flag in frozen.items():
             p.requires_grad_(flag)
