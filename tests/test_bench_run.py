@@ -104,6 +104,7 @@ def test_shipped_suites_parse_and_expand():
                                                            "qat2-s60-g64-asym-rot-from-gptq-dec-scales-p28",
                                                            "qat2-s85-g64-asym-rot-from-gptq-dec-scales-p28",
                                                            "qat2-s85-g64-asym-rot-from-gptq-dec-scales-p28-cos",
+                                                           "qat2-s85-g64-asym-rot-from-mixed2.25b-dec-scales-p28",
                                                            "qat2-s120-g64-asym-rot-from-gptq-dec-scales-p28-fixed",
                                                            "qat2-s120-g64-asym-rot-from-mixed2.25b-dec-scales-p28-fixed"}
     superb = load_suite("paper-superb")

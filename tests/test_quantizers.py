@@ -183,11 +183,13 @@ def test_bit_packing_round_trip(bits):
     assert torch.equal(unpack_codes(packed, bits, (7, 13)), codes)
 
 
-@pytest.mark.parametrize("config", [BinaryConfig(center=True), UniformConfig(bits=2), UniformConfig(bits=3, symmetric=False, group_size=8), UniformConfig(bits=8)])
+@pytest.mark.parametrize("config", [BinaryConfig(center=True), UniformConfig(bits=2), UniformConfig(bits=3, symmetric=False, group_size=8),
+                                    UniformConfig(bits=8), GPTQConfig(bits=1, symmetric=False, group_size=8)])
 def test_packed_file_reloads_bit_exact_and_matches_stored_accounting(tiny_hubert, batch, tmp_path, config):
     from upstream_quant.accounting import param_inventory, storage_bytes, stored_policy
 
-    q = quantize(tiny_hubert, config, progress=False)
+    calibration = [batch[0][0]] if getattr(config, "needs_calibration", False) else None
+    q = quantize(tiny_hubert, config, calibration=calibration, progress=False)
     path = save_packed(q, tmp_path / "model.safetensors")
     loaded = load_packed(path, device="cpu")
     for name, m in q.named_modules():
