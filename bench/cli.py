@@ -395,7 +395,7 @@ def _cmd_perf(args: argparse.Namespace) -> int:
         return perf_upstream(args.batch, args.seconds, args.reps)
     if args.what == "qat":
         return perf_qat()
-    return perf_quantize(args.calib_count, args.seconds)
+    return perf_quantize(args.calib_count, args.seconds, args.device)
 
 
 def parse_deploy_configs(text: str) -> list[tuple[int, str, int | None, str]]:
@@ -703,7 +703,7 @@ def build_parser() -> argparse.ArgumentParser:
                                         "4:packed-int8,2:packed,2:packed-int8,1:packed,1:packed-int8,2:auto:cnn8,1:auto:cnn8",
                    help="deploy: comma-separated BITS:BACKEND[:gN][:all|:cnn8] (all: every linear and convolution; "
                         "cnn8: the transformer at BITS, the other layers at 8 bits; else the transformer's linears)")
-    p.add_argument("--device", default=None, help="deploy: cpu or cuda (default: auto)")
+    p.add_argument("--device", default=None, help="deploy, quantize: cpu or cuda (default: auto)")
     p.add_argument("--out", default=None, help="deploy: also write the measurements as JSON (bench table paper reads "
                                                "STORE/deploy/UPSTREAM.json)")
     p.add_argument("--no-peers", action="store_true", help="deploy: leave out the ONNX Runtime peers (fp32 export, "

@@ -50,10 +50,18 @@ def gpu_seconds(flops: float, calls: int, tflops: float, call_s: float) -> float
     return flops / (tflops * 1e12) + calls * call_s
 
 
-def perf_quantize(calib_count: int = 32, seconds: float = 4.0) -> int:
+def _synced(device: torch.device) -> float:
+    """The time once queued GPU work is done (what a wall-clock timing of CUDA work needs)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.time()
+
+
+def perf_quantize(calib_count: int = 32, seconds: float = 4.0, device: str | None = None) -> int:
     """Round-to-nearest per bit width and GPTQ (sequential, as published, and block
-    reconstruction) on random-init HuBERT Base (72 transformer linears): timed on this machine,
-    then counted (FLOPs and operator calls, count_work) and projected to a GPU (GPU_RATES)."""
+    reconstruction) on random-init HuBERT Base (72 transformer linears): timed on ``device``
+    (default: auto), then counted (FLOPs and operator calls, count_work) and projected to a GPU
+    (GPU_RATES); on a GPU the measured times stand beside the projection that checks it."""
     from upstream_quant import load_upstream
     from upstream_quant.methods.binary import BinaryConfig
     from upstream_quant.methods.gptq import GPTQConfig
@@ -62,13 +70,17 @@ def perf_quantize(calib_count: int = 32, seconds: float = 4.0) -> int:
     from upstream_quant.methods.uniform import UniformConfig
     from upstream_quant.sequential import find_blocks
 
+    from upstream_quant.upstream import pick_device
+
     torch.manual_seed(0)
-    up = load_upstream("hubert_base", random_init=True, device="cpu")
-    print(f"torch threads: {torch.get_num_threads()}")
+    dev = pick_device(device)
+    up = load_upstream("hubert_base", random_init=True, device=dev)
+    here = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {torch.get_num_threads()} torch threads"
+    print(f"device: {here}")
     for config in [BinaryConfig(), UniformConfig(bits=2), UniformConfig(bits=4), UniformConfig(bits=8)]:
-        started = time.time()
+        started = _synced(dev)
         quantize(up, config, progress=False)
-        print(f"RTN {type(config).__name__}(bits={config.bits}): {time.time() - started:.2f} s")
+        print(f"RTN {type(config).__name__}(bits={config.bits}): {_synced(dev) - started:.2f} s")
     calib = [0.1 * torch.randn(int(seconds * 16000)) for _ in range(calib_count)]
     what = f"{calib_count} x {seconds:g} s calibration utterances"
     steps = 25
@@ -77,11 +89,12 @@ def perf_quantize(calib_count: int = 32, seconds: float = 4.0) -> int:
               (f"recon (GPTQ then {steps} steps per block)", ReconConfig(bits=2, group_size=64, steps=steps))]
     measured = {}
     for label, config in phases:
-        started = time.time()
+        started = _synced(dev)
         quantize(up, config, calibration=calib, progress=False)
-        measured[label] = time.time() - started
+        measured[label] = _synced(dev) - started
         print(f"{label}, {config.bits} bits, {what}: {measured[label]:.1f} s")
-    print(f"peak resident memory: {_peak_rss_gb():.2f} GB")
+    print(f"peak resident memory: {_peak_rss_gb():.2f} GB"
+          + (f"; peak GPU memory {torch.cuda.max_memory_allocated(dev) / 1e9:.2f} GB" if dev.type == "cuda" else ""))
 
     # Counted in separate runs (the counters' Python hooks would distort the timings above). A
     # reconstruction step is the difference of 2 steps a block and none, so the default 300 steps
@@ -89,18 +102,18 @@ def perf_quantize(calib_count: int = 32, seconds: float = 4.0) -> int:
     run = lambda config: count_work(lambda: quantize(up, config, calibration=calib, progress=False))  # noqa: E731
     counted = {label: run(config) for label, config in phases[:2]}
     (f0, c0), (f2, c2) = run(ReconConfig(bits=2, group_size=64, steps=0)), run(ReconConfig(bits=2, group_size=64, steps=2))
-    blocks = len(find_blocks(up, list(target_layers(up, config.targets)))[1])  # reconstructed one at a time
+    blocks = len(find_blocks(up, list(target_layers(up, phases[2][1].targets)))[1])  # reconstructed one at a time
     step = ((f2 - f0) / (2 * blocks), (c2 - c0) / (2 * blocks))
     default = ReconConfig().steps
-    cpu_step = (measured[phases[2][0]] - measured[phases[0][0]]) / (steps * blocks)  # beside GPTQ's own time
+    step_s = (measured[phases[2][0]] - measured[phases[0][0]]) / (steps * blocks)  # beside GPTQ's own time
     rows = [(label, *counted[label], measured[label]) for label, _ in phases[:2]]
-    rows.append((f"recon, 2 bits g64, {default} steps per block (the default)", f0 + default * blocks * step[0],
-                 int(c0 + default * blocks * step[1]), measured[phases[0][0]] + default * blocks * cpu_step))
+    rows.append((f"recon, 2 bits g64, {default} steps per block (the default; its time from {steps})", f0 + default * blocks * step[0],
+                 int(c0 + default * blocks * step[1]), measured[phases[0][0]] + default * blocks * step_s))
     print(f"\nprojected to a GPU (HuBERT Base, {what}): FLOPs (torch's FlopCounterMode) at a sustained throughput, "
           "plus a fixed cost per operator call, nothing overlapped")
     print(f"a reconstruction step (4 utterances, one block forward and backward): {step[0] / 1e9:.1f} GFLOP, "
-          f"{step[1]:.0f} operator calls; here {cpu_step:.2f} s")
-    print("| phase | GFLOP | operator calls | this machine | " +
+          f"{step[1]:.0f} operator calls; here {step_s:.2f} s")
+    print(f"| phase | GFLOP | operator calls | measured ({dev.type}) | " +
           " | ".join(f"GPU at {t} TFLOP/s, {c * 1e6:g} us a call" for t, c in GPU_RATES) + " |")
     print("|---|---|---|---|" + "---|" * len(GPU_RATES))
     for label, flops, calls, cpu in rows:
