@@ -516,9 +516,7 @@ def _cmd_qat(args: argparse.Namespace) -> int:
     from upstream_quant.curves import check_logger
     from upstream_quant.upstream import pick_device
 
-    if args.method == "binary" and args.bits != 1 or args.method == "uniform" and not 2 <= args.bits <= 8:
-        raise ValueError(f"--method {args.method} --bits {args.bits}: binary is 1 bit, uniform 2..8 bits")
-    check_logger(args.logger)
+    check_logger(args.logger)  # QATConfig checks --method against --bits (qat.check_width) before any work
     config = QATConfig(method=args.method, bits=args.bits, steps=args.steps, batch_size=args.batch_size,
                        lr=args.lr, scale_lr=args.scale_lr, crop_seconds=args.crop_seconds, seed=args.seed, loss=args.loss,
                        learn=args.learn, pack_seconds=args.pack_seconds, lr_schedule=args.lr_schedule,

@@ -69,7 +69,6 @@ def perf_quantize(calib_count: int = 32, seconds: float = 4.0, device: str | Non
     from upstream_quant.methods.recon import ReconConfig
     from upstream_quant.methods.uniform import UniformConfig
     from upstream_quant.sequential import find_blocks
-
     from upstream_quant.upstream import pick_device
 
     torch.manual_seed(0)

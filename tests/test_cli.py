@@ -469,7 +469,7 @@ def test_count_work_counts_matrix_flops_and_kernel_calls_not_views():
     assert fast == pytest.approx(1 / 100 + 1000 * 5e-6) and slow == pytest.approx(1 / 25 + 1000 * 20e-6)
 
 
-def test_bench_qat_choices_are_qat_s_own():
+def test_bench_qat_choices_are_qat_s_own(tmp_path, capsys):
     """`bench qat` spells its choices without importing torch; they must be QATConfig's."""
     from bench.cli import build_parser
     from upstream_quant.methods.qat import LEARN, LOSSES, LR_SCHEDULES
@@ -477,3 +477,8 @@ def test_bench_qat_choices_are_qat_s_own():
     qat = build_parser()._subparsers._group_actions[0].choices["qat"]
     choices = {a.dest: tuple(a.choices) for a in qat._actions if a.choices}
     assert choices["learn"] == LEARN and choices["loss"] == LOSSES and choices["lr_schedule"] == LR_SCHEDULES
+    # a width the method does not have: refused by QATConfig before anything is loaded or written
+    out = tmp_path / "q.safetensors"
+    assert main(["qat", "--upstream", "whisper_tiny_en", "--method", "uniform", "--bits", "1", "--audio", str(tmp_path),
+                 "--out", str(out)]) == 2 and not out.exists()
+    assert "got uniform at 1 bit" in capsys.readouterr().err

@@ -43,7 +43,7 @@ def check_width(method: str, bits: int, symmetric: bool) -> None:
     if method == "uniform" and (2 <= bits <= 8 or (bits == 1 and not symmetric)):
         return
     raise ValueError(f"QAT supports binary (1 bit), uniform (2..8 bits) or uniform at 1 bit with zero points "
-                     f"(the centred binary), got {method} at {bits} bits{'' if symmetric else ' with zero points'}")
+                     f"(the centred binary), got {method} at {bits} bit{'s' * (bits != 1)}{'' if symmetric else ' with zero points'}")
 
 
 class FakeQuantLinear(nn.Module):
