@@ -104,11 +104,11 @@ def qat(up, a, files: list, calibration, window: int | None):
     return model
 
 
-def wer(model, up) -> float:
-    """Corpus WER of the held-out voice's passages, each padded to 30 s, greedy decoding."""
+def transcripts(model, up, utterances) -> list[str]:
+    """Each utterance padded to the decoder's 30 s window, encoded by ``model`` and decoded greedily
+    by ``up``'s full-precision decoder, in the transcripts' spelled form."""
     decoder, window = up.text_decoder(), up.max_samples
-    utterances = load_librispeech(DATA / "passages", ["test-voice"]).utterances
-    refs, hyps = [], []
+    hyps = []
     with torch.inference_mode():
         for i in range(0, len(utterances), 10):
             batch = utterances[i:i + 10]
@@ -116,8 +116,13 @@ def wer(model, up) -> float:
             x = torch.stack([F.pad(w, (0, window - w.shape[0])) for w in wavs])
             states, _ = model(x, torch.full((len(batch),), window))
             hyps += [text.spoken(h) for h in decoder.transcribe(states[-1])]
-            refs += [u.transcript for u in batch]
-    return 100 * jiwer.wer(refs, hyps)
+    return hyps
+
+
+def wer(model, up) -> float:
+    """Corpus WER of the held-out voice's passages."""
+    utterances = load_librispeech(DATA / "passages", ["test-voice"]).utterances
+    return 100 * jiwer.wer([u.transcript for u in utterances], transcripts(model, up, utterances))
 
 
 if __name__ == "__main__":

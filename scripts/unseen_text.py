@@ -20,29 +20,19 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from bench.stats import Scores, interval, paired
-from downstream import audio, text
 from downstream.librispeech import load_librispeech
 from downstream.metrics import word_edits
 from upstream_quant import load_upstream
 from upstream_quant.packed import load_packed
+from e2e_probe import transcripts  # scripts/ is on the path when a script here runs
 
 
-def scores(model, utterances) -> tuple[np.ndarray, np.ndarray]:
-    """Word errors and reference words per utterance (each padded to the decoder's 30 s window)."""
-    decoder, window = model.text_decoder(), model.max_samples
-    hyps = []
-    with torch.inference_mode():
-        for i in range(0, len(utterances), 10):
-            batch = utterances[i:i + 10]
-            wavs = [torch.from_numpy(audio.read(u.path, start=u.offset, frames=u.frames)) for u in batch]
-            x = torch.stack([F.pad(w, (0, window - w.shape[0])) for w in wavs])
-            states, _ = model(x, torch.full((len(batch),), window))
-            hyps += [text.spoken(h) for h in decoder.transcribe(states[-1])]
-    units = np.array(word_edits([u.transcript for u in utterances], hyps), float)
+def scores(model, fp, utterances) -> tuple[np.ndarray, np.ndarray]:
+    """Word errors and reference words per utterance: ``model``'s encoder, ``fp``'s decoder, each
+    utterance padded to the decoder's 30 s window."""
+    units = np.array(word_edits([u.transcript for u in utterances], transcripts(model, fp, utterances)), float)
     return units[:, 0], units[:, 1]
 
 
@@ -59,11 +49,11 @@ def main() -> None:
     for path in a.models:
         runs[re.sub(r"-[0-9a-f]{16}\.safetensors$", "", Path(path).name)].append(path)
     fp_model = load_upstream("whisper_tiny_en", device="cpu").eval()
-    num, den = scores(fp_model, utterances)
+    num, den = scores(fp_model, fp_model, utterances)
     fp = Scores((0,), ids, num[None], den[None], metric="wer")
     print(f"fp: {interval(fp).value:.2f}")
     for label, paths in sorted(runs.items()):
-        per = [scores(load_packed(p, device="cpu").eval(), utterances) for p in sorted(paths)]
+        per = [scores(load_packed(p, device="cpu").eval(), fp_model, utterances) for p in sorted(paths)]
         s = Scores(tuple(range(len(per))), ids, np.stack([n for n, _ in per]), np.stack([d for _, d in per]), metric="wer")
         ci, d = interval(s), paired(s, fp, pair_seeds=False)
         print(f"{label}: {ci.value:.2f} [{ci.low:.2f}, {ci.high:.2f}] over {len(per)} model(s) "
