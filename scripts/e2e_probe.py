@@ -50,6 +50,8 @@ def main() -> None:
     ap.add_argument("--asym", action="store_true")
     ap.add_argument("--rot", action="store_true")
     ap.add_argument("--from-gptq", action="store_true")
+    ap.add_argument("--from-recon", type=int, default=0, metavar="STEPS",
+                    help="QAT from block reconstruction's model (GPTQ, then STEPS steps a block) instead of GPTQ's")
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--scale-lr", type=float, default=1e-3)
@@ -96,7 +98,13 @@ def qat(up, a, files: list, calibration, window: int | None):
                        lr=a.lr, scale_lr=a.scale_lr, window=window, loss=a.loss, crop_seconds=a.crop,
                        pack_seconds=a.pack, learn=a.learn, lr_schedule=a.lr_schedule,
                        fixed_items=a.fixed, **shape)
-    start = quantize(up, GPTQConfig(bits=a.bits, **shape), calibration=calibration(), progress=False) if a.from_gptq else None
+    start = None
+    if a.from_recon:
+        from upstream_quant.methods.recon import ReconConfig
+
+        start = quantize(up, ReconConfig(bits=a.bits, steps=a.from_recon, **shape), calibration=calibration(), progress=False)
+    elif a.from_gptq:
+        start = quantize(up, GPTQConfig(bits=a.bits, **shape), calibration=calibration(), progress=False)
     with tempfile.TemporaryDirectory() as work:
         model, summary = train_qat(up, files, config, work, accelerator="cpu", devices=1, progress=False, num_workers=1,
                                    start=start)
