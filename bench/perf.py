@@ -54,7 +54,7 @@ def _synced(device: torch.device) -> float:
     """The time once queued GPU work is done (what a wall-clock timing of CUDA work needs)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return time.time()
+    return time.perf_counter()
 
 
 def perf_quantize(calib_count: int = 32, seconds: float = 4.0, device: str | None = None) -> int:
@@ -197,13 +197,9 @@ def perf_upstream(batch: int = 4, seconds: float = 4.0, reps: int = 5) -> int:
         diff = max(float((x - y).abs().max()) for x, y in zip(a, b))
         for _ in range(reps):
             for name, fn in (("ours", run_ours), ("s3prl", run_theirs)):
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                started = time.perf_counter()
+                started = _synced(device)
                 fn()
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                times[name].append(time.perf_counter() - started)
+                times[name].append(_synced(device) - started)
     print(f"HuBERT Base (random init), batch {batch} x {seconds:g} s, {reps} reps, device {device}, "
           f"torch threads {torch.get_num_threads()}; max |difference| of hidden states {diff:.2e}")
     best = {k: min(v) for k, v in times.items()}

@@ -91,10 +91,10 @@ def main() -> None:
 
 def qat(up, a, files: list, calibration, window: int | None):
     from upstream_quant.methods.gptq import GPTQConfig
-    from upstream_quant.methods.qat import QATConfig, train_qat
+    from upstream_quant.methods.qat import QATConfig, method_for, train_qat
 
     shape = {"group_size": a.group_size, "symmetric": not a.asym, "rotate": a.rot}
-    config = QATConfig(method="binary" if a.bits == 1 and not a.asym else "uniform", bits=a.bits, steps=a.qat, batch_size=a.batch_size,
+    config = QATConfig(method=method_for(a.bits, not a.asym), bits=a.bits, steps=a.qat, batch_size=a.batch_size,
                        lr=a.lr, scale_lr=a.scale_lr, window=window, loss=a.loss, crop_seconds=a.crop,
                        pack_seconds=a.pack, learn=a.learn, lr_schedule=a.lr_schedule,
                        fixed_items=a.fixed, **shape)

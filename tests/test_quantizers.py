@@ -94,9 +94,14 @@ def test_one_bit_gptq_is_a_centred_binary_that_beats_rounding_each_sign(weight):
     """gptq:1:asym: two levels per group placed by weighted 2-means (neither at zero, as a 1-bit
     min-max range would put one), signs chosen with GPTQ's error compensation: a lower output
     error than the same levels with each sign rounded alone, and lower than XNOR's mean +- alpha."""
-    from upstream_quant.methods.binary import BinaryConfig, binarize, centred_params
+    from upstream_quant.methods.binary import centred_params
     from upstream_quant.methods.gptq import gptq
+    from upstream_quant.methods.uniform import round_codes
     from upstream_quant.qweight import grouped
+
+    def nearest(scale, zero):  # the same two levels, each weight rounded to the nearer alone
+        return QuantizedWeight(round_codes(grouped(w, 16), scale, zero, 1).to(torch.uint8).reshape(w.shape),
+                               scale, zero, 1, 16, "rtn")
 
     torch.manual_seed(2)
     x = torch.randn(512, 16) @ torch.randn(16, 64) + 0.1 * torch.randn(512, 64)
@@ -107,17 +112,12 @@ def test_one_bit_gptq_is_a_centred_binary_that_beats_rounding_each_sign(weight):
     assert q.bits == 1 and set(q.codes.unique().tolist()) == {0, 1} and q.scale.shape == (32, 4)
     levels = torch.stack([(c - q.zero) * q.scale for c in (0, 1)])
     assert bool((levels.abs() > 1e-3).all())  # no level at zero
-    scale, zero = centred_params(grouped(w, 16), torch.diag(stats.hessian))
-    signs = QuantizedWeight(torch.clamp(torch.round(grouped(w, 16) / scale[..., None] + zero[..., None]), 0, 1)
-                            .to(torch.uint8).reshape(w.shape), scale, zero, 1, 16, "rtn")
+    signs = nearest(*centred_params(grouped(w, 16), torch.diag(stats.hessian)))
     xnor = binarize(w, BinaryConfig(group_size=16, center=True))
     assert err(q.dequantize()) < err(signs.dequantize()) < err(xnor.dequantize())
     # 2-means never moves the levels away from the weights: the unweighted error is at most XNOR's
     mse = lambda q: float(((w - q.dequantize()) ** 2).mean())
-    plain = centred_params(grouped(w, 16))
-    nearest = QuantizedWeight(torch.clamp(torch.round(grouped(w, 16) / plain[0][..., None] + plain[1][..., None]), 0, 1)
-                              .to(torch.uint8).reshape(w.shape), plain[0], plain[1], 1, 16, "rtn")
-    assert mse(nearest) <= mse(xnor) + 1e-6
+    assert mse(nearest(*centred_params(grouped(w, 16)))) <= mse(xnor) + 1e-6
     with pytest.raises(ValueError, match="centred binary.*gptq:1:asym"):
         GPTQConfig(bits=1)
 

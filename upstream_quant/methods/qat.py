@@ -46,6 +46,12 @@ def check_width(method: str, bits: int, symmetric: bool) -> None:
                      f"(the centred binary), got {method} at {bits} bit{'s' * (bits != 1)}{'' if symmetric else ' with zero points'}")
 
 
+def method_for(bits: int, symmetric: bool) -> str:
+    """The QAT method a width and symmetry name: 1 bit is binary (signs times a scale), or with zero
+    points the centred binary, uniform at 1 bit; wider is uniform."""
+    return "binary" if bits == 1 and symmetric else "uniform"
+
+
 class FakeQuantLinear(nn.Module):
     """An nn.Linear whose weight is quantized on the fly (straight-through) from a latent copy.
 
@@ -476,9 +482,7 @@ def _build(base: nn.Module, spec, context) -> tuple[nn.Module, dict]:
         from ..decoder_loss import text_decoder
 
         text_decoder(base)  # before GPTQ's start or any training
-    # 1 bit: signs times a scale (binary), or with asym two learned levels per group (the centred binary)
-    method = "binary" if spec.bits == 1 and spec.symmetric is not False else "uniform"
-    config = QATConfig(method=method, bits=spec.bits, seed=context.seed, window=context.window,
+    config = QATConfig(method=method_for(spec.bits, shape["symmetric"]), bits=spec.bits, seed=context.seed, window=context.window,
                        loss=loss, learn=spec.learn or "all", lr_schedule=spec.lr_schedule or "constant",
                        fixed_items=bool(spec.fixed_items),
                        **shape, **{k: (int(v) if k in ("steps", "batch_size") else float(v)) for k, v in opts.items()})
