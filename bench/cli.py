@@ -723,7 +723,9 @@ def build_parser() -> argparse.ArgumentParser:
     data = p.add_subparsers(dest="what", required=True)
     q = data.add_parser("synth", help="synthetic TTS corpus in LibriSpeech / Speech Commands layout (cached, resumable)")
     q.add_argument("--out", required=True, help="corpus folder; each kind goes to OUT/KIND")
-    q.add_argument("--kind", default="digits", help="comma-separated: sentences,digits,commands (LibriSpeech layout), keywords (Speech Commands), intents (Fluent Speech Commands)")
+    q.add_argument("--kind", default="digits", help="comma-separated: sentences,digits,commands,passages,unseen (LibriSpeech layout), keywords (Speech Commands), "
+                   "intents (Fluent Speech Commands), speakers (VoxCeleb1), slots (audio SNIPS), mixtures (Kaldi, diarization), "
+                   "terms (QUESST 2014)")
     q.add_argument("--minutes", type=float, default=10.0, help="audio per kind over train/dev/test (default 10)")
     q.add_argument("--test-minutes", type=float, default=None,
                    help="size the test split on its own (ASR kinds, intents); default: its share of --minutes")

@@ -3,7 +3,9 @@
 The offline default corpus: every machine here can build it (``scripts/setup.sh`` installs the
 engines), and the real readers load it unchanged. Each voice is a "speaker" with a gender.
 Kinds: ``sentences`` (read sentences), ``digits`` (TIDIGITS-like digit strings), ``commands``
-(short command phrases), all in LibriSpeech layout, ``keywords`` (Speech Commands layout),
+(short command phrases), ``passages`` (the read sentences six to an utterance, a test set for a
+decoder that reads 30 s windows) and ``unseen`` (the same from sentences no other kind reads),
+all in LibriSpeech layout, ``keywords`` (Speech Commands layout),
 ``intents`` (Fluent Speech Commands layout: spoken commands labelled with action, object and
 location slots), ``speakers`` (VoxCeleb1 layout: every voice at several pitch and speed
 settings, each setting a speaker, for speaker identification and verification), ``slots``
@@ -38,10 +40,13 @@ from upstream_quant.io import write_atomic
 from . import text
 from .speech_commands import COMMANDS, NOISE_DIR
 
-KINDS = ("sentences", "digits", "commands", "passages", "keywords", "intents", "speakers", "slots", "mixtures", "terms")
-ASR_KINDS = KINDS[:4]
+KINDS = ("sentences", "digits", "commands", "passages", "unseen", "keywords", "intents", "speakers", "slots", "mixtures",
+         "terms")
+ASR_KINDS = KINDS[:5]
 # passages: the read sentences in groups, each read as one utterance of about 20 s, all of them
-# test prompts: a test set for a decoder that reads 30 s windows (Whisper's), nothing to train on
+# test prompts: a test set for a decoder that reads 30 s windows (Whisper's), nothing to train on.
+# unseen: the same from sentences that no other kind reads (UNSEEN_FILE), so that no audio a
+# model is calibrated or trained on holds the test set's text
 PASSAGE_SENTENCES = 6
 ASR_SPLITS = ("train", "dev", "test", "test-voice")
 SPLIT_SHARE = {"train": 0.8, "dev": 0.1, "test": 0.1}
@@ -52,6 +57,7 @@ SPLIT_NAMES = {
     "librispeech": {"train": "train-clean-100", "dev": "dev-clean", "test": "test-clean", "test-voice": "test-voice"},
 }
 SENTENCES_FILE = Path(__file__).parent / "data" / "sentences.txt"
+UNSEEN_FILE = Path(__file__).parent / "data" / "unseen_sentences.txt"
 # Words of Speech Commands v0.01 outside the 10 commands (its "unknown" class).
 UNKNOWN_WORDS = ("bed", "bird", "cat", "dog", "happy", "house", "marvin", "sheila", "tree", "wow")
 FORMAT_VERSION = 1
@@ -139,8 +145,8 @@ def _command_prompts() -> list[str]:
 def prompts(kind: str, seed: int) -> dict[str, list[str]]:
     """Disjoint train/dev/test prompt lists for an ASR kind (shuffled by seed)."""
     rng = random.Random(f"{kind}-{seed}")
-    if kind == "passages":
-        pool = read_sentences()
+    if kind in ("passages", "unseen"):
+        pool = read_sentences(SENTENCES_FILE if kind == "passages" else UNSEEN_FILE)
         rng.shuffle(pool)
         groups = [" ".join(pool[i : i + PASSAGE_SENTENCES]) for i in range(0, len(pool), PASSAGE_SENTENCES)]
         return {"dev": [], "test": groups, "train": []}

@@ -141,3 +141,21 @@ def test_a_query_is_cut_to_its_word_with_a_margin():
     assert np.abs(cut[: int(0.04 * 16000)]).max() == 0 and np.abs(cut).max() == pytest.approx(0.3, rel=1e-3)
     silent = np.zeros(1600, np.float32)
     assert len(trim_silence(silent)) == len(silent)  # nothing to cut to: kept whole
+
+
+def test_unseen_text_shares_no_sentence_or_phrase_with_the_read_sentences():
+    """The end-to-end test set's text (`unseen`) must hold nothing the models' audio reads: no
+    sentence of sentences.txt, and no run of five words (a close paraphrase) either."""
+    def runs(line, n=5):
+        words = text.normalize(line).split()
+        return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
+
+    read, unseen = synth.read_sentences(synth.SENTENCES_FILE), synth.read_sentences(synth.UNSEEN_FILE)
+    assert len(unseen) == len(set(unseen)) >= 360
+    seen = set().union(*map(runs, read))
+    shared = [line for line in unseen if runs(line) & seen]
+    assert not shared, f"{synth.UNSEEN_FILE}: sentences close to sentences.txt: {shared}"
+    groups = synth.prompts("unseen", seed=0)
+    assert groups["train"] == groups["dev"] == []
+    assert sorted(" ".join(groups["test"]).split()) == sorted(" ".join(unseen).split())  # every sentence, once
+    assert all(len(g.split(". ")) <= synth.PASSAGE_SENTENCES for g in groups["test"])
