@@ -59,7 +59,8 @@ class QuantSpec:
     steps: int | None = None
     # ``rot``: each linear's weight rounded in a rotated input basis (upstream_quant.rotation)
     rotate: bool | None = None
-    # QAT's start: ``gptq`` (GPTQ's model at the same width), or None (round-to-nearest of the weights)
+    # QAT's start: ``gptq`` (GPTQ's model at the same width), ``recon`` (block reconstruction's, ``steps``
+    # a block), ``mixed`` (mixed precision's, ``budget_bits``), or None (round-to-nearest of the weights)
     init: str | None = None
     # QAT's target: ``dec`` = "decoder" (the model's own text decoder's outputs), None: hidden states
     loss: str | None = None

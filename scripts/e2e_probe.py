@@ -3,8 +3,10 @@
 The ablations behind docs/quantization.md "Two and three bits on a real decoder" that a suite
 row cannot express (suites always calibrate a decoder's model on the windows it reads):
 calibration audio unpadded or padded to Whisper's 30 s window, digits or read sentences, more
-calibration utterances, QAT schedules. Prints one JSON line: WER (%) on `mini`'s held-out voice
-(39 read passages, 1,961 words), seconds to quantize and to evaluate. One calibration draw (seed
+calibration utterances, QAT schedules. Prints one JSON line: WER (%) on the held-out voice's
+passages (`--test unseen`, the default: 62 passages, 3,336 words, of text no calibration or
+training audio reads; `--test read`: `mini`'s 39 passages, 1,961 words, of the sentences the
+training audio is cut from), seconds to quantize and to evaluate. One calibration draw (seed
 0), no interval: a probe, not a result; the suite rows (`bench run mini-ptq`) are the results.
 
     python scripts/e2e_probe.py --quant gptq:3:g64:asym --calib digits --no-window   # the old default
@@ -13,7 +15,7 @@ calibration utterances, QAT schedules. Prints one JSON line: WER (%) on `mini`'s
     python scripts/e2e_probe.py --qat 40 --bits 2 --group-size 64 --asym --rot --from-gptq --loss decoder \
         --pack 28 --learn scales --scale-lr 5e-3                                     # QAT through the decoder
 
-The corpora are `bench run mini-ptq`'s (data/synth/passages, data/synth/sentences, data/synth/digits).
+The corpora are `bench run mini-ptq`'s (data/synth/unseen, data/synth/passages, data/synth/sentences, data/synth/digits).
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ from upstream_quant.calibration import pad_to_window
 from upstream_quant.quantize import quantize
 
 DATA = Path("data/synth")
+TEST_SETS = {"unseen": "unseen", "read": "passages"}  # the suite's table -> its synth folder
 CALIBRATION = {"sentences": DATA / "sentences", "digits": DATA / "digits"}
 
 
@@ -42,6 +45,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quant", default="fp", help="a suite token of a quantize() method or mixed:...:gptq")
     ap.add_argument("--calib", default="sentences", choices=sorted(CALIBRATION))
+    ap.add_argument("--test", default="unseen", choices=sorted(TEST_SETS), help="the held-out voice's passages to score")
     ap.add_argument("--count", type=int, default=32, help="calibration utterances")
     ap.add_argument("--no-window", action="store_true", help="calibrate on the utterances as they are, not padded to 30 s")
     ap.add_argument("--qat", type=int, default=0, metavar="STEPS", help="QAT instead of --quant, on the training audio")
@@ -85,7 +89,7 @@ def main() -> None:
     quantize_s = time.time() - began
     print(json.dumps({"quant": a.quant, "qat_steps": a.qat, "loss": a.loss, "pack": a.pack, "learn": a.learn, "lr_schedule": a.lr_schedule, "fixed": a.fixed, "lr": a.lr,
                       "scale_lr": a.scale_lr, "calib": a.calib, "window": window is not None,
-                      "count": a.count, "wer": round(wer(model, up), 2), "quantize_s": round(quantize_s, 1),
+                      "count": a.count, "test": a.test, "wer": round(wer(model, up, a.test), 2), "quantize_s": round(quantize_s, 1),
                       "eval_s": round(time.time() - began - quantize_s, 1)}))
 
 
@@ -127,9 +131,9 @@ def transcripts(model, up, utterances) -> list[str]:
     return hyps
 
 
-def wer(model, up) -> float:
-    """Corpus WER of the held-out voice's passages."""
-    utterances = load_librispeech(DATA / "passages", ["test-voice"]).utterances
+def wer(model, up, test: str = "unseen") -> float:
+    """Corpus WER of the held-out voice's passages of one test set."""
+    utterances = load_librispeech(DATA / TEST_SETS[test], ["test-voice"]).utterances
     return 100 * jiwer.wer([u.transcript for u in utterances], transcripts(model, up, utterances))
 
 

@@ -99,7 +99,10 @@ def test_shipped_suites_parse_and_expand():
     assert {r.quant.method for r in ptq} == {"uniform", "binary", "gptq", "recon", "fp", "mixed", "qat"}
     assert {r.task for r in ptq if r.quant.method == "fp"} == {"e2e_asr"}  # the end-to-end rows' reference
     e2e = [r for r in ptq if r.task == "e2e_asr"]  # calibrated on read sentences, not on the digits
-    assert {r.data for r in e2e} == {"read"} and {r.model_data for r in e2e} == {"sentences"}
+    assert {r.data for r in e2e} == {"unseen", "read"} and {r.model_data for r in e2e} == {"sentences"}
+    # every model is scored on the text no calibration or training audio reads
+    assert {r.quant.label for r in e2e if r.data == "read"} - {r.quant.label for r in e2e if r.data == "unseen"} == {
+        "qat1-s150-g64", "qat2-s150-g64-asym-rot-from-gptq"}  # hidden-state QAT, failed on `read`, not retrained
     assert {r.quant.label for r in e2e if r.seed == 2} == {"gptq3-rot", "gptq3-g64-asym-rot",
                                                            "qat2-s60-g64-asym-rot-from-gptq-dec-scales-p28",
                                                            "qat2-s85-g64-asym-rot-from-gptq-dec-scales-p28",

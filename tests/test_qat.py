@@ -236,7 +236,7 @@ def test_qat_tokens():
         QATConfig(method="uniform", bits=2, lr_schedule="linear")
     with pytest.raises(ValueError, match="1-bit GPTQ is a centred binary: add asym"):
         QuantSpec.parse("qat:1:gptq")
-    with pytest.raises(ValueError, match="narrowest width of 2 bits"):
+    with pytest.raises(ValueError, match="mixed start needs a width of 2 bits"):
         QuantSpec.parse("qat:1:asym:mixed1.5b")
     centred = QuantSpec.parse("qat:1:g64:asym:rot:gptq:dec:scales")
     assert centred.label == "qat1-g64-asym-rot-from-gptq-dec-scales" and centred.calibrates
@@ -273,3 +273,36 @@ def test_qat_from_a_mixed_precision_start_trains_each_layer_at_its_width(tiny_hu
     for bad in ("qat:2:mixed1.5b", "qat:1:mixed2b"):
         with pytest.raises(ValueError):
             QuantSpec.parse(bad)
+
+
+def test_qat_from_block_reconstruction_starts_from_its_model(tiny_hubert, tmp_path):
+    """``reconN``: block reconstruction's model (N steps a block, the same width, groups and zero
+    points, on the run's calibration audio) is the start: with next to nothing learning (rates of
+    1e-12, codes kept) QAT exports its codes and scales, which are not GPTQ's; 1 bit (which recon
+    has not) is refused in the token."""
+    from bench.suites import QuantSpec
+    from upstream_quant.methods import METHODS, BuildContext
+    from upstream_quant.methods.gptq import GPTQConfig
+    from upstream_quant.methods.recon import ReconConfig
+    from upstream_quant.quantize import quantize
+
+    torch.manual_seed(0)
+    wavs = [0.1 * torch.randn(6000) for _ in range(4)]
+    spec = QuantSpec.parse("qat:2:s2:b2:g16:asym:recon3:scales")
+    assert (spec.init, spec.steps, spec.label, spec.calibrates) == ("recon", 3, "qat2-s2-g16-asym-from-recon3-scales", True)
+    context = BuildContext(calibration=lambda group: wavs, unlabelled_files=lambda hours: wavs, work_dir=tmp_path, device="cpu",
+                           devices=1, seed=0, options={"lr": 1e-12, "scale_lr": 1e-12, "crop_seconds": 0.3}, progress=False)
+    model, info = METHODS["qat"].build(tiny_hubert, spec, context)
+    assert info["qat"]["recon_seconds"] > 0 and info["qat"]["steps"] == 2
+    recon = quantize(tiny_hubert, ReconConfig(bits=2, steps=3, group_size=16, symmetric=False), calibration=wavs, progress=False)
+    theirs = {n: m for n, m in recon.named_modules() if isinstance(m, QuantizedLayer)}
+    gptq = quantize(tiny_hubert, GPTQConfig(bits=2, group_size=16, symmetric=False), calibration=wavs, progress=False)
+    assert any(not torch.allclose(m.scale, theirs[n].scale, rtol=1e-4)
+               for n, m in gptq.named_modules() if isinstance(m, QuantizedLayer))  # so GPTQ's start would fail below
+    ours = {n: m for n, m in model.named_modules() if isinstance(m, QuantizedLayer)}
+    assert theirs.keys() == ours.keys() and theirs
+    for name, layer in ours.items():
+        assert torch.equal(layer.codes, theirs[name].codes), name
+        assert torch.allclose(layer.scale, theirs[name].scale, rtol=1e-6), name
+    with pytest.raises(ValueError, match="recon start needs a width of 2 bits or more"):
+        QuantSpec.parse("qat:1:asym:recon10")

@@ -393,7 +393,7 @@ def train_qat(upstream: nn.Module, audio: list, config: QATConfig, work_dir,
 
 # ---------------------------------------------------------------- suite token
 
-GRAMMAR = "qat:BITS[:sSTEPS][:bN][:gN][:asym][:rot][:gptq|:mixedXb][:dec][:scales|:scalesfloat][:pN][:cos][:fixed]"
+GRAMMAR = "qat:BITS[:sSTEPS][:bN][:gN][:asym][:rot][:gptq|:reconN|:mixedXb][:dec][:scales|:scalesfloat][:pN][:cos][:fixed]"
 DEFAULT_STEPS = 300  # a suite token's, without sN
 OPTION_FIELDS = ("steps", "batch_size", "lr", "scale_lr", "crop_seconds", "pack_seconds", "max_hours", "num_workers")
 
@@ -402,7 +402,9 @@ def _parse(token: str, bits: int, options: list[str]) -> dict:
     """``GRAMMAR`` (1 bit: binary weights, with ``asym`` the centred binary, two learned levels per
     group; else uniform); 300 steps of 8 items unless given (``bN``: N
     items a step); ``gptq``: start from GPTQ's model at the same width, groups, zero points and
-    rotation, calibrated on the run's calibration audio; ``mixedXb``: from mixed precision's model
+    rotation, calibrated on the run's calibration audio; ``reconN``: from block reconstruction's
+    model (GPTQ, then N steps a block; `upstream_quant.methods.recon`) at the same width, groups,
+    zero points and rotation, on the same audio; ``mixedXb``: from mixed precision's model
     at an average of X bits (GPTQ at each layer's width, BITS the narrowest;
     `upstream_quant.methods.mixed`), each layer trained at its width; ``dec``: distil through the
     model's own text decoder (upstream_quant.decoder_loss) instead of its hidden states; ``scales``:
@@ -423,6 +425,8 @@ def _parse(token: str, bits: int, options: list[str]) -> dict:
             out["rotate"] = True
         elif opt == "gptq":
             out["init"] = "gptq"
+        elif re.fullmatch(r"recon\d+", opt):
+            out["init"], out["steps"] = "recon", int(opt[5:])  # recon's steps a block (QuantSpec.steps)
         elif re.fullmatch(r"mixed\d+(\.\d+)?b", opt):
             out["init"], out["budget_bits"] = "mixed", float(opt[5:-1])
             if not bits < out["budget_bits"] < 8:
@@ -440,10 +444,10 @@ def _parse(token: str, bits: int, options: list[str]) -> dict:
         elif opt == "fixed":
             out["fixed_items"] = True
         else:
-            raise ValueError(f"quantization {token!r}: unknown option {opt!r} (sSTEPS, bN, gN, asym, rot, gptq, mixedXb, dec, "
+            raise ValueError(f"quantization {token!r}: unknown option {opt!r} (sSTEPS, bN, gN, asym, rot, gptq, reconN, mixedXb, dec, "
                              "scales, scalesfloat, pN, cos, fixed)")
-    if bits == 1 and out.get("init") == "mixed":
-        raise ValueError(f"quantization {token!r}: a mixed start needs a narrowest width of 2 bits or more")
+    if bits == 1 and out.get("init") in ("mixed", "recon"):
+        raise ValueError(f"quantization {token!r}: a {out['init']} start needs a width of 2 bits or more")
     if bits == 1 and out.get("init") == "gptq" and "symmetric" not in out:
         raise ValueError(f"quantization {token!r}: 1-bit GPTQ is a centred binary: add asym (qat:1:...:asym:gptq)")
     return out
@@ -456,6 +460,7 @@ def _label(spec) -> str:
         f"s{spec.qat_steps}" if spec.qat_steps not in (None, DEFAULT_STEPS) else None,
         f"g{spec.group_size}" if spec.group_size else None, "asym" if spec.symmetric is False else None,
         "rot" if spec.rotate else None, "from-gptq" if spec.init == "gptq" else None,
+        f"from-recon{spec.steps}" if spec.init == "recon" else None,
         f"from-mixed{spec.budget_bits:g}b" if spec.init == "mixed" else None,
         "dec" if spec.loss == "decoder" else None, next((t for t, v in LEARN_TOKENS.items() if v == spec.learn), None),
         f"p{spec.pack_seconds:g}" if spec.pack_seconds else None, "cos" if spec.lr_schedule == "cosine" else None,
@@ -493,6 +498,12 @@ def _build(base: nn.Module, spec, context) -> tuple[nn.Module, dict]:
         start = quantize(base, GPTQConfig(bits=spec.bits, targets=config.targets, **shape),
                          calibration=context.calibration("all"), progress=False)
         info["gptq_seconds"] = round(time.time() - began, 2)
+    elif spec.init == "recon":
+        from .recon import ReconConfig
+
+        start = quantize(base, ReconConfig(bits=spec.bits, steps=spec.steps, seed=context.seed, targets=config.targets, **shape),
+                         calibration=context.calibration("all"), progress=False)
+        info["recon_seconds"] = round(time.time() - began, 2)
     elif spec.init == "mixed":
         from .mixed import mixed_precision
 
@@ -511,5 +522,5 @@ register(MethodSpec(
     name="qat", summary="quantization-aware distillation from the full-precision upstream on unlabelled audio "
     "(1 bit: binary, with asym the centred binary; else uniform)",
     grammar=GRAMMAR, parse=_parse, label=_label, build=_build, trains=True,
-    calibrates=lambda spec: spec.init in ("gptq", "mixed"),
+    calibrates=lambda spec: spec.init in ("gptq", "recon", "mixed"),
     option_fields=OPTION_FIELDS, order=1))
