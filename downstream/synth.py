@@ -58,6 +58,7 @@ SPLIT_NAMES = {
 }
 SENTENCES_FILE = Path(__file__).parent / "data" / "sentences.txt"
 UNSEEN_FILE = Path(__file__).parent / "data" / "unseen_sentences.txt"
+PASSAGE_TEXT = {"passages": SENTENCES_FILE, "unseen": UNSEEN_FILE}  # the passage kinds -> the sentences they read
 # Words of Speech Commands v0.01 outside the 10 commands (its "unknown" class).
 UNKNOWN_WORDS = ("bed", "bird", "cat", "dog", "happy", "house", "marvin", "sheila", "tree", "wow")
 FORMAT_VERSION = 1
@@ -145,8 +146,8 @@ def _command_prompts() -> list[str]:
 def prompts(kind: str, seed: int) -> dict[str, list[str]]:
     """Disjoint train/dev/test prompt lists for an ASR kind (shuffled by seed)."""
     rng = random.Random(f"{kind}-{seed}")
-    if kind in ("passages", "unseen"):
-        pool = read_sentences(SENTENCES_FILE if kind == "passages" else UNSEEN_FILE)
+    if kind in PASSAGE_TEXT:
+        pool = read_sentences(PASSAGE_TEXT[kind])
         rng.shuffle(pool)
         groups = [" ".join(pool[i : i + PASSAGE_SENTENCES]) for i in range(0, len(pool), PASSAGE_SENTENCES)]
         return {"dev": [], "test": groups, "train": []}

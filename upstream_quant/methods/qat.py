@@ -494,16 +494,13 @@ def _build(base: nn.Module, spec, context) -> tuple[nn.Module, dict]:
     import time
 
     start, info, began = None, {}, time.time()
-    if spec.init == "gptq":
-        start = quantize(base, GPTQConfig(bits=spec.bits, targets=config.targets, **shape),
-                         calibration=context.calibration("all"), progress=False)
-        info["gptq_seconds"] = round(time.time() - began, 2)
-    elif spec.init == "recon":
+    if spec.init in ("gptq", "recon"):
         from .recon import ReconConfig
 
-        start = quantize(base, ReconConfig(bits=spec.bits, steps=spec.steps, seed=context.seed, targets=config.targets, **shape),
-                         calibration=context.calibration("all"), progress=False)
-        info["recon_seconds"] = round(time.time() - began, 2)
+        start_config = (GPTQConfig(bits=spec.bits, targets=config.targets, **shape) if spec.init == "gptq" else
+                        ReconConfig(bits=spec.bits, steps=spec.steps, seed=context.seed, targets=config.targets, **shape))
+        start = quantize(base, start_config, calibration=context.calibration("all"), progress=False)
+        info[f"{spec.init}_seconds"] = round(time.time() - began, 2)
     elif spec.init == "mixed":
         from .mixed import mixed_precision
 
