@@ -209,12 +209,12 @@ class Runner:
         window = TASKS[run.task].window
         return window(self.upstream(run)) if window else None
 
-    def unlabelled_files(self, run: RunSpec, max_hours: float | None) -> list[str]:
-        """Paths of the training split's audio (streamed from disk by QAT), at most ``max_hours``
-        of it (a seeded random subset)."""
+    def unlabelled_files(self, run: RunSpec, max_hours: float | None, group: str = "all") -> list[str]:
+        """Paths of the training split's audio (streamed from disk by QAT), of a group as
+        `_train_corpus` reads it, at most ``max_hours`` of it (a seeded random subset)."""
         from upstream_quant.distill import cap_hours
 
-        corpus = self._train_corpus(run)
+        corpus = self._train_corpus(run, group)
         return cap_hours([(u.path, u.duration) for u in corpus.utterances], max_hours, run.seed)
 
     def _build_quantized(self, run: RunSpec):
@@ -228,7 +228,7 @@ class Runner:
 
             context = BuildContext(
                 calibration=lambda group: self.calibration(run, group=group),
-                unlabelled_files=lambda max_hours: self.unlabelled_files(run, max_hours),
+                unlabelled_files=lambda max_hours, group: self.unlabelled_files(run, max_hours, group),
                 work_dir=self.work / f"{q.method}-{self.model_key(run)}", device=self.device, devices=run.devices,
                 seed=run.seed, options=dict(run.options.get(q.method, {})), progress=self.progress, logger=self.logger,
                 callbacks=[self.timeline.callback()], window=self.input_window(run))

@@ -39,7 +39,7 @@ class QuantSpec:
     group_size: int | None = None
     clip: str = "minmax"
     act_bits: int | None = None
-    # mixed precision (myQASR): budget, calibration group (F, M, a speaker id, a data table, 'all'), order
+    # mixed precision (myQASR): budget, calibration group (F, M, a speaker id, a data table, "all"; QAT too), order
     budget_mb: float | None = None
     budget_bits: float | None = None  # or an average width over the allocated weights
     calib: str = "all"
@@ -488,7 +488,7 @@ def _load_suite(name_or_path: str) -> Suite:
             if data_name not in data:
                 raise SuiteError(f"{where}: data {data_name!r} is not defined under [data]; defined: {sorted(data)}")
         for quant in quants:  # calib=: all, F, M, a data table, or a speaker id (digits, as LibriSpeech's)
-            if quant.method == "mixed" and not (quant.calib in ("all", "F", "M") or quant.calib in data or quant.calib.isdigit()):
+            if quant.method in ("mixed", "qat") and not (quant.calib in ("all", "F", "M") or quant.calib in data or quant.calib.isdigit()):
                 raise SuiteError(f"{where}: {quant.label}: calib={quant.calib!r} is neither all, F, M, a speaker id "
                                  f"nor a data table; tables: {sorted(data)}")
         overrides = _field(group, "schedule", where, dict, {})

@@ -109,7 +109,11 @@ def test_shipped_suites_parse_and_expand():
                                                            "qat2-s85-g64-asym-rot-from-gptq-dec-scales-p28-cos",
                                                            "qat2-s85-g64-asym-rot-from-mixed2.25b-dec-scales-p28",
                                                            "qat2-s120-g64-asym-rot-from-gptq-dec-scales-p28-fixed",
-                                                           "qat2-s120-g64-asym-rot-from-mixed2.25b-dec-scales-p28-fixed"}
+                                                           "qat2-s120-g64-asym-rot-from-mixed2.25b-dec-scales-p28-fixed",
+                                                           "qat2-s85-g64-asym-rot-from-gptq-dec-scales-p28-calib-sentences60",
+                                                           "qat2-s85-g64-asym-rot-from-mixed2.25b-dec-scales-p28-calib-sentences60"}
+    # more unlabelled audio of the same text: QAT's own audio table, the model audio unchanged
+    assert {r.quant.calib for r in e2e if r.quant.method == "qat"} == {"all", "sentences60"}
     superb = load_suite("paper-superb")
     from downstream.tasks import TASKS
 
@@ -181,6 +185,40 @@ def test_a_calibration_group_that_is_no_table_gender_or_speaker_is_refused(tmp_p
     bad.write_text(text.replace("calib=digits_espeak", "calib=digits_espeek", 1))
     with pytest.raises(SuiteError, match=r"calib='digits_espeek' is neither all, F, M, a speaker id nor a data table"):
         load_suite(str(bad))
+
+
+def test_qat_calib_reads_another_tables_training_audio(tmp_path):
+    """``qat:...:calib=TABLE``: the model is trained on that table's training split (more or
+    other unlabelled audio than the run's data), a model of its own; a table the suite lacks is
+    refused when the suite loads."""
+    import shutil
+
+    from bench.runner import Runner
+
+    corpus = tiny_corpus(tmp_path)
+    more = tmp_path / "more"
+    shutil.copytree(corpus, more)
+    for i, f in enumerate(sorted((more / "train" / "1" / "1").glob("*.flac"))):
+        f.rename(f.with_name(f"1-1-{i + 10:04d}.flac"))
+    trans = more / "train" / "1" / "1" / "1-1.trans.txt"
+    trans.write_text("".join(f"1-1-{i + 10:04d} {w}\n" for i, w in enumerate(("GO", "STOP", "UP"))))
+    text = tiny_suite_toml(str(corpus), """
+[[runs]]
+upstreams = ["whisper_tiny_en"]
+quant = ["qat:2:s1", "qat:2:s1:calib=more"]
+data = ["chirps"]
+""") + f'\n[data.more]\nlayout = "librispeech"\nroot = "{more}"\ntrain = ["train"]\n'
+    path = tmp_path / "s.toml"
+    path.write_text(text)
+    suite = load_suite(str(path))
+    runner = Runner(suite, tmp_path / "store", progress=False)
+    plain, other = suite.runs
+    assert other.quant.label == "qat2-s1-calib-more" and runner.model_key(plain) != runner.model_key(other)
+    assert [Path(f).parent.parents[2].name for f in runner.unlabelled_files(other, None, other.quant.calib)] == ["more"] * 3
+    assert [Path(f).parent.parents[2].name for f in runner.unlabelled_files(plain, None)] == ["corpus"] * 3
+    path.write_text(text.replace("calib=more", "calib=mroe"))
+    with pytest.raises(SuiteError, match=r"calib='mroe' is neither all, F, M, a speaker id nor a data table"):
+        load_suite(str(path))
 
 
 def test_model_audio_lets_the_tasks_of_a_suite_share_one_quantized_model(tmp_path):

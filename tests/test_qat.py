@@ -290,7 +290,7 @@ def test_qat_from_block_reconstruction_starts_from_its_model(tiny_hubert, tmp_pa
     wavs = [0.1 * torch.randn(6000) for _ in range(4)]
     spec = QuantSpec.parse("qat:2:s2:b2:g16:asym:recon3:scales")
     assert (spec.init, spec.steps, spec.label, spec.calibrates) == ("recon", 3, "qat2-s2-g16-asym-from-recon3-scales", True)
-    context = BuildContext(calibration=lambda group: wavs, unlabelled_files=lambda hours: wavs, work_dir=tmp_path, device="cpu",
+    context = BuildContext(calibration=lambda group: wavs, unlabelled_files=lambda hours, group: wavs, work_dir=tmp_path, device="cpu",
                            devices=1, seed=0, options={"lr": 1e-12, "scale_lr": 1e-12, "crop_seconds": 0.3}, progress=False)
     model, info = METHODS["qat"].build(tiny_hubert, spec, context)
     assert info["qat"]["recon_seconds"] > 0 and info["qat"]["steps"] == 2
@@ -306,3 +306,24 @@ def test_qat_from_block_reconstruction_starts_from_its_model(tiny_hubert, tmp_pa
         assert torch.allclose(layer.scale, theirs[name].scale, rtol=1e-6), name
     with pytest.raises(ValueError, match="recon start needs a width of 2 bits or more"):
         QuantSpec.parse("qat:1:asym:recon10")
+
+
+def test_qat_calib_group_is_both_its_starts_audio_and_its_training_audio(tiny_hubert, tmp_path):
+    """``calib=GROUP`` (mixed precision's grammar): GPTQ's start is calibrated on, and QAT trains
+    on, that group's audio, not the run's; the label names it; without it nothing changes."""
+    from bench.suites import QuantSpec
+    from upstream_quant.methods import METHODS, BuildContext
+
+    torch.manual_seed(0)
+    wavs = [0.1 * torch.randn(6000) for _ in range(4)]
+    asked = []
+    context = BuildContext(calibration=lambda group: asked.append(("calibration", group)) or wavs,
+                           unlabelled_files=lambda hours, group: asked.append(("train", group)) or wavs, work_dir=tmp_path,
+                           device="cpu", devices=1, seed=0, options={"crop_seconds": 0.3}, progress=False)
+    spec = QuantSpec.parse("qat:2:s1:b2:g16:asym:gptq:scales:calib=more")
+    assert (spec.calib, spec.label) == ("more", "qat2-s1-g16-asym-from-gptq-scales-calib-more")
+    assert QuantSpec.parse("qat:2:s1:b2:g16:asym:gptq:scales").label == "qat2-s1-g16-asym-from-gptq-scales"
+    METHODS["qat"].build(tiny_hubert, spec, context)
+    assert asked == [("calibration", "more"), ("train", "more")]
+    with pytest.raises(ValueError, match="unknown option 'calib='"):
+        QuantSpec.parse("qat:2:calib=")

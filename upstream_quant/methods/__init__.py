@@ -22,13 +22,13 @@ from ..quantize import register_method
 @dataclass(frozen=True)
 class BuildContext:
     """What a method that builds its own model (mixed precision, QAT) may ask of the run: audio of
-    the head's training data (``calibration(group)``: waveforms, ``unlabelled_files(max_hours)``:
-    paths), a work folder of its own, the device, DDP processes, seed, the run's ``--set`` options
+    the head's training data, or of a group of it or another data table (``calibration(group)``:
+    waveforms, ``unlabelled_files(max_hours, group)``: paths), a work folder of its own, the device, DDP processes, seed, the run's ``--set`` options
     of the method's section, whether to show progress, and the training-curve logger
     (`upstream_quant.curves.LOGGERS`)."""
 
     calibration: Callable[[str], list]
-    unlabelled_files: Callable[[float | None], list[str]]
+    unlabelled_files: Callable[[float | None, str], list[str]]
     work_dir: Path
     device: str | None
     devices: int

@@ -393,7 +393,8 @@ def train_qat(upstream: nn.Module, audio: list, config: QATConfig, work_dir,
 
 # ---------------------------------------------------------------- suite token
 
-GRAMMAR = "qat:BITS[:sSTEPS][:bN][:gN][:asym][:rot][:gptq|:reconN|:mixedXb][:dec][:scales|:scalesfloat][:pN][:cos][:fixed]"
+GRAMMAR = ("qat:BITS[:sSTEPS][:bN][:gN][:asym][:rot][:gptq|:reconN|:mixedXb][:dec][:scales|:scalesfloat][:pN][:cos][:fixed]"
+           "[:calib=GROUP]")
 DEFAULT_STEPS = 300  # a suite token's, without sN
 OPTION_FIELDS = ("steps", "batch_size", "lr", "scale_lr", "crop_seconds", "pack_seconds", "max_hours", "num_workers")
 
@@ -412,7 +413,10 @@ def _parse(token: str, bits: int, options: list[str]) -> dict:
     ``scalesfloat``: the same and every floating-point parameter (biases, norms); ``pN``:
     train on several utterances in a row, up to N seconds an item (CropDataset.pack); ``cos``: the
     learning rates decay to zero along a cosine (QATConfig.lr_schedule); ``fixed``: each item the
-    same in every epoch, the teacher's work on it done once (QATConfig.fixed_items)."""
+    same in every epoch, the teacher's work on it done once (QATConfig.fixed_items); ``calib=GROUP``:
+    the start's calibration and the training audio from a group as mixed precision's token reads
+    it (F, M, a speaker id, or another data table of the suite: more or other unlabelled audio
+    than the run's data holds), not from all of the run's model audio."""
     out = {"qat_steps": DEFAULT_STEPS}
     for opt in options:
         if opt[:1] == "s" and opt[1:].isdigit():
@@ -443,9 +447,11 @@ def _parse(token: str, bits: int, options: list[str]) -> dict:
             out["lr_schedule"] = "cosine"
         elif opt == "fixed":
             out["fixed_items"] = True
+        elif opt.startswith("calib=") and opt != "calib=":
+            out["calib"] = opt.removeprefix("calib=")
         else:
             raise ValueError(f"quantization {token!r}: unknown option {opt!r} (sSTEPS, bN, gN, asym, rot, gptq, reconN, mixedXb, dec, "
-                             "scales, scalesfloat, pN, cos, fixed)")
+                             "scales, scalesfloat, pN, cos, fixed, calib=GROUP)")
     if bits == 1 and out.get("init") in ("mixed", "recon"):
         raise ValueError(f"quantization {token!r}: a {out['init']} start needs a width of 2 bits or more")
     if bits == 1 and out.get("init") == "gptq" and "symmetric" not in out:
@@ -464,12 +470,12 @@ def _label(spec) -> str:
         f"from-mixed{spec.budget_bits:g}b" if spec.init == "mixed" else None,
         "dec" if spec.loss == "decoder" else None, next((t for t, v in LEARN_TOKENS.items() if v == spec.learn), None),
         f"p{spec.pack_seconds:g}" if spec.pack_seconds else None, "cos" if spec.lr_schedule == "cosine" else None,
-        "fixed" if spec.fixed_items else None) if x)
+        "fixed" if spec.fixed_items else None, f"calib-{spec.calib}" if spec.calib != "all" else None) if x)
 
 
 def _build(base: nn.Module, spec, context) -> tuple[nn.Module, dict]:
-    """Distil the quantized student from ``base`` on the data's training audio, streamed from
-    disk; ``--set qat.FIELD=VALUE`` (``context.options``) overrides the schedule."""
+    """Distil the quantized student from ``base`` on the data's training audio (or the token's
+    ``calib=`` group's), streamed from disk; ``--set qat.FIELD=VALUE`` (``context.options``) overrides the schedule."""
     from ..quantize import quantize
     from ..upstream import pick_device
     from .gptq import GPTQConfig
@@ -499,16 +505,16 @@ def _build(base: nn.Module, spec, context) -> tuple[nn.Module, dict]:
 
         start_config = (GPTQConfig(bits=spec.bits, targets=config.targets, **shape) if spec.init == "gptq" else
                         ReconConfig(bits=spec.bits, steps=spec.steps, seed=context.seed, targets=config.targets, **shape))
-        start = quantize(base, start_config, calibration=context.calibration("all"), progress=False)
+        start = quantize(base, start_config, calibration=context.calibration(spec.calib), progress=False)
         info[f"{spec.init}_seconds"] = round(time.time() - began, 2)
     elif spec.init == "mixed":
         from .mixed import mixed_precision
 
-        start, report = mixed_precision(base, context.calibration("all"), None, budget_bits=spec.budget_bits, rounding="gptq",
+        start, report = mixed_precision(base, context.calibration(spec.calib), None, budget_bits=spec.budget_bits, rounding="gptq",
                                         seed=context.seed, layer_coverage="transformer", **shape)
         info |= {"mixed_seconds": round(time.time() - began, 2), "mixed": report}
     device = pick_device(context.device)
-    model, summary = train_qat(base, context.unlabelled_files(max_hours), config, context.work_dir,
+    model, summary = train_qat(base, context.unlabelled_files(max_hours, spec.calib), config, context.work_dir,
                                accelerator="gpu" if device.type == "cuda" else "cpu", devices=context.devices,
                                progress=context.progress, num_workers=workers, logger=context.logger,
                                callbacks=list(context.callbacks), start=start)
