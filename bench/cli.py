@@ -167,14 +167,22 @@ def _cmd_readme(args: argparse.Namespace) -> int:
 def _cmd_status(args: argparse.Namespace) -> int:
     from .results import load_runs
     from .runner import DEFAULT_STORE
-    from .status import report, suite_status
+    from .status import prune_superseded, report, suite_status, superseded_rows
     from .suites import load_suite
 
     suite = load_suite(args.suite)
     store = Path(args.store) if args.store else DEFAULT_STORE
+    if args.prune:
+        moved, archive = prune_superseded(suite, store)
+        print(f"moved {moved} superseded row(s) to {archive}")
     statuses = suite_status(suite, store)
+    rows = load_runs(suite.name, store)
     print(f"suite {suite.name} ({suite.path}), store {store / suite.name}")
-    print(report(statuses, load_runs(suite.name, store)))
+    print(report(statuses, rows))
+    stale = superseded_rows(suite, rows)
+    if stale:
+        print(f"{len(stale)} stored row(s) superseded by their rerun under the current suite (tables would average "
+              f"both): `bench status {args.suite} --store {store} --prune` moves them to pruned.jsonl")
     return 0 if all(s.state == "finished" for s in statuses) else 3
 
 
@@ -904,6 +912,8 @@ def build_parser() -> argparse.ArgumentParser:
                                       "resume), failed, not started; exit 0 when all finished, else 3")
     p.add_argument("suite", nargs="?", default="mini")
     p.add_argument("--store", default=None, help="results store root (default runs/, where bench run writes)")
+    p.add_argument("--prune", action="store_true", help="first move the rows a rerun superseded (the same run under an "
+                   "older config of the suite) out of the store, into pruned.jsonl beside it")
     p.set_defaults(func=_cmd_status)
 
     p = sub.add_parser("plot", help="plots of a suite's results (PNG)")

@@ -3,7 +3,11 @@ timeline (`bench.timeline`): finished (its headline metric), running (its last p
 machine), interrupted (its last phase, checkpoint and the command that resumes it), failed (the
 error and its log file), or not started; and the totals. Runs launched with ``--launcher slurm``
 add their job's state as ``sacct`` reports it (queued, running on another node, timed out).
-Exit code 0 when every run is finished, 3 otherwise, so scripts can wait on it."""
+Exit code 0 when every run is finished, 3 otherwise, so scripts can wait on it.
+
+It also counts the stored rows a changed suite left behind (`superseded_rows`): a table averages
+every row of a config, so an old row beside its rerun skews it; ``--prune`` moves them out of
+the store into ``pruned.jsonl`` beside it."""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ import platform
 from dataclasses import dataclass
 from pathlib import Path
 
-from .results import load_runs
+from .results import load_rows, load_runs, runs_path, store_lock
 from .timeline import read_timeline
 
 STATES = ("finished", "running", "interrupted", "failed", "not started")
@@ -137,3 +141,38 @@ def report(statuses: list[RunStatus], store_rows: list[dict]) -> str:
         lines.append(f"time left at the finished runs' mean ({sum(walls) / len(walls):.0f} s a run): "
                      f"about {left * sum(walls) / len(walls) / 60:.1f} min")
     return "\n".join(lines)
+
+
+def superseded_rows(suite, rows: list[dict]) -> list[dict]:
+    """Stored rows of a run the suite defines (the same name) under a config hash it no longer
+    has, made without ``--set`` options, whose run has a row under its current hash: the rerun
+    replaces them, and a table would average the two. Rows of runs the suite dropped, runs
+    under ``--set``, and old rows of runs not yet rerun are not among them."""
+    current = {run.name: run.config_hash for run in suite.runs}
+    finished = {r.get("config_hash") for r in rows}
+    return [r for r in rows if r.get("name") in current and r.get("config_hash") != current[r["name"]]
+            and current[r["name"]] in finished and not (r.get("spec") or {}).get("options")]
+
+
+def prune_superseded(suite, store: Path) -> tuple[int, Path]:
+    """Move `superseded_rows` out of the suite's store into ``pruned.jsonl`` beside it, under the
+    store's lock, each file written atomically, the archive first: a row is never only in memory.
+    Returns how many moved and the archive's path."""
+    import json
+
+    from upstream_quant.io import write_atomic
+
+    path = runs_path(suite.name, Path(store))
+    archive = path.with_name("pruned.jsonl")
+    with store_lock(path):
+        rows = load_rows(path)
+        gone = superseded_rows(suite, rows)
+        if gone:
+            ids = {id(r) for r in gone}
+            kept = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows if id(r) not in ids)
+            old = archive.read_text() if archive.is_file() else ""
+            if old and not old.endswith("\n"):
+                old += "\n"
+            write_atomic(archive, old + "".join(json.dumps(r, sort_keys=True) + "\n" for r in gone))
+            write_atomic(path, kept)
+    return len(gone), archive

@@ -132,3 +132,33 @@ def test_status_reads_slurm_job_states_and_estimates_time_left(tmp_path, monkeyp
     assert f"resume: bench run {suite_path} --store {store}" in statuses[timed_out.name].detail
     monkeypatch.setenv("PATH", "/nonexistent")  # no sacct here: the jobs are reported as unknown, nothing breaks
     assert suite_status(suite, store)[1].state == "interrupted"
+
+
+def test_status_prune_moves_rows_a_rerun_superseded_and_nothing_else(tmp_path, capsys):
+    """A row of a run under an older config (another hash, the same name) beside its rerun is
+    reported and, with ``--prune``, moved to ``pruned.jsonl``; the rerun's row, a run's old row
+    with no rerun yet, a ``--set`` row and a row of a run the suite dropped stay."""
+    suite_path = tmp_path / "tiny.toml"
+    suite_path.write_text(SUITE.format(good=tmp_path / "good", bad=tmp_path / "bad"))
+    suite = load_suite(str(suite_path))
+    seed0, seed1 = suite.runs[0], suite.runs[1]
+    rows = [{"name": seed0.name, "config_hash": seed0.config_hash, "spec": {"options": {}}, "metrics": {"test_wer": 1.0}},
+            {"name": seed0.name, "config_hash": "old0", "spec": {"options": {}}, "metrics": {"test_wer": 9.0}},
+            {"name": seed0.name, "config_hash": "set0", "spec": {"options": {"calibration": {"count": 8}}}, "metrics": {}},
+            {"name": seed1.name, "config_hash": "old1", "spec": {"options": {}}, "metrics": {"test_wer": 2.0}},
+            {"name": "fbank/fp/retrain/asr-gone/seed0", "config_hash": "gone", "spec": {"options": {}}, "metrics": {}}]
+    runs = tmp_path / "store" / "tiny" / "runs.jsonl"
+    runs.parent.mkdir(parents=True)
+    runs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = ["status", str(suite_path), "--store", str(tmp_path / "store")]
+    main(args)
+    assert "1 stored row(s) superseded by their rerun" in capsys.readouterr().out
+    assert len(runs.read_text().splitlines()) == 5  # reported, not touched
+    main(args + ["--prune"])
+    out = capsys.readouterr().out
+    assert "moved 1 superseded row(s)" in out and "superseded by their rerun" not in out
+    assert [json.loads(x)["config_hash"] for x in runs.read_text().splitlines()] == [seed0.config_hash, "set0", "old1", "gone"]
+    pruned = runs.with_name("pruned.jsonl")
+    assert [json.loads(x)["config_hash"] for x in pruned.read_text().splitlines()] == ["old0"]
+    main(args + ["--prune"])  # nothing left to move; the archive keeps what it holds
+    assert "moved 0 superseded row(s)" in capsys.readouterr().out and len(pruned.read_text().splitlines()) == 1
