@@ -85,6 +85,7 @@ def perf_quantize(calib_count: int = 32, seconds: float = 4.0, device: str | Non
     steps = 25
     phases = [("GPTQ sequential, act-order, Hessian search", GPTQConfig(bits=3)),
               ("GPTQ as published (one pass)", GPTQConfig(bits=3, sequential=False, act_order=False, scale_search="minmax")),
+              ("recon's start alone (its GPTQ, 0 steps per block)", ReconConfig(bits=2, group_size=64, steps=0)),
               (f"recon (GPTQ then {steps} steps per block)", ReconConfig(bits=2, group_size=64, steps=steps))]
     measured = {}
     for label, config in phases:
@@ -97,17 +98,19 @@ def perf_quantize(calib_count: int = 32, seconds: float = 4.0, device: str | Non
 
     # Counted in separate runs (the counters' Python hooks would distort the timings above). A
     # reconstruction step is the difference of 2 steps a block and none, so the default 300 steps
-    # a block are projected from one counted step.
+    # a block are projected from one counted step; its time is the difference of the timed 25
+    # steps a block and none (recon's own 2-bit g64 GPTQ start, not the 3-bit per-row GPTQ above).
     run = lambda config: count_work(lambda: quantize(up, config, calibration=calib, progress=False))  # noqa: E731
     counted = {label: run(config) for label, config in phases[:2]}
-    (f0, c0), (f2, c2) = run(ReconConfig(bits=2, group_size=64, steps=0)), run(ReconConfig(bits=2, group_size=64, steps=2))
-    blocks = len(find_blocks(up, list(target_layers(up, phases[2][1].targets)))[1])  # reconstructed one at a time
+    (f0, c0), (f2, c2) = run(phases[2][1]), run(ReconConfig(bits=2, group_size=64, steps=2))
+    blocks = len(find_blocks(up, list(target_layers(up, phases[3][1].targets)))[1])  # reconstructed one at a time
     step = ((f2 - f0) / (2 * blocks), (c2 - c0) / (2 * blocks))
     default = ReconConfig().steps
-    step_s = (measured[phases[2][0]] - measured[phases[0][0]]) / (steps * blocks)  # beside GPTQ's own time
+    start_s = measured[phases[2][0]]
+    step_s = (measured[phases[3][0]] - start_s) / (steps * blocks)
     rows = [(label, *counted[label], measured[label]) for label, _ in phases[:2]]
     rows.append((f"recon, 2 bits g64, {default} steps per block (the default; its time from {steps})", f0 + default * blocks * step[0],
-                 int(c0 + default * blocks * step[1]), measured[phases[0][0]] + default * blocks * step_s))
+                 int(c0 + default * blocks * step[1]), start_s + default * blocks * step_s))
     print(f"\nprojected to a GPU (HuBERT Base, {what}): FLOPs (torch's FlopCounterMode) at a sustained throughput, "
           "plus a fixed cost per operator call, nothing overlapped")
     print(f"a reconstruction step (4 utterances, one block forward and backward): {step[0] / 1e9:.1f} GFLOP, "

@@ -6,7 +6,7 @@ import dataclasses
 import pytest
 import torch
 
-from upstream_quant.decoder_loss import decoder_kl, pseudo_labels, text_decoder
+from upstream_quant.decoder_loss import decoder_kl, forcing_inputs, text_decoder
 from upstream_quant.methods.qat import FakeQuantLinear, QATConfig, train_qat
 from upstream_quant.upstreams.whisper import build_whisper
 from upstream_quant.upstreams.whisper_text import EOT, PROMPT, WhisperTextDecoder
@@ -37,8 +37,8 @@ def test_pseudo_labels_score_the_transcript_and_its_end_and_kl_is_zero_only_for_
     decoder = _decoder()
     torch.manual_seed(2)
     teacher = torch.randn(3, 10, DIM)
-    tokens, mask = pseudo_labels(decoder, teacher)
     ids = decoder.greedy(teacher)
+    tokens, mask = forcing_inputs(ids)
     assert tokens[:, : len(PROMPT)].tolist() == [list(PROMPT)] * 3
     for row, m, want in zip(tokens.tolist(), mask, ids):
         assert row[len(PROMPT): len(PROMPT) + len(want)] == want and set(row[len(PROMPT) + len(want):]) <= {EOT}
@@ -66,7 +66,7 @@ def test_qat_through_the_decoder_lowers_its_kl_and_records_the_loss(tmp_path):
         n = torch.full((4,), window)
         with torch.no_grad():
             t = teacher(x, n)[0][-1]
-            tokens, mask = pseudo_labels(decoder, t)
+            tokens, mask = forcing_inputs(decoder.greedy(t))
             return float(decoder_kl(decoder, model(x, n)[0][-1], t, tokens, mask))
 
     from upstream_quant.methods.qat import prepare_qat

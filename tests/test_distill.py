@@ -109,10 +109,11 @@ def test_fixed_items_all_recur_and_the_memo_keeps_only_the_states_the_terms_read
     assert module.recurring(lengths, 12000) == [True, True]
     module.kept_states = (-1,)
     wavs, lengths = collate_wavs([a[:n] for a, n in zip(_audio(2), (12000, 9000))])
-    got = module.teacher_targets(wavs, lengths, module.recurring(lengths, 12000))
+    keys = module.memo_keys(wavs, lengths, module.recurring(lengths, 12000))
+    got = module.teacher_targets(wavs, lengths, keys)
     with torch.no_grad():
         direct, _ = teacher(wavs, lengths)
-    assert len(got) == 1 and got[0].shape == direct[-1].shape and len(module.batch_keys) == 2
-    assert all(len(v) == 1 for v in module.memo.values()) and module.memo_misses == 2
-    module.teacher_targets(wavs, lengths, [True, True])
+    assert len(got) == 1 and got[0].shape == direct[-1].shape and len(set(keys)) == 2 and None not in keys
+    assert module.memo.keys() == set(keys) and all(len(v) == 1 for v in module.memo.values()) and module.memo_misses == 2
+    module.teacher_targets(wavs, lengths, module.memo_keys(wavs, lengths, [True, True]))
     assert module.memo_hits == 2

@@ -216,7 +216,7 @@ def test_a_window_pads_every_training_crop(tiny_hubert):
     module = _lightning_module()(prepare_qat(tiny_hubert, QATConfig(method="uniform", bits=2)), tiny_hubert,
                                  QATConfig(method="uniform", bits=2))
     seen = []
-    module.terms = lambda wavs, lengths, targets: seen.append((wavs.shape, lengths.tolist())) or {"x": (1.0, wavs.sum() * 0)}
+    module.terms = lambda wavs, lengths, targets, keys: seen.append((wavs.shape, lengths.tolist())) or {"x": (1.0, wavs.sum() * 0)}
     module.log = lambda *a, **k: None
     module.window = 9000
     module.training_step((torch.randn(2, 4000), torch.tensor([4000, 3000])), 0)

@@ -32,11 +32,6 @@ def text_decoder(upstream: nn.Module) -> nn.Module:
     return decoder
 
 
-def pseudo_labels(decoder: nn.Module, encoded: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The decoder's greedy transcript of each item as teacher-forcing inputs (`forcing_inputs`)."""
-    return forcing_inputs(decoder.greedy(encoded), encoded.device)
-
-
 def forcing_inputs(ids: list[list[int]], device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     """Transcripts (token ids) as teacher-forcing inputs: (tokens, mask), tokens = prompt +
     transcript (padded with EOT), mask marking the positions whose next token is scored (each

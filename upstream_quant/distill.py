@@ -99,27 +99,38 @@ class TeacherStudent(L.LightningModule):
         self.fixed_items = False
         # the teacher's hidden states the terms read (indices); None: all of them. The memo holds these only
         self.kept_states: tuple[int, ...] | None = None
-        self.batch_keys: list[str | None] = []  # the current batch's memo keys (None: an item that cannot recur)
         self.memo: dict[str, list[torch.Tensor]] = {}
         self.memo_bytes = 0
         self.memo_hits = self.memo_misses = 0
 
-    def terms(self, wavs: torch.Tensor, lengths: torch.Tensor, targets: list[torch.Tensor]) -> dict:
+    def terms(self, wavs: torch.Tensor, lengths: torch.Tensor, targets: list[torch.Tensor],
+              keys: list[str | None]) -> dict:
+        """The loss terms, {name: (weight, value)}; ``keys`` are the items' `memo_keys`, for
+        whatever else a subclass keeps per recurring item."""
         raise NotImplementedError
 
-    def teacher_targets(self, wavs: torch.Tensor, lengths: torch.Tensor,
-                        whole: list[bool] | None = None) -> list[torch.Tensor]:
-        """The teacher's hidden states (batch, frames, dim) for the batch (``kept_states`` of them), rounded to fp16.
-
-        Memoized by crop content (in CPU memory, up to TEACHER_MEMO_MB): a frozen teacher gives the same states for
-        the same audio, and where utterances are shorter than the crop (every small corpus) each
-        epoch after the first sees the same whole utterances again; the teacher's forward was a
-        quarter of a QAT step's time. ``whole`` says which items are whole utterances when the
-        lengths cannot (items padded to a fixed window: a whole utterance padded to 30 s recurs).
-        Rounding is why a resumed run, whose memo starts empty, trains on the same targets as an
-        uninterrupted one: hits and fresh states are both fp16."""
+    def memo_keys(self, wavs: torch.Tensor, lengths: torch.Tensor, whole: list[bool] | None = None) -> list[str | None]:
+        """Each item's key in the memo, the hash of its valid audio, where it recurs (whole
+        utterances shorter than the crop; every item when fixed), else None. ``whole`` says which
+        items are whole utterances when the lengths cannot (items padded to a fixed window: a
+        whole utterance padded to 30 s recurs)."""
         import hashlib
 
+        whole = self.recurring(lengths, wavs.shape[1]) if whole is None else whole
+        return [hashlib.sha1(wavs[i, : int(lengths[i])].detach().cpu().numpy().tobytes()).hexdigest() if w else None
+                for i, w in enumerate(whole)]
+
+    def teacher_targets(self, wavs: torch.Tensor, lengths: torch.Tensor,
+                        keys: list[str | None] | None = None) -> list[torch.Tensor]:
+        """The teacher's hidden states (batch, frames, dim) for the batch (``kept_states`` of them), rounded to fp16.
+
+        Memoized by crop content (in CPU memory, up to TEACHER_MEMO_MB; ``keys``: `memo_keys`, by
+        default from the lengths): a frozen teacher gives the same states for
+        the same audio, and where utterances are shorter than the crop (every small corpus) each
+        epoch after the first sees the same whole utterances again; the teacher's forward was a
+        quarter of a QAT step's time.
+        Rounding is why a resumed run, whose memo starts empty, trains on the same targets as an
+        uninterrupted one: hits and fresh states are both fp16."""
         teacher = self.teacher[0].to(wavs.device)
 
         def run(idx: list[int]) -> list[list[torch.Tensor]]:
@@ -134,12 +145,11 @@ class TeacherStudent(L.LightningModule):
         # memoized; each is run alone, so its states do not depend on the batch it first came in (a
         # resumed run meets it in another one). Random crops are run together, as the batch they are
         # in decides (the same on resume).
-        whole = [i for i, w in enumerate(self.recurring(lengths, wavs.shape[1]) if whole is None else whole) if w]
-        keys = {i: hashlib.sha1(wavs[i, : int(lengths[i])].detach().cpu().numpy().tobytes()).hexdigest() for i in whole}
-        self.batch_keys = [keys.get(i) for i in range(wavs.shape[0])]
-        found: list = [self.memo.get(keys[i]) if i in keys else None for i in range(wavs.shape[0])]
+        keys = self.memo_keys(wavs, lengths) if keys is None else keys
+        whole = [i for i, k in enumerate(keys) if k is not None]
+        found: list = [self.memo.get(k) if k is not None else None for k in keys]
         self.memo_hits += sum(f is not None for f in found)
-        cropped = [i for i in range(wavs.shape[0]) if i not in keys]
+        cropped = [i for i, k in enumerate(keys) if k is None]
         for i, states in zip(cropped, run(cropped) if cropped else []):
             found[i] = states
         for i in [i for i in whole if found[i] is None]:
@@ -166,8 +176,9 @@ class TeacherStudent(L.LightningModule):
         if self.window is not None:
             wavs = nn.functional.pad(wavs, (0, self.window - wavs.shape[1]))
             lengths = torch.full_like(lengths, self.window)
-        targets = self.teacher_targets(wavs, lengths, whole)
-        terms = self.terms(wavs, lengths, targets)
+        keys = self.memo_keys(wavs, lengths, whole)
+        targets = self.teacher_targets(wavs, lengths, keys)
+        terms = self.terms(wavs, lengths, targets, keys)
         loss = torch.stack([w * part for w, part in terms.values()]).sum()
         self.log("loss", loss, prog_bar=True)
         for name, (_, part) in terms.items():
@@ -188,7 +199,7 @@ class DistillModule(TeacherStudent):
         states, lens = self.student(wavs, lengths)
         return self.heads(states[-1]), lens[-1]
 
-    def terms(self, wavs, lengths, targets):
+    def terms(self, wavs, lengths, targets, keys):
         preds, lens = self(wavs, lengths)
         return {f"loss_layer{i}": (1.0, distill_loss(p, targets[i][:, : p.shape[1]], lens, self.config.cos_weight))
                 for p, i in zip(preds, self.config.teacher_layers)}

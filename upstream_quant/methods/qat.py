@@ -315,11 +315,11 @@ def _lightning_module():
             # resumed run forces the tokens an uninterrupted one did
             self.transcripts: dict[str, list[int]] = {}
 
-        def pseudo_labels(self, encoded: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        def pseudo_labels(self, encoded: torch.Tensor, keys: list[str | None]) -> tuple[torch.Tensor, torch.Tensor]:
             """The teacher's greedy transcripts of the batch as forcing inputs; an item that recurs
-            (fixed packs) is transcribed once. Why: greedy decoding was a third of a step (2.8 of 8.7 s:
-            Whisper tiny.en, 4 windows of 30 s), its vocabulary projection read once per token."""
-            keys = self.batch_keys  # teacher_targets set them for this batch
+            (fixed packs; ``keys``: its `memo_keys`) is transcribed once. Why: greedy decoding was a third
+            of a step (2.8 of 8.7 s: Whisper tiny.en, 4 windows of 30 s), its vocabulary projection read
+            once per token."""
             ids = [self.transcripts.get(k) if k is not None else None for k in keys]
             todo = [i for i, x in enumerate(ids) if x is None]
             if todo:
@@ -336,10 +336,10 @@ def _lightning_module():
         def on_load_checkpoint(self, checkpoint: dict) -> None:
             self.transcripts = dict(checkpoint.get("teacher_transcripts", {}))
 
-        def terms(self, wavs, lengths, targets):
+        def terms(self, wavs, lengths, targets, keys):
             preds, lens = self.student(wavs, lengths)
             if self.decoder:
-                tokens, mask = self.pseudo_labels(targets[-1])
+                tokens, mask = self.pseudo_labels(targets[-1], keys)
                 return {"loss_decoder": (1.0, decoder_kl(self.decoder[0], preds[-1], targets[-1], tokens, mask))}
             weights = self.config.layer_weights or (1.0,) * len(preds)
             if len(weights) != len(preds):
