@@ -23,9 +23,9 @@ from ..quantize import register_method
 class BuildContext:
     """What a method that builds its own model (mixed precision, QAT) may ask of the run: audio of
     the head's training data, or of a group of it or another data table (``calibration(group)``:
-    waveforms, ``unlabelled_files(max_hours, group)``: paths), a work folder of its own, the device, DDP processes, seed, the run's ``--set`` options
-    of the method's section, whether to show progress, and the training-curve logger
-    (`upstream_quant.curves.LOGGERS`)."""
+    waveforms, ``unlabelled_files(max_hours, group)``: paths), a work folder of its own, the
+    device, DDP processes, seed, the run's ``--set`` options of the method's section, whether to
+    show progress, and the training-curve logger (`upstream_quant.curves.LOGGERS`)."""
 
     calibration: Callable[[str], list]
     unlabelled_files: Callable[[float | None, str], list[str]]

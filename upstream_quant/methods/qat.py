@@ -475,7 +475,8 @@ def _label(spec) -> str:
 
 def _build(base: nn.Module, spec, context) -> tuple[nn.Module, dict]:
     """Distil the quantized student from ``base`` on the data's training audio (or the token's
-    ``calib=`` group's), streamed from disk; ``--set qat.FIELD=VALUE`` (``context.options``) overrides the schedule."""
+    ``calib=`` group's), streamed from disk; ``--set qat.FIELD=VALUE`` (``context.options``)
+    overrides the schedule."""
     from ..quantize import quantize
     from ..upstream import pick_device
     from .gptq import GPTQConfig
