@@ -33,6 +33,23 @@ def store_lock(path: Path):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def rows_text(rows: list[dict]) -> str:
+    """Rows as a store holds them: one JSON object a line, keys sorted."""
+    return "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
+
+
+def append_rows(path: Path, rows: list[dict]) -> None:
+    """Add rows by rewriting the whole file atomically (never a torn line), under the store's
+    lock so that concurrent writers (two `bench run`s, shards on a shared disk) lose nothing."""
+    from upstream_quant.io import write_atomic
+
+    with store_lock(path):
+        existing = path.read_text() if path.is_file() else ""
+        if existing and not existing.endswith("\n"):
+            existing += "\n"
+        write_atomic(path, existing + rows_text(rows))
+
+
 def load_runs(suite: str, root: Path | None = None) -> list[dict]:
     """All complete rows of a suite."""
     return load_rows(runs_path(suite, root))

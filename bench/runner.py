@@ -26,7 +26,7 @@ from pathlib import Path
 from downstream.tasks import TASKS
 from upstream_quant.io import write_atomic
 
-from .results import load_rows, load_runs, runs_path, store_lock
+from .results import append_rows, load_rows, load_runs, rows_text, runs_path, store_lock
 from .suites import LOCATION_FIELDS, RunSpec, Suite
 
 DEFAULT_STORE = Path("runs")
@@ -82,21 +82,11 @@ def portable_path(path: str | Path | None, store: Path | None = None) -> str | N
     return p.name
 
 
-def append_row(path: Path, row: dict) -> None:
-    """Add one row by rewriting the whole file atomically (never a torn line), under the store's
-    lock so that concurrent writers (two `bench run`s, shards on a shared disk) lose nothing."""
-    with store_lock(path):
-        existing = path.read_text() if path.is_file() else ""
-        if existing and not existing.endswith("\n"):
-            existing += "\n"
-        write_atomic(path, existing + json.dumps(row, sort_keys=True) + "\n")
-
-
 def replace_rows(path: Path, config_hash: str, row: dict) -> None:
     """``--force``: drop the rows of `config_hash`, then append `row`, under one lock."""
     with store_lock(path):
         rows = [r for r in load_rows(path) if r.get("config_hash") != config_hash] + [row]
-        write_atomic(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+        write_atomic(path, rows_text(rows))
 
 
 def is_rank_zero() -> bool:
@@ -598,7 +588,7 @@ def run_suite(suite: Suite, runs: list[RunSpec], store: Path = DEFAULT_STORE, fo
             if force:
                 replace_rows(path, run.config_hash, row)
             else:
-                append_row(path, row)
+                append_rows(path, [row])
             runner.timeline.event("row_written")
         summary["finished"] += 1
     summary["seconds"] = round(time.time() - started, 1)

@@ -16,7 +16,7 @@ import platform
 from dataclasses import dataclass
 from pathlib import Path
 
-from .results import load_rows, load_runs, runs_path, store_lock
+from .results import append_rows, load_rows, load_runs, rows_text, runs_path, store_lock
 from .timeline import read_timeline
 
 STATES = ("finished", "running", "interrupted", "failed", "not started")
@@ -158,8 +158,6 @@ def prune_superseded(suite, store: Path) -> tuple[int, Path]:
     """Move `superseded_rows` out of the suite's store into ``pruned.jsonl`` beside it, under the
     store's lock, each file written atomically, the archive first: a row is never only in memory.
     Returns how many moved and the archive's path."""
-    import json
-
     from upstream_quant.io import write_atomic
 
     path = runs_path(suite.name, Path(store))
@@ -169,10 +167,6 @@ def prune_superseded(suite, store: Path) -> tuple[int, Path]:
         gone = superseded_rows(suite, rows)
         if gone:
             ids = {id(r) for r in gone}
-            kept = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows if id(r) not in ids)
-            old = archive.read_text() if archive.is_file() else ""
-            if old and not old.endswith("\n"):
-                old += "\n"
-            write_atomic(archive, old + "".join(json.dumps(r, sort_keys=True) + "\n" for r in gone))
-            write_atomic(path, kept)
+            append_rows(archive, gone)
+            write_atomic(path, rows_text([r for r in rows if id(r) not in ids]))
     return len(gone), archive

@@ -488,7 +488,7 @@ def _load_suite(name_or_path: str) -> Suite:
             if data_name not in data:
                 raise SuiteError(f"{where}: data {data_name!r} is not defined under [data]; defined: {sorted(data)}")
         for quant in quants:  # calib=: all, F, M, a data table, or a speaker id (digits, as LibriSpeech's)
-            if quant.method in ("mixed", "qat") and not (quant.calib in ("all", "F", "M") or quant.calib in data or quant.calib.isdigit()):
+            if not (quant.calib in ("all", "F", "M") or quant.calib in data or quant.calib.isdigit()):
                 raise SuiteError(f"{where}: {quant.label}: calib={quant.calib!r} is neither all, F, M, a speaker id "
                                  f"nor a data table; tables: {sorted(data)}")
         overrides = _field(group, "schedule", where, dict, {})

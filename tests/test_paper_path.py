@@ -80,10 +80,10 @@ def test_mixed_size_model_agrees_with_the_packed_file(tiny_hubert, tmp_path):
 WRITER = """
 import sys
 from pathlib import Path
-from bench.runner import append_row
+from bench.results import append_rows
 path, who = Path(sys.argv[1]), sys.argv[2]
 for i in range(200):
-    append_row(path, {"writer": who, "i": i, "config_hash": f"{who}-{i}"})
+    append_rows(path, [{"writer": who, "i": i, "config_hash": f"{who}-{i}"}])
 """
 
 
